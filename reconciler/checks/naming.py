@@ -1,0 +1,72 @@
+"""Names: equal to file names, unique per kind, and in the house convention."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from reconciler.config import RepoConfig
+from reconciler.diagnostics import Diagnostic, Severity
+from reconciler.loader import Tree
+from reconciler.manifests import Flag
+
+SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+def check_file_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
+    for loaded in tree.manifests:
+        manifest, source = loaded.manifest, loaded.source
+        if manifest.object_name != source.stem:
+            yield source.diagnostic(
+                (manifest.name_field,),
+                f"{manifest.name_field} '{manifest.object_name}' must equal the file name "
+                f"'{source.stem}'; rename the file or the field",
+                "file-name",
+            )
+
+
+def check_unique_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
+    first_seen: dict[tuple[str, str], str] = {}
+    for loaded in tree.manifests:
+        manifest, source = loaded.manifest, loaded.source
+        key = (type(manifest).__name__, manifest.object_name)
+        if key in first_seen:
+            yield source.diagnostic(
+                (manifest.name_field,),
+                f"{manifest.name_field} '{manifest.object_name}' is already defined in "
+                f"{first_seen[key]}; names must be unique",
+                "unique-name",
+            )
+        else:
+            position = source.at((manifest.name_field,))
+            first_seen[key] = f"{source.path}:{position.line}"
+
+
+def check_convention(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
+    settings = config.validate_
+    if settings.naming == "off":
+        return
+    severity = Severity.ERROR if settings.naming == "error" else Severity.WARNING
+    for loaded in tree.manifests:
+        manifest, source = loaded.manifest, loaded.source
+        name, field = manifest.object_name, manifest.name_field
+        message = None
+        if not SNAKE_CASE.match(name):
+            suggestion = re.sub(
+                r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+            )
+            message = f"'{name}' is not snake_case; write it as '{suggestion.strip('_')}'"
+        elif isinstance(manifest, Flag):
+            message = _prefix_problem(name, settings.component_prefixes)
+        if message is not None:
+            yield source.diagnostic((field,), message, "naming", severity=severity)
+
+
+def _prefix_problem(name: str, prefixes: tuple[str, ...]) -> str | None:
+    prefix, _, rest = name.partition("_")
+    if not rest:
+        return f"'{name}' has no component prefix; name flags like vc_{name} or dashboard_{name}"
+    if prefixes and prefix not in prefixes:
+        allowed = ", ".join(f"{p}_" for p in prefixes)
+        return f"'{name}' does not start with a known component prefix ({allowed})"
+    return None

@@ -1,0 +1,213 @@
+"""Read the manifest tree: every ``*.d/`` folder, every file, every error at once.
+
+Parse (strict YAML), then validate (JSON Schema), then build (pydantic). A file that fails a step
+is reported and skipped for the next; the tree keeps every manifest that was built, so the
+semantic checks still run over the rest and one run reports everything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pydantic
+
+from reconciler import schema
+from reconciler.diagnostics import Diagnostic, FieldPath, Position, Severity
+from reconciler.manifests import KINDS, Kind, Manifest, kind_for_folder
+from reconciler.yaml_strict import YamlDocument, load_yaml
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+IGNORED_NAMES = ("README", "readme", "CODEOWNERS", "OWNERS")
+
+M = TypeVar("M", bound=Manifest)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A manifest file: its path relative to the tree's root, and its parsed document."""
+
+    path: str
+    document: YamlDocument
+
+    @property
+    def folder(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem
+
+    def at(self, field_path: FieldPath, *, key: bool = False) -> Position:
+        return self.document.position_of(field_path, key=key)
+
+    def diagnostic(
+        self,
+        field_path: FieldPath,
+        message: str,
+        rule: str,
+        *,
+        severity: Severity = Severity.ERROR,
+        key: bool = False,
+    ) -> Diagnostic:
+        return Diagnostic(
+            self.path, self.at(field_path, key=key), field_path, message, rule, severity
+        )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One manifest that passed the schema and was built, with the file it came from."""
+
+    manifest: Manifest
+    source: Source
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The desired state: every manifest built from the repository."""
+
+    root: Path
+    manifests: tuple[Loaded, ...]
+    unloaded: frozenset[str] = frozenset()
+    """Paths (``flags.d/x.yaml``) of manifest files that had errors and were not built."""
+
+    def unloaded_names(self, folder: str) -> set[str]:
+        """Names of the files in ``folder`` that could not be built (their errors stand)."""
+        return {Path(p).stem for p in self.unloaded if p.startswith(folder + "/")}
+
+    def of(self, model: type[M]) -> list[tuple[M, Source]]:
+        return [(m.manifest, m.source) for m in self.manifests if isinstance(m.manifest, model)]
+
+
+@dataclass
+class LoadResult:
+    tree: Tree
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    files: int = 0
+
+
+def load_tree(root: Path) -> LoadResult:
+    """Load every manifest under ``root``; never raises for anything a file contains."""
+    loaded: list[Loaded] = []
+    unloaded: list[str] = []
+    diagnostics: list[Diagnostic] = []
+    files = 0
+    folders = [root / kind.folder for kind in KINDS.values()]
+    if not any(folder.is_dir() for folder in folders):
+        names = ", ".join(f"{kind.folder}/" for kind in KINDS.values())
+        diagnostics.append(
+            Diagnostic(
+                ".",
+                Position(1, 1),
+                (),
+                f"no manifest folders here ({names}); run from the repository root or pass it",
+                "layout",
+            )
+        )
+    for folder in folders:
+        for path in _files(folder):
+            relative = path.relative_to(root).as_posix()
+            if path.suffix not in MANIFEST_SUFFIXES:
+                diagnostics.append(
+                    Diagnostic(
+                        relative,
+                        Position(1, 1),
+                        (),
+                        "not a manifest (expected a .yaml or .yml file); ignored",
+                        "layout",
+                        Severity.WARNING,
+                    )
+                )
+                continue
+            files += 1
+            result = load_file(path, relative)
+            diagnostics.extend(result[1])
+            if result[0] is not None:
+                loaded.append(result[0])
+            else:
+                unloaded.append(relative)
+    return LoadResult(Tree(root, tuple(loaded), frozenset(unloaded)), diagnostics, files)
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and path.stem not in IGNORED_NAMES:
+            yield path
+
+
+def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic]]:
+    """Parse, validate and build one manifest file."""
+
+    def at_file(position: Position, field_path: FieldPath, message: str, rule: str) -> Diagnostic:
+        return Diagnostic(relative, position, field_path, message, rule)
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [at_file(Position(1, 1), (), f"cannot read the file: {exc.strerror}", "io")]
+    document, problems = load_yaml(raw)
+    diagnostics = [at_file(p.position, p.field, p.message, "yaml") for p in problems]
+    if document is None:
+        return None, diagnostics
+    source = Source(relative, document)
+    data = document.data
+    if not isinstance(data, dict):
+        diagnostics.append(
+            source.diagnostic((), "expected a mapping of fields with 'kind:' at the top", "schema")
+        )
+        return None, diagnostics
+    kind, kind_diagnostics = _kind_of(source, data)
+    diagnostics.extend(kind_diagnostics)
+    if kind is None:
+        return None, diagnostics
+    schema_problems = schema.check(kind, data)
+    for problem in schema_problems:
+        at = problem.field[:-1] if problem.at_parent else problem.field
+        diagnostics.append(
+            Diagnostic(
+                relative,
+                source.at(at, key=problem.at_key),
+                problem.field,
+                problem.message,
+                "schema",
+            )
+        )
+    if schema_problems or diagnostics:
+        return None, diagnostics
+    try:
+        manifest = kind.model.model_validate(data)
+    except pydantic.ValidationError as exc:  # the schema and the model disagree: still report
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            diagnostics.append(source.diagnostic(loc, error["msg"], "schema"))
+        return None, diagnostics
+    return Loaded(manifest, source), diagnostics
+
+
+def _kind_of(source: Source, data: dict[str, object]) -> tuple[Kind | None, list[Diagnostic]]:
+    folder_kind = kind_for_folder(source.folder)
+    expected = folder_kind.name if folder_kind else "one of " + ", ".join(KINDS)
+    value = data.get("kind")
+    if value is None:
+        message = f"missing required field 'kind'; files in {source.folder}/ hold kind: {expected}"
+        return None, [source.diagnostic(("kind",), message, "schema")]
+    if not isinstance(value, str) or value not in KINDS:
+        close = difflib.get_close_matches(str(value), list(KINDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        message = f"unknown kind '{value}'; expected {', '.join(KINDS)}{hint}"
+        return None, [source.diagnostic(("kind",), message, "schema")]
+    kind = KINDS[value]
+    if folder_kind is not None and kind is not folder_kind:
+        article = "an" if kind.name[0] in "AEIOU" else "a"
+        message = (
+            f"{article} {kind.name} manifest belongs in {kind.folder}/, not in {source.folder}/; "
+            "move the file"
+        )
+        return kind, [source.diagnostic(("kind",), message, "layout")]
+    return kind, []

@@ -1,0 +1,89 @@
+"""The CostThreshold kind: spend limits that throttle or shut AI features down."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from reconciler.manifests.common import Manifest, Name, Percentage, StrictModel
+
+
+class ThrottleLimit(StrictModel):
+    """Spend at which rollouts are reduced."""
+
+    amount_usd: float = Field(gt=0, description="Spend in USD over the period.")
+    rollout_factor: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Effective rollout is multiplied by this while throttled (0.5 halves it).",
+    )
+
+
+class EmergencyLimit(StrictModel):
+    """Spend at which the AI features in scope shut down."""
+
+    amount_usd: float = Field(gt=0, description="Spend in USD over the period.")
+
+
+class CostScope(StrictModel):
+    """Which spend counts, and which features the limits act on."""
+
+    flags: list[Name] = Field(
+        default_factory=list,
+        description="flag_names whose request types' spend counts and which are acted on.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    request_types: list[Name] = Field(
+        default_factory=list,
+        description="Request types (as flags declare them) whose spend counts.",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+
+class CostThreshold(Manifest):
+    """Spend limits: alert, throttle, then shut down."""
+
+    name_field: ClassVar[str] = "threshold_name"
+    folder: ClassVar[str] = "costs.d"
+    model_config = ConfigDict(
+        title="CostThreshold",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "CostThreshold",
+                    "threshold_name": "ai_daily_budget",
+                    "description": "Daily AI spend limits",
+                    "owner": "team-finops",
+                    "period": "daily",
+                    "applies_to": "all",
+                    "throttle": {"amount_usd": 100, "rollout_factor": 0.5},
+                    "emergency": {"amount_usd": 500},
+                    "alert_at_percentage": 80,
+                }
+            ]
+        },
+    )
+
+    kind: Literal["CostThreshold"] = Field(description="Always CostThreshold.")
+    threshold_name: Name = Field(
+        description="The threshold's name, equal to the file name.", examples=["ai_daily_budget"]
+    )
+    period: Literal["daily", "monthly"] = Field(
+        default="daily", description="The spend window: the UTC day or the UTC month."
+    )
+    applies_to: Literal["all"] | CostScope = Field(
+        description="all: every AI feature's spend counts and every AI feature is acted on; "
+        "or a scope of flags and request types."
+    )
+    throttle: ThrottleLimit | None = Field(
+        default=None, description="Reduce rollouts at this spend."
+    )
+    emergency: EmergencyLimit | None = Field(
+        default=None, description="Shut the features in scope down at this spend."
+    )
+    alert_at_percentage: Percentage | None = Field(
+        default=None, description="Alert when spend reaches this percentage of each limit."
+    )
+    enabled: bool = Field(default=True, description="false keeps the threshold but ignores it.")

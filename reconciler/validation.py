@@ -1,0 +1,58 @@
+"""Validation of the whole tree: load every file, then run every semantic check."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.checks import check_tree
+from reconciler.config import RepoConfig
+from reconciler.diagnostics import Diagnostic, Severity, count
+from reconciler.loader import Tree, load_tree
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The loaded tree and everything found wrong with it."""
+
+    tree: Tree
+    diagnostics: tuple[Diagnostic, ...]
+    files: int
+
+    @property
+    def errors(self) -> int:
+        return count(self.diagnostics, Severity.ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return count(self.diagnostics, Severity.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0
+
+    def summary(self) -> str:
+        if not self.ok:
+            return (
+                f"{_plural(self.errors, 'error')}, {_plural(self.warnings, 'warning')} "
+                f"in {_plural(self.files, 'file')}."
+            )
+        kinds = Counter(type(m.manifest).__name__ for m in self.tree.manifests)
+        by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        detail = f" ({by_kind})" if by_kind else ""
+        return (
+            f"{_plural(len(self.tree.manifests), 'manifest')} valid{detail}, "
+            f"{_plural(self.warnings, 'warning')}."
+        )
+
+
+def validate(root: Path, config: RepoConfig) -> Validation:
+    """Load ``root`` and check it; reports, never raises, for anything the files contain."""
+    result = load_tree(root)
+    diagnostics = [*result.diagnostics, *check_tree(result.tree, config)]
+    return Validation(result.tree, tuple(diagnostics), result.files)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -1,0 +1,361 @@
+"""Strict YAML: one document per file, a position for every node, no YAML 1.1 surprises.
+
+PyYAML alone silently keeps the last of two duplicate keys, reads the country code ``NO`` as
+``False``, ``1e3`` as a string and ``0777`` as 511, and expands aliases without bound. This module
+builds values from PyYAML's event stream instead (iteratively, so no input can exhaust the Python
+stack) and reports each of those cases as a problem with its line and column:
+
+- a plain scalar that YAML 1.1 (PyYAML) and YAML 1.2 (editors, most other tools) read differently
+  is refused, with the spelling that means what the author most likely meant;
+- duplicate keys, non-string keys, merge keys (``<<``) and explicit tags are refused;
+- the file must be UTF-8, at most ``MAX_FILE_BYTES`` long, hold exactly one document, nest at most
+  ``MAX_DEPTH`` levels and expand (aliases included) to at most ``MAX_NODES`` values;
+- timestamps stay strings: the schema decides what a date is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+import yaml.events as ev
+from yaml.resolver import Resolver
+
+from reconciler.diagnostics import FieldPath, Position
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_INT_OCTAL_OR_HEX = re.compile(r"^(?:0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+_SPECIAL_FLOAT = re.compile(r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_LEGACY_OCTAL = re.compile(r"^[-+]?0[0-9]+$")
+
+_TAG = "tag:yaml.org,2002:"
+_RESOLVER = Resolver()
+
+
+class YamlProblem(Exception):
+    """A problem at one place of a YAML file."""
+
+    def __init__(self, position: Position, field: FieldPath, message: str) -> None:
+        super().__init__(message)
+        self.position = position
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """The data of one YAML document and where each of its values and keys starts."""
+
+    data: object
+    values: Mapping[FieldPath, Position]
+    keys: Mapping[FieldPath, Position]
+
+    def position_of(self, path: FieldPath, *, key: bool = False) -> Position:
+        """Where ``path`` is; the nearest enclosing node when it is absent (a missing field)."""
+        if key and path in self.keys:
+            return self.keys[path]
+        for end in range(len(path), -1, -1):
+            found = self.values.get(path[:end])
+            if found is not None:
+                return found
+        return Position(1, 1)
+
+
+@dataclass
+class _Frame:
+    path: FieldPath
+    value: dict[str, object] | list[object]
+    start: Position
+    anchor: str | None
+    size: int = 1
+    pending_key: str | None = None
+    has_key: bool = False
+
+
+@dataclass
+class _Builder:
+    problems: list[YamlProblem] = field(default_factory=list)
+    values: dict[FieldPath, Position] = field(default_factory=dict)
+    keys: dict[FieldPath, Position] = field(default_factory=dict)
+    anchors: dict[str, tuple[object, int]] = field(default_factory=dict)
+    stack: list[_Frame] = field(default_factory=list)
+    root: object = None
+    documents: int = 0
+    total: int = 0
+
+    def child_path(self) -> FieldPath:
+        if not self.stack:
+            return ()
+        top = self.stack[-1]
+        if isinstance(top.value, list):
+            return (*top.path, len(top.value))
+        if top.has_key:
+            return (*top.path, top.pending_key or "")
+        return top.path
+
+    def add(self, value: object, start: Position, size: int, *, is_scalar: bool) -> None:
+        self.total += size
+        if self.total > MAX_NODES:
+            raise YamlProblem(
+                start,
+                self.child_path(),
+                f"the document expands to more than {MAX_NODES:,} values (aliases included); "
+                "split it up or use fewer aliases",
+            )
+        if not self.stack:
+            self.root = value
+            self.values[()] = start
+            return
+        top = self.stack[-1]
+        top.size += size
+        if isinstance(top.value, list):
+            self.values[(*top.path, len(top.value))] = start
+            top.value.append(value)
+        elif not top.has_key:
+            self.add_key(top, value, start, is_scalar=is_scalar)
+        else:
+            key = top.pending_key
+            top.has_key, top.pending_key = False, None
+            if key is not None:
+                self.values[(*top.path, key)] = start
+                top.value[key] = value
+
+    def add_key(self, top: _Frame, key: object, start: Position, *, is_scalar: bool) -> None:
+        assert isinstance(top.value, dict)
+        top.has_key = True
+        if not is_scalar or not isinstance(key, str):
+            shown = key if is_scalar else type(key).__name__
+            self.problems.append(
+                YamlProblem(
+                    start,
+                    top.path,
+                    f"mapping keys must be strings, found {shown!r}; quote the key",
+                )
+            )
+            return
+        if key in top.value:
+            first = self.keys[(*top.path, key)]
+            self.problems.append(
+                YamlProblem(
+                    start,
+                    (*top.path, key),
+                    f"duplicate key '{key}' (first defined at line {first.line}); "
+                    "YAML keeps only one of them, remove the other",
+                )
+            )
+            return
+        top.pending_key = key
+        self.keys[(*top.path, key)] = start
+
+
+def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
+    """Parse one manifest file. Returns the document (None when unusable) and every problem."""
+    if len(raw) > MAX_FILE_BYTES:
+        size = len(raw) / (1024 * 1024)
+        limit = MAX_FILE_BYTES // (1024 * 1024)
+        return None, [
+            YamlProblem(
+                Position(1, 1),
+                (),
+                f"file is {size:.1f} MiB; a manifest may be at most {limit} MiB",
+            )
+        ]
+    try:
+        text = _decode(raw)
+    except YamlProblem as problem:
+        return None, [problem]
+    builder = _Builder()
+    try:
+        for event in _events(text):
+            _consume(builder, event)
+    except YamlProblem as problem:
+        return None, [*builder.problems, problem]
+    if builder.documents == 0 or builder.root is None:
+        return None, [YamlProblem(Position(1, 1), (), "file is empty: it holds no YAML document")]
+    document = YamlDocument(builder.root, builder.values, builder.keys)
+    return document, builder.problems
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise YamlProblem(
+            Position(line, column),
+            (),
+            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save it as UTF-8",
+        ) from None
+
+
+def _position(mark: Any) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+def _events(text: str) -> Iterator[ev.Event]:
+    try:
+        yield from yaml.parse(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        position = _position(mark) if mark is not None else Position(1, 1)
+        raise YamlProblem(position, (), _syntax_message(text, exc, position)) from None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line = before.count("\n") + 1
+        column = exc.position - (before.rfind("\n") + 1) + 1
+        raise YamlProblem(
+            Position(line, column),
+            (),
+            f"character {exc.character!r} is not allowed in YAML; remove it",
+        ) from None
+    except yaml.YAMLError as exc:  # any other parser complaint still names a place
+        raise YamlProblem(Position(1, 1), (), f"invalid YAML: {exc}") from None
+
+
+def _syntax_message(text: str, exc: yaml.MarkedYAMLError, position: Position) -> str:
+    lines = text.splitlines()
+    line = lines[position.line - 1] if 0 < position.line <= len(lines) else ""
+    indent = line[: len(line) - len(line.lstrip(" \t"))]
+    if "\t" in indent:
+        return "tab character in indentation; YAML indentation must use spaces"
+    problem = (exc.problem or "invalid YAML").strip()
+    if exc.context and exc.context_mark is not None:
+        context = f"{exc.context} at line {exc.context_mark.line + 1}"
+        return f"invalid YAML: {problem} ({context})"
+    return f"invalid YAML: {problem}"
+
+
+def _consume(b: _Builder, event: ev.Event) -> None:
+    if isinstance(event, ev.DocumentStartEvent):
+        b.documents += 1
+        if b.documents > 1:
+            raise YamlProblem(
+                _position(event.start_mark),
+                (),
+                "file holds more than one YAML document; put one manifest per file",
+            )
+    elif isinstance(event, ev.ScalarEvent):
+        start = _position(event.start_mark)
+        value = _scalar(b, event, start)
+        _remember_anchor(b, event.anchor, value, 1)
+        b.add(value, start, 1, is_scalar=True)
+    elif isinstance(event, ev.MappingStartEvent | ev.SequenceStartEvent):
+        start = _position(event.start_mark)
+        if len(b.stack) >= MAX_DEPTH:
+            raise YamlProblem(start, b.child_path(), f"nested more than {MAX_DEPTH} levels deep")
+        _refuse_tag(b, event.tag, start, mapping=isinstance(event, ev.MappingStartEvent))
+        container: dict[str, object] | list[object]
+        container = {} if isinstance(event, ev.MappingStartEvent) else []
+        b.stack.append(_Frame(b.child_path(), container, start, event.anchor))
+    elif isinstance(event, ev.MappingEndEvent | ev.SequenceEndEvent):
+        frame = b.stack.pop()
+        _remember_anchor(b, frame.anchor, frame.value, frame.size)
+        b.total -= frame.size - 1  # children were counted as they were added
+        b.add(frame.value, frame.start, frame.size, is_scalar=False)
+    elif isinstance(event, ev.AliasEvent):
+        start = _position(event.start_mark)
+        if event.anchor not in b.anchors:
+            raise YamlProblem(
+                start,
+                b.child_path(),
+                f"alias *{event.anchor} refers to no complete anchor &{event.anchor} before it",
+            )
+        value, size = b.anchors[event.anchor]
+        b.add(value, start, size, is_scalar=not isinstance(value, dict | list))
+
+
+def _remember_anchor(b: _Builder, anchor: str | None, value: object, size: int) -> None:
+    if anchor is not None:
+        b.anchors[anchor] = (value, size)
+
+
+def _refuse_tag(b: _Builder, tag: str | None, start: Position, *, mapping: bool) -> None:
+    allowed = {None, "!", _TAG + ("map" if mapping else "seq")}
+    if tag not in allowed:
+        b.problems.append(
+            YamlProblem(start, b.child_path(), f"YAML tag {tag!r} is not supported; remove it")
+        )
+
+
+def _scalar(b: _Builder, event: ev.ScalarEvent, start: Position) -> object:
+    text = event.value
+    if event.tag not in (None, "!", _TAG + "str"):
+        b.problems.append(
+            YamlProblem(
+                start, b.child_path(), f"YAML tag {event.tag!r} is not supported; remove it"
+            )
+        )
+        return text
+    if event.style or event.tag is not None:
+        return text  # quoted, block or explicitly tagged: always a string
+    problem = _ambiguity(text)
+    if problem is not None:
+        b.problems.append(YamlProblem(start, b.child_path(), problem))
+        return text
+    return _core_value(text)
+
+
+def _core_value(text: str) -> object:
+    """A plain scalar as YAML 1.2's core schema reads it."""
+    if _NULL.match(text):
+        return None
+    if _BOOL.match(text):
+        return text.lower() == "true"
+    if _INT.match(text):
+        return int(text)
+    if _INT_OCTAL_OR_HEX.match(text):
+        return int(text, 0)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+def _ambiguity(text: str) -> str | None:
+    """Why YAML 1.1 and 1.2 disagree on this plain scalar, or None when they agree."""
+    tag: str = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    legacy = tag.removeprefix(_TAG)
+    core = _core_value(text)
+    shown = f"'{text}'"
+    if legacy == "merge":
+        return (
+            "merge keys ('<<') are a YAML 1.1 extension that many tools ignore; write the keys out"
+        )
+    if _SPECIAL_FLOAT.match(text) or (isinstance(core, float) and not math.isfinite(core)):
+        return f"{shown} is not a finite number; JSON and DynamoDB cannot store it"
+    if legacy == "bool" and not isinstance(core, bool):
+        meaning = "true" if text.lower() in ("yes", "on", "y") else "false"
+        return (
+            f"{shown} is ambiguous: YAML 1.1 reads it as {meaning}, YAML 1.2 as a string; "
+            f'write {meaning} for the boolean or quote it ("{text}") for the string'
+        )
+    if legacy == "int" and _LEGACY_OCTAL.match(text):
+        return (
+            f"{shown} is ambiguous: YAML 1.1 reads it as the octal number {int(text, 8)}, "
+            f"YAML 1.2 as {int(text)}; drop the leading zero or quote it for a string"
+        )
+    if legacy in ("int", "float") and not isinstance(core, int | float):
+        return (
+            f"{shown} is ambiguous: YAML 1.1 reads it as a number, YAML 1.2 as a string; "
+            "write the number plainly (no '_' or ':') or quote it for a string"
+        )
+    if legacy == "str" and isinstance(core, int | float) and not isinstance(core, bool):
+        return (
+            f"{shown} is ambiguous: YAML 1.1 reads it as a string, YAML 1.2 as the number "
+            f"{core!r}; write {core!r} for the number or quote it for a string"
+        )
+    return None
