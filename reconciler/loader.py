@@ -166,7 +166,9 @@ def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic
     diagnostics.extend(kind_diagnostics)
     if kind is None:
         return None, diagnostics
-    schema_problems = schema.check(kind, data)
+    # A value the YAML step already refused (e.g. an ambiguous 'yes') is not reported again.
+    refused = {problem.field for problem in problems}
+    schema_problems = [p for p in schema.check(kind, data) if p.field not in refused]
     for problem in schema_problems:
         at = problem.field[:-1] if problem.at_parent else problem.field
         diagnostics.append(

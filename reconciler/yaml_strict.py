@@ -325,6 +325,16 @@ def _core_value(text: str) -> object:
     return text
 
 
+def _unambiguous(number: float) -> str:
+    """A spelling of ``number`` that YAML 1.1 and 1.2 both read as that number."""
+    text = repr(number)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        sign = "" if exponent[0] in "+-" else "+"
+        text = f"{mantissa}.0e{sign}{exponent}"
+    return text
+
+
 def _ambiguity(text: str) -> str | None:
     """Why YAML 1.1 and 1.2 disagree on this plain scalar, or None when they agree."""
     tag: str = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
@@ -356,6 +366,6 @@ def _ambiguity(text: str) -> str | None:
     if legacy == "str" and isinstance(core, int | float) and not isinstance(core, bool):
         return (
             f"{shown} is ambiguous: YAML 1.1 reads it as a string, YAML 1.2 as the number "
-            f"{core!r}; write {core!r} for the number or quote it for a string"
+            f"{core!r}; write {_unambiguous(core)} for the number or quote it for a string"
         )
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"
 TIMESTAMP_PATTERN = (
@@ -47,6 +47,18 @@ Timestamp = Annotated[
     ),
 ]
 Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="A lower-case label.")]
+
+
+def _no_repeats(items: list[Any]) -> list[Any]:
+    for index, item in enumerate(items):
+        if item in items[:index]:
+            raise ValueError(f"{item!r} appears twice")
+    return items
+
+
+UNIQUE_ITEMS: dict[str, Any] = {"uniqueItems": True}
+Tags = Annotated[list[Tag], AfterValidator(_no_repeats), Field(json_schema_extra=UNIQUE_ITEMS)]
+NameList = Annotated[list[Name], AfterValidator(_no_repeats), Field(json_schema_extra=UNIQUE_ITEMS)]
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
@@ -73,11 +85,7 @@ class Manifest(StrictModel):
         description="Team or person accountable for it: who to ask, who gets paged.",
         examples=["team-vc-platform"],
     )
-    tags: list[Tag] = Field(
-        default_factory=list,
-        description="Free labels for search and grouping.",
-        json_schema_extra={"uniqueItems": True},
-    )
+    tags: Tags = Field(default_factory=list, description="Free labels for search and grouping.")
     deletion_protection: bool = Field(
         default=False,
         description=(

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from reconciler.manifests.common import Manifest, Name, Percentage, StrictModel
+from reconciler.manifests.common import Manifest, Name, NameList, Percentage, StrictModel
 
 
 class ThrottleLimit(StrictModel):
@@ -30,15 +30,13 @@ class EmergencyLimit(StrictModel):
 class CostScope(StrictModel):
     """Which spend counts, and which features the limits act on."""
 
-    flags: list[Name] = Field(
+    flags: NameList = Field(
         default_factory=list,
         description="flag_names whose request types' spend counts and which are acted on.",
-        json_schema_extra={"uniqueItems": True},
     )
-    request_types: list[Name] = Field(
+    request_types: NameList = Field(
         default_factory=list,
         description="Request types (as flags declare them) whose spend counts.",
-        json_schema_extra={"uniqueItems": True},
     )
 
 

@@ -50,6 +50,7 @@ class Flag(Manifest):
         default=True,
         description="The value served while the flag is on; it must match type. Defaults to "
         "true for boolean flags and is required for the other types.",
+        json_schema_extra={"not": {"type": "null"}},
     )
     fail_mode: Literal["open", "closed"] = Field(
         default="closed",

@@ -1,0 +1,64 @@
+"""The README's examples are real: they are run here and compared with what the README shows."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+from tests.test_cli import invoke
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def _block_after(marker: str) -> list[str]:
+    """The lines of the fenced block whose first line is ``marker``, without the marker."""
+    for block in re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.DOTALL):
+        lines = block.splitlines()
+        if lines and lines[0] == marker:
+            return lines[1:]
+    raise AssertionError(f"README has no block starting with {marker!r}")
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_validate_example_output(example_tree: Path) -> None:
+    flags = example_tree / "flags.d" / "vc_bedrock_live.yaml"
+    _edit(flags, "fail_mode: closed", "fail_mode: opened")
+    _edit(flags, "rollout_percentage: 100\n", "rollout_percent: 100\n")
+    _edit(flags, '"NO"', "NO")
+    _edit(example_tree / "costs.d" / "ai_daily_budget.yaml", "amount_usd: 100", "amount_usd: 900")
+    _edit(
+        example_tree / "experiments.d" / "claude_vs_gemini.yaml",
+        "feature_flag: ai_model_selection",
+        "feature_flag: ai_model_selektion",
+    )
+    code, out, err = invoke("--validate", str(example_tree))
+    shown = _block_after("$ reconcile --validate")
+    assert shown[-2:] == ["$ echo $?", str(code)]
+    assert out.splitlines() + err.splitlines() == shown[:-2]
+
+
+def test_json_example_has_the_documented_shape(example_tree: Path) -> None:
+    (example_tree / "flags.d" / "vc_second.yaml").write_text(
+        "kind: Flag\nflag_name: vc_second\ndescription: d\nowner: o\nenabled: yes\n"
+    )
+    _, out, _ = invoke("--validate", "--format", "json", str(example_tree))
+    report = json.loads(out)
+    documented = json.loads(
+        "\n".join(_block_after("{")).join(["{\n", ""]).replace('"..."', '""').replace("; ...", "")
+    )
+    assert report.keys() == documented.keys()
+    assert report["diagnostics"][0].keys() == documented["diagnostics"][0].keys()
+    assert report["diagnostics"][0]["message"].startswith(documented["diagnostics"][0]["message"])
+
+
+def test_first_screen_gives_the_two_commands() -> None:
+    first_screen = README[: README.index("---")]
+    assert "pip install -e . && reconcile --validate" in first_screen
+    assert "pip install -e '.[dev]' && pytest" in first_screen
