@@ -47,7 +47,9 @@ def _check(sock: socket.socket, address: object) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         host = str(address[0]) if isinstance(address, tuple) else str(address)
         if not _is_loopback(host):
-            raise NetworkGuardError(f"test tried to connect to {address!r}; only loopback is allowed")
+            raise NetworkGuardError(
+                f"test tried to connect to {address!r}; only loopback is allowed"
+            )
 
 
 def _guarded_connect(self: socket.socket, address: object) -> None:
@@ -61,7 +63,9 @@ def _guarded_connect_ex(self: socket.socket, address: object) -> int:
 
 
 def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
-    if host is not None and not _is_loopback(host.decode() if isinstance(host, bytes) else str(host)):
+    if host is not None and not _is_loopback(
+        host.decode() if isinstance(host, bytes) else str(host)
+    ):
         raise NetworkGuardError(f"test tried to resolve {host!r}; only loopback is allowed")
     return _real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -83,4 +87,4 @@ def example_tree(tmp_path: Path) -> Iterator[Path]:
     for folder in ("flags.d", "experiments.d", "rollouts.d", "costs.d"):
         shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
     shutil.copy(REPO_ROOT / "reconciler.toml", tmp_path / "reconciler.toml")
-    yield tmp_path
+    return tmp_path

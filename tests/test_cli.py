@@ -29,7 +29,9 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_validate_clean_tree(example_tree: Path) -> None:
@@ -46,7 +48,9 @@ def test_validate_clean_tree(example_tree: Path) -> None:
 
 def test_validate_reports_every_error_then_exits_1(example_tree: Path) -> None:
     flag = example_tree / "flags.d" / "vc_bedrock_live.yaml"
-    flag.write_text(flag.read_text().replace("rollout_percentage: 100\n", "rollout_percentage: 150\n", 1))
+    flag.write_text(
+        flag.read_text().replace("rollout_percentage: 100\n", "rollout_percentage: 150\n", 1)
+    )
     costs = example_tree / "costs.d" / "ai_daily_budget.yaml"
     costs.write_text(costs.read_text().replace("amount_usd: 100", "amount_usd: 900"))
     code, out, err = invoke("--validate", str(example_tree))
@@ -98,7 +102,7 @@ def test_warnings_do_not_fail_the_run(example_tree: Path) -> None:
 
 
 def test_wrong_directory_is_a_user_error(tmp_path: Path) -> None:
-    code, out, err = invoke("--validate", str(tmp_path))
+    code, out, _err = invoke("--validate", str(tmp_path))
     assert code == 1
     assert out.startswith(".:1:1: (file): no manifest folders here (flags.d/, experiments.d/")
 
@@ -141,18 +145,28 @@ def _script(name: str) -> str:
 def test_console_script_in_a_real_process(example_tree: Path) -> None:
     env = {**os.environ, "NO_COLOR": "1"}
     clean = subprocess.run(
-        [_script("reconcile"), "--validate"], cwd=example_tree, capture_output=True, text=True,
-        env=env, check=False,
+        [_script("reconcile"), "--validate"],
+        cwd=example_tree,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert clean.returncode == 0, clean.stderr
     assert "5 manifests valid" in clean.stdout
     (example_tree / "rollouts.d" / "bedrock_gradual_rollout.yaml").write_bytes(b"kind: [\n")
     broken = subprocess.run(
-        [_script("reconcile"), "--validate"], cwd=example_tree, capture_output=True, text=True,
-        env=env, check=False,
+        [_script("reconcile"), "--validate"],
+        cwd=example_tree,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert broken.returncode == 1
-    assert broken.stdout.startswith("rollouts.d/bedrock_gradual_rollout.yaml:2:1: (file): invalid YAML")
+    assert broken.stdout.startswith(
+        "rollouts.d/bedrock_gradual_rollout.yaml:2:1: (file): invalid YAML"
+    )
     assert broken.stderr == "1 error, 0 warnings in 5 files.\n"
 
 

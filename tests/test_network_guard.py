@@ -11,7 +11,10 @@ from tests.conftest import NetworkGuardError
 
 
 def test_connecting_to_a_public_address_fails_before_any_packet() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, pytest.raises(NetworkGuardError):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock,
+        pytest.raises(NetworkGuardError),
+    ):
         sock.connect(("203.0.113.7", 443))  # TEST-NET-3: never routed
 
 

@@ -59,14 +59,48 @@ def _paths(node: object, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 BOUNDARY_VALUES = st.sampled_from(
-    [None, True, False, 0, 1, -1, 7.0, 0.5, 99.999, 100, 100.0001, 101, 1e9, -0.0, "", "x",
-     "vc_flag", "Not A Name!", "2025-01-09T10:00:00Z", "2025-01-09", "2.4.0", "open", "all",
-     "include", "in", "equals", [], ["a"], [1, 1], {}, {"x": 1}]
+    [
+        None,
+        True,
+        False,
+        0,
+        1,
+        -1,
+        7.0,
+        0.5,
+        99.999,
+        100,
+        100.0001,
+        101,
+        1e9,
+        -0.0,
+        "",
+        "x",
+        "vc_flag",
+        "Not A Name!",
+        "2025-01-09T10:00:00Z",
+        "2025-01-09",
+        "2.4.0",
+        "open",
+        "all",
+        "include",
+        "in",
+        "equals",
+        [],
+        ["a"],
+        [1, 1],
+        {},
+        {"x": 1},
+    ]
 )
-json_scalars = st.none() | st.booleans() | st.integers(-5, 200) | st.floats(-5, 200) | st.text(max_size=8)
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-5, 200) | st.floats(-5, 200) | st.text(max_size=8)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 

@@ -85,38 +85,74 @@ def test_positions_of_values_and_keys(parser: str) -> None:
     [
         pytest.param(
             b"a: 1\nb: 2\na: 3\n",
-            [(3, 1, "duplicate key 'a' (first defined at line 1); YAML keeps only one of them, "
-              "remove the other")],
+            [
+                (
+                    3,
+                    1,
+                    "duplicate key 'a' (first defined at line 1); YAML keeps only one of them, "
+                    "remove the other",
+                )
+            ],
             id="duplicate-key",
         ),
         pytest.param(
             b"country: NO\n",
-            [(1, 10, "'NO' is ambiguous: YAML 1.1 reads it as false, YAML 1.2 as a string; "
-              "write false for the boolean or quote it (\"NO\") for the string")],
+            [
+                (
+                    1,
+                    10,
+                    "'NO' is ambiguous: YAML 1.1 reads it as false, YAML 1.2 as a string; "
+                    'write false for the boolean or quote it ("NO") for the string',
+                )
+            ],
             id="norway",
         ),
         pytest.param(
             b"enabled: on\n",
-            [(1, 10, "'on' is ambiguous: YAML 1.1 reads it as true, YAML 1.2 as a string; "
-              "write true for the boolean or quote it (\"on\") for the string")],
+            [
+                (
+                    1,
+                    10,
+                    "'on' is ambiguous: YAML 1.1 reads it as true, YAML 1.2 as a string; "
+                    'write true for the boolean or quote it ("on") for the string',
+                )
+            ],
             id="on",
         ),
         pytest.param(
             b"cost: 1e3\n",
-            [(1, 7, "'1e3' is ambiguous: YAML 1.1 reads it as a string, YAML 1.2 as the number "
-              "1000.0; write 1000.0 for the number or quote it for a string")],
+            [
+                (
+                    1,
+                    7,
+                    "'1e3' is ambiguous: YAML 1.1 reads it as a string, YAML 1.2 as the number "
+                    "1000.0; write 1000.0 for the number or quote it for a string",
+                )
+            ],
             id="exponent-without-dot",
         ),
         pytest.param(
             b"mode: 0644\n",
-            [(1, 7, "'0644' is ambiguous: YAML 1.1 reads it as the octal number 420, YAML 1.2 "
-              "as 644; drop the leading zero or quote it for a string")],
+            [
+                (
+                    1,
+                    7,
+                    "'0644' is ambiguous: YAML 1.1 reads it as the octal number 420, YAML 1.2 "
+                    "as 644; drop the leading zero or quote it for a string",
+                )
+            ],
             id="octal",
         ),
         pytest.param(
             b"time: 1:30\n",
-            [(1, 7, "'1:30' is ambiguous: YAML 1.1 reads it as a number, YAML 1.2 as a string; "
-              "write the number plainly (no '_' or ':') or quote it for a string")],
+            [
+                (
+                    1,
+                    7,
+                    "'1:30' is ambiguous: YAML 1.1 reads it as a number, YAML 1.2 as a string; "
+                    "write the number plainly (no '_' or ':') or quote it for a string",
+                )
+            ],
             id="sexagesimal",
         ),
         pytest.param(
@@ -126,14 +162,26 @@ def test_positions_of_values_and_keys(parser: str) -> None:
         ),
         pytest.param(
             b"base: &b {a: 1}\nchild:\n  <<: *b\n",
-            [(3, 3, "merge keys ('<<') are a YAML 1.1 extension that many tools ignore; "
-              "write the keys out")],
+            [
+                (
+                    3,
+                    3,
+                    "merge keys ('<<') are a YAML 1.1 extension that many tools ignore; "
+                    "write the keys out",
+                )
+            ],
             id="merge-key",
         ),
         pytest.param(
             b"a: !!python/object:os.system ls\n",
-            [(1, 4, "YAML tag 'tag:yaml.org,2002:python/object:os.system' is not supported; "
-              "remove it")],
+            [
+                (
+                    1,
+                    4,
+                    "YAML tag 'tag:yaml.org,2002:python/object:os.system' is not supported; "
+                    "remove it",
+                )
+            ],
             id="python-tag",
         ),
         pytest.param(
@@ -143,7 +191,9 @@ def test_positions_of_values_and_keys(parser: str) -> None:
         ),
     ],
 )
-def test_refusals_keep_parsing(parser: str, raw: bytes, expected: list[tuple[int, int, str]]) -> None:
+def test_refusals_keep_parsing(
+    parser: str, raw: bytes, expected: list[tuple[int, int, str]]
+) -> None:
     assert problems(raw) == expected
 
 
@@ -151,8 +201,12 @@ def test_refusals_keep_parsing(parser: str, raw: bytes, expected: list[tuple[int
     ("raw", "expected"),
     [
         pytest.param(b"", (1, 1, "file is empty: it holds no YAML document"), id="empty"),
-        pytest.param(b"# only a comment\n", (1, 1, "file is empty: it holds no YAML document"), id="comments"),
-        pytest.param(b"---\n...\n", (1, 1, "file is empty: it holds no YAML document"), id="null-document"),
+        pytest.param(
+            b"# only a comment\n", (1, 1, "file is empty: it holds no YAML document"), id="comments"
+        ),
+        pytest.param(
+            b"---\n...\n", (1, 1, "file is empty: it holds no YAML document"), id="null-document"
+        ),
         pytest.param(
             b"a: 1\n---\nb: 2\n",
             (2, 1, "file holds more than one YAML document; put one manifest per file"),
@@ -168,8 +222,16 @@ def test_refusals_keep_parsing(parser: str, raw: bytes, expected: list[tuple[int
             (2, 4, "file is not valid UTF-8 (byte 0xe9); save it as UTF-8"),
             id="latin-1",
         ),
-        pytest.param(b"a: *missing\n", (1, 4, "alias *missing refers to no complete anchor &missing before it"), id="undefined-alias"),
-        pytest.param(b"a: &x [1, *x]\n", (1, 11, "alias *x refers to no complete anchor &x before it"), id="recursive-alias"),
+        pytest.param(
+            b"a: *missing\n",
+            (1, 4, "alias *missing refers to no complete anchor &missing before it"),
+            id="undefined-alias",
+        ),
+        pytest.param(
+            b"a: &x [1, *x]\n",
+            (1, 11, "alias *x refers to no complete anchor &x before it"),
+            id="recursive-alias",
+        ),
         pytest.param(b"[" * 65 + b"]" * 65, (1, 65, "nested more than 64 levels deep"), id="deep"),
     ],
 )
@@ -180,7 +242,7 @@ def test_fatal_problems(parser: str, raw: bytes, expected: tuple[int, int, str])
 
 
 def test_syntax_errors_name_the_place(parser: str) -> None:
-    [(line, column, message)] = problems(b"kind: Flag\nflag_name: [a, b\nowner: x\n")
+    [(line, _column, message)] = problems(b"kind: Flag\nflag_name: [a, b\nowner: x\n")
     assert line == 3
     assert message.startswith("invalid YAML: ")
 
