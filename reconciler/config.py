@@ -5,6 +5,12 @@ Example::
     [validate]
     naming = "error"                       # "warning" (default), "error" or "off"
     component_prefixes = ["vc", "dashboard", "auth", "ai"]
+
+    [store]
+    backend = "dynamodb"                   # or "local"; unset: see reconciler.state.select
+    region = "eu-central-1"
+    [store.tables]
+    FEATURE_FLAGS_TABLE = "prod-feature-flags"
 """
 
 from __future__ import annotations
@@ -33,10 +39,33 @@ class ValidateSettings(BaseModel):
     )
 
 
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["local", "dynamodb"] | None = Field(
+        default=None,
+        description="local (SQLite) or dynamodb; unset: dynamodb when AWS_ENDPOINT_URL_DYNAMODB "
+        "or FEATURE_FLAGS_TABLE is set, local otherwise.",
+    )
+    path: str | None = Field(
+        default=None, description="The local store's file, relative to the repository root."
+    )
+    region: str | None = Field(default=None, description="AWS region of the DynamoDB tables.")
+    endpoint_url: str | None = Field(
+        default=None, description="A DynamoDB-compatible endpoint (AWS_ENDPOINT_URL_DYNAMODB)."
+    )
+    tables: dict[str, str] = Field(
+        default_factory=dict,
+        description='Table names by environment variable, e.g. FEATURE_FLAGS_TABLE = "..."; '
+        "the environment variables themselves take precedence.",
+    )
+
+
 class RepoConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
 
 def load_config(root: Path) -> RepoConfig:

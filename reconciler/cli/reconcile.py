@@ -1,4 +1,4 @@
-"""``reconcile``: validate the manifests in git (plan and apply build on it)."""
+"""``reconcile``: validate, plan and apply the manifests in git against the flag store."""
 
 from __future__ import annotations
 
@@ -8,59 +8,138 @@ from pathlib import Path
 import click
 
 from reconciler import __version__
+from reconciler.apply import DEFAULT_MAX_DELETIONS, default_actor
 from reconciler.cli.boundary import run
-from reconciler.config import load_config
-from reconciler.diagnostics import render_json, render_text
-from reconciler.errors import ExitCode
-from reconciler.validation import validate
+from reconciler.commands.admin import run_bootstrap, run_force_unlock
+from reconciler.commands.apply import run_apply
+from reconciler.commands.common import make_context
+from reconciler.commands.plan import run_plan
+from reconciler.commands.validate import run_validate
+from reconciler.errors import UserError
+
+MODES = ("validate", "plan", "apply", "bootstrap", "force-unlock")
 
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
-  reconcile --validate                 check the tree in the current directory
-  reconcile --validate path/to/repo    check another tree
-  reconcile --validate --format json   machine-readable findings
+  reconcile --validate                        check the tree in the current directory
+  reconcile --validate --format json          findings for machines
+  reconcile --plan                            what apply would change, field by field
+  reconcile --plan --format markdown          the plan as a pull-request comment
+  reconcile --plan --out plan.json --detailed-exitcode
+                                              save the plan; exit 2 when changes are pending
+  reconcile --apply plan.json                 apply exactly the saved plan
+  reconcile --apply --yes                     plan and apply in one go (CI)
+  reconcile --bootstrap                       create the store's tables if missing
+  reconcile --force-unlock --reason "apply job killed"
+
+\b
+Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
+(--plan --detailed-exitcode), 3 internal error, 130 interrupted.
 """,
 )
 @click.option(
-    "--validate",
-    "mode",
-    flag_value="validate",
-    required=True,
-    help="Check every manifest against its schema and the semantic rules; write nothing.",
+    "--validate", "mode", flag_value="validate", help="Check every manifest; write nothing."
 )
-@click.argument(
-    "root",
-    required=False,
-    default=".",
+@click.option("--plan", "mode", flag_value="plan", help="Show what apply would change.")
+@click.option("--apply", "mode", flag_value="apply", help="Make the store equal to git.")
+@click.option("--bootstrap", "mode", flag_value="bootstrap", help="Create missing tables.")
+@click.option(
+    "--force-unlock", "mode", flag_value="force-unlock", help="Break a dead apply's lock."
+)
+@click.argument("target", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--root",
     type=click.Path(file_okay=False, path_type=Path),
+    help="The repository (default: TARGET for the other modes, else the current directory).",
 )
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "markdown", "json"]),
     default="text",
     show_default=True,
-    help="text: one finding per line as path:line:col: field: message; json: for machines.",
+    help="Output of --validate (text, json) and --plan (text, markdown, json).",
 )
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan (JSON)."
+)
+@click.option("--detailed-exitcode", is_flag=True, help="--plan exits 2 when changes are pending.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (for CI).")
+@click.option(
+    "--max-deletions",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_DELETIONS,
+    show_default=True,
+    help="Refuse to apply a plan that deletes more records than this.",
+)
+@click.option("--allow-empty", is_flag=True, help="Allow a tree with no manifests to delete all.")
+@click.option(
+    "--store",
+    "backend",
+    type=click.Choice(["local", "dynamodb"]),
+    help="The backend (default: reconciler.toml [store], then the environment, then local).",
+)
+@click.option("--actor", default=default_actor, help="Who is acting, for the audit trail.")
+@click.option("--reason", help="Why (required by --force-unlock).")
 @click.version_option(__version__, prog_name="reconcile")
-def reconcile(mode: str, root: Path, output_format: str) -> int:
+def reconcile(
+    mode: str | None,
+    target: Path | None,
+    root: Path | None,
+    output_format: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    yes: bool,
+    max_deletions: int,
+    allow_empty: bool,
+    backend: str | None,
+    actor: str,
+    reason: str | None,
+) -> int:
     """Reconcile the feature-flag manifests in git with the flag store.
 
-    ROOT is the repository holding flags.d/, experiments.d/, rollouts.d/ and costs.d/
-    (default: the current directory).
+    TARGET is the repository holding flags.d/, experiments.d/, rollouts.d/ and costs.d/
+    (default: the current directory); for --apply it is a saved plan file.
     """
-    config = load_config(root)
-    result = validate(root, config)
-    if output_format == "json":
-        click.echo(render_json(result.diagnostics, len(result.tree.manifests)))
-    else:
-        for line in render_text(result.diagnostics):
-            click.echo(line)
-        click.echo(result.summary(), err=not result.ok)
-    return ExitCode.CLEAN if result.ok else ExitCode.USER_ERROR
+    if mode is None:
+        raise click.UsageError(f"choose one of: {', '.join('--' + m for m in MODES)}")
+    plan_file = None
+    if mode == "apply" and target is not None and not target.is_dir():
+        plan_file = target
+    elif target is not None:
+        if root is not None:
+            raise click.UsageError("give the repository either as TARGET or as --root, not both")
+        root = target
+    root = root or Path(".")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory")
+    if output_format == "markdown" and mode != "plan":
+        raise click.UsageError("--format markdown is only for --plan")
+    context = make_context(root, backend, actor)
+    if mode == "validate":
+        return run_validate(context, output_format)
+    if mode == "plan":
+        return run_plan(
+            context,
+            output_format=output_format,
+            out=out,
+            detailed_exitcode=detailed_exitcode,
+            allow_empty=allow_empty,
+        )
+    if mode == "apply":
+        return run_apply(
+            context,
+            plan_file=plan_file,
+            yes=yes,
+            max_deletions=max_deletions,
+            allow_empty=allow_empty,
+        )
+    if mode == "bootstrap":
+        return run_bootstrap(context)
+    return run_force_unlock(context, reason)
 
 
 def main() -> None:

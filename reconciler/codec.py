@@ -1,0 +1,129 @@
+"""From manifests to stored items: a pure translation, in the original tables' field names.
+
+A flag item carries what the runtime needs in one read: its targeting, its active rollout
+strategy (``rollout``) and its experiment (``ab_test_config``, as the original stored it).
+Every item's git-owned content is hashed, so drift (an edit outside git) is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from reconciler.loader import Tree
+from reconciler.manifests import CostThreshold, Experiment, Flag, Manifest, RolloutStrategy
+from reconciler.state.records import (
+    CONTROLLER_FIELDS,
+    META_FIELDS,
+    OVERRIDE_FIELDS,
+    Item,
+    RecordKind,
+)
+
+NOT_GIT_OWNED = frozenset(META_FIELDS) | frozenset(OVERRIDE_FIELDS) | frozenset(CONTROLLER_FIELDS)
+
+DesiredState = dict[RecordKind, dict[str, Item]]
+
+
+def canonical(value: Any) -> Any:
+    """JSON values in one canonical form: integral floats become ints (100.0 is 100)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def content_hash(item: Item) -> str:
+    """The hash of an item's git-owned content."""
+    text = json.dumps(canonical(git_owned(item)), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_owned(item: Item) -> Item:
+    """The attributes of an item that git owns (everything but metadata and other owners')."""
+    return {k: v for k, v in item.items() if k not in NOT_GIT_OWNED}
+
+
+def encode(tree: Tree) -> DesiredState:
+    """Every record the tree describes, keyed by kind and name."""
+    flags = [m for m, _ in tree.of(Flag)]
+    experiments = [m for m, _ in tree.of(Experiment)]
+    strategies = [m for m, _ in tree.of(RolloutStrategy)]
+    thresholds = [m for m, _ in tree.of(CostThreshold)]
+    return {
+        RecordKind.FLAG: {f.flag_name: encode_flag(f, experiments, strategies) for f in flags},
+        RecordKind.EXPERIMENT: {e.experiment_id: encode_experiment(e) for e in experiments},
+        RecordKind.ROLLOUT: {r.strategy_name: _plain(r) for r in strategies},
+        RecordKind.COST_THRESHOLD: {t.threshold_name: _plain(t) for t in thresholds},
+    }
+
+
+def encode_flag(
+    flag: Flag, experiments: list[Experiment], strategies: list[RolloutStrategy]
+) -> Item:
+    item = _plain(flag)
+    item["flag_type"] = item.pop("type")
+    experiment = _experiment_for(flag, experiments)
+    if experiment is not None:
+        item["experiment"] = experiment.experiment_id
+        item["ab_test_config"] = canonical(
+            {
+                "test_name": experiment.experiment_id,
+                "variants": [
+                    {"name": v.name, "config": v.config, "weight": v.weight}
+                    for v in experiment.variants
+                ],
+                "traffic_split": {v.name: v.weight for v in experiment.variants},
+                "active": experiment.status == "active",
+                "status": experiment.status,
+                "control": experiment.control or experiment.variants[0].name,
+                "traffic_percentage": experiment.traffic_percentage,
+                **({"winner": experiment.winner} if experiment.winner else {}),
+                **({"start_time": experiment.start_time} if experiment.start_time else {}),
+            }
+        )
+    strategy = _strategy_for(flag, strategies)
+    if strategy is not None:
+        item["rollout_strategy"] = strategy.strategy_name
+        item["rollout"] = canonical(
+            {
+                "strategy_name": strategy.strategy_name,
+                "rollout_type": strategy.rollout_type,
+                "configuration": strategy.configuration.model_dump(
+                    mode="json", by_alias=True, exclude_none=True
+                ),
+            }
+        )
+    return item
+
+
+def encode_experiment(experiment: Experiment) -> Item:
+    item = _plain(experiment)
+    item["traffic_allocation"] = canonical({v.name: v.weight for v in experiment.variants})
+    return item
+
+
+def _plain(manifest: Manifest) -> Item:
+    data = manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.pop("kind", None)
+    result = canonical(data)
+    assert isinstance(result, dict)
+    return result
+
+
+def _experiment_for(flag: Flag, experiments: list[Experiment]) -> Experiment | None:
+    mine = [e for e in experiments if e.feature_flag == flag.flag_name]
+    linked = [e for e in mine if e.experiment_id == flag.experiment]
+    active = [e for e in mine if e.status == "active"]
+    return next(iter(linked or active), None)
+
+
+def _strategy_for(flag: Flag, strategies: list[RolloutStrategy]) -> RolloutStrategy | None:
+    mine = [s for s in strategies if s.feature_flag == flag.flag_name]
+    active = [s for s in mine if s.active]
+    linked = [s for s in mine if s.strategy_name == flag.rollout_strategy]
+    return next(iter(active or linked), None)

@@ -1,0 +1,1 @@
+"""Plans: what ``reconcile --apply`` will change, computed purely from desired and actual state."""

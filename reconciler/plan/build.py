@@ -1,0 +1,54 @@
+"""Make a plan: read the store, then diff it (purely) against the desired state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from datetime import datetime
+
+from reconciler.codec import DesiredState
+from reconciler.plan.diff import diff
+from reconciler.plan.model import Change, Plan
+from reconciler.state.records import RecordKind, format_time
+from reconciler.state.store import StateStore
+
+
+def build_plan(
+    desired: DesiredState,
+    store: StateStore,
+    *,
+    git_commit: str | None,
+    now: datetime,
+    allow_empty: bool = False,
+    notes: tuple[str, ...] = (),
+) -> Plan:
+    actual = {kind: store.read_records(kind) for kind in RecordKind}
+    changes, unmanaged = diff(desired, actual, now=format_time(now))
+    empty = not any(desired.get(kind) for kind in RecordKind)
+    if empty and not allow_empty:
+        changes = [_refuse_empty(c) for c in changes]
+    body = json.dumps(
+        [git_commit, store.describe(), [(c.address, c.action, c.desired_hash) for c in changes]],
+        sort_keys=True,
+    )
+    plan_id = hashlib.sha256(f"{format_time(now)}{body}".encode()).hexdigest()[:16]
+    return Plan(
+        plan_id=plan_id,
+        created_at=format_time(now),
+        git_commit=git_commit,
+        store=store.describe(),
+        changes=tuple(changes),
+        unmanaged=tuple(unmanaged),
+        notes=notes,
+    )
+
+
+def _refuse_empty(change: Change) -> Change:
+    if change.action != "delete" or change.blocked:
+        return change
+    return replace(
+        change,
+        blocked="git declares no manifests at all, which would delete everything; "
+        "pass --allow-empty if that is really meant",
+    )

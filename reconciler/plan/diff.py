@@ -1,0 +1,152 @@
+"""The pure diff: desired items against the records in the store, into ordered changes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from reconciler.codec import DesiredState, canonical, content_hash, git_owned
+from reconciler.diagnostics import format_field
+from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
+from reconciler.plan.risk import risks_of
+from reconciler.state.records import Item, RecordKind, StoredRecord
+
+ActualState = Mapping[RecordKind, Mapping[str, StoredRecord]]
+
+
+def diff(
+    desired: DesiredState, actual: ActualState, *, now: str
+) -> tuple[list[Change], list[Unmanaged]]:
+    """Changes that make ``actual`` equal to ``desired``: creates and updates kind by kind,
+    then deletes. Records reconcile did not create are never changed, only reported."""
+    changes: list[Change] = []
+    deletes: list[Change] = []
+    unmanaged: list[Unmanaged] = []
+    for kind in RecordKind:
+        wanted = desired.get(kind, {})
+        present = actual.get(kind, {})
+        for name in sorted(wanted.keys() | present.keys()):
+            record = present.get(name)
+            if name not in wanted:
+                assert record is not None
+                if record.managed:
+                    deletes.append(_delete(record, now))
+                else:
+                    unmanaged.append(Unmanaged(kind, name))
+                continue
+            after = canonical(wanted[name])
+            if record is None:
+                changes.append(
+                    Change(
+                        kind,
+                        name,
+                        "create",
+                        after=after,
+                        desired_hash=content_hash(after),
+                        fields=tuple(_fields(None, after)),
+                        risks=tuple(risks_of(kind, name, None, after)),
+                    )
+                )
+            else:
+                changes.append(_update(record, after, now))
+    return changes + deletes, unmanaged
+
+
+def _update(record: StoredRecord, after: Item, now: str) -> Change:
+    before = canonical(git_owned(record.item))
+    drift = record.managed and record.content_hash != content_hash(record.item)
+    blocked = None
+    if not record.managed:
+        blocked = (
+            "exists in the store but was not created by reconcile; rename it in git, or remove "
+            "or adopt the record in the store first"
+        )
+    action: Action = "unchanged" if before == after and not blocked else "update"
+    return Change(
+        record.kind,
+        record.name,
+        action,
+        before=before,
+        after=after,
+        expected_version=record.version,
+        desired_hash=content_hash(after),
+        fields=tuple(_fields(before, after)) if action == "update" else (),
+        risks=tuple(risks_of(record.kind, record.name, before, after))
+        if action == "update"
+        else (),
+        holds=tuple(_holds(record, now)),
+        drift=drift,
+        blocked=blocked,
+    )
+
+
+def _delete(record: StoredRecord, now: str) -> Change:
+    before = canonical(git_owned(record.item))
+    holds = tuple(_holds(record, now))
+    blocked = None
+    if record.deletion_protected:
+        blocked = (
+            "deletion protection is on for the live record; set deletion_protection: false in "
+            "git and apply that first"
+        )
+    elif any(h.owner == "override" for h in holds):
+        blocked = "an emergency shutdown holds this record; restore it before deleting the record"
+    return Change(
+        record.kind,
+        record.name,
+        "delete",
+        before=before,
+        expected_version=record.version,
+        fields=tuple(_fields(before, None)),
+        risks=tuple(risks_of(record.kind, record.name, before, None)),
+        holds=holds,
+        drift=record.content_hash != content_hash(record.item),
+        blocked=blocked,
+    )
+
+
+def _holds(record: StoredRecord, now: str) -> list[Hold]:
+    holds = []
+    item = record.item
+    if record.override_active(now):
+        by = item.get("shutdown_by", "an operator")
+        reason = item.get("shutdown_reason", "")
+        expires = item.get("shutdown_expires_at")
+        detail = f"emergency shutdown by {by}" + (f": {reason}" if reason else "")
+        if expires:
+            detail += f" (expires {expires})"
+        holds.append(Hold("override", detail, item.get("shutdown_at")))
+    state = item.get("controller_state")
+    if isinstance(state, dict) and state:
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(state.items()) if not isinstance(v, dict))
+        holds.append(Hold("controller", f"controller state: {summary}", state.get("since")))
+    return holds
+
+
+def _fields(before: Item | None, after: Item | None) -> list[FieldChange]:
+    if before is None or after is None:
+        side = after if before is None else before
+        assert side is not None
+        kind: FieldKind = "added" if before is None else "removed"
+        return [
+            FieldChange(
+                key, None if before is None else value, value if before is None else None, kind
+            )
+            for key, value in sorted(side.items())
+        ]
+    found: list[FieldChange] = []
+    tree = DeepDiff(before, after, view="tree", ignore_numeric_type_changes=True)
+    for report, levels in tree.items():
+        for level in levels:
+            path = format_field(tuple(level.path(output_format="list")))
+            change: FieldKind = (
+                "added" if "added" in report else "removed" if "removed" in report else "changed"
+            )
+            found.append(FieldChange(path, _value(level.t1), _value(level.t2), change))
+    return sorted(found, key=lambda f: f.path)
+
+
+def _value(value: Any) -> Any:
+    return None if type(value).__name__ == "NotPresent" else value

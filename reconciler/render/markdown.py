@@ -1,0 +1,96 @@
+"""The plan as a pull-request comment: risks first, one collapsible section per record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from reconciler.plan.model import Change, Plan
+
+MARKER = "<!-- reconcile-plan -->"
+MAX_CHARS = 60_000  # GitHub allows 65,536 characters per comment
+ICON = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
+
+
+def render_markdown(plan: Plan, *, max_chars: int = MAX_CHARS) -> str:
+    head = list(_head(plan))
+    sections = [_section(c) for c in plan.changes if c.pending or c.holds]
+    text = "\n".join(head)
+    shown = 0
+    for section in sections:
+        if len(text) + len(section) + 400 > max_chars:
+            break
+        text += "\n" + section
+        shown += 1
+    if shown < len(sections):
+        text += (
+            f"\n\n> [!NOTE]\n> {len(sections) - shown} more record(s) not shown: the comment "
+            "would pass GitHub's size limit. The full plan is in the JSON plan artifact "
+            "(`reconcile --plan --format json`)."
+        )
+    return text + "\n"
+
+
+def _head(plan: Plan) -> Iterator[str]:
+    yield MARKER
+    yield f"### reconcile plan: {plan.summary().removeprefix('Plan: ')}"
+    commit = f"`{plan.git_commit[:12]}`" if plan.git_commit else "not a git work tree"
+    yield f"Store: `{plan.store}` · Commit: {commit} · Plan: `{plan.plan_id}`"
+    yield ""
+    risky = [(c, r) for c in plan.changes for r in c.risks]
+    blocked = plan.blocked
+    held = [c for c in plan.changes if c.holds]
+    if blocked:
+        yield "> [!CAUTION]"
+        yield "> **Blocked: apply will refuse this plan**"
+        for change in blocked:
+            yield f"> - `{change.address}`: {change.blocked}"
+        yield ""
+    if risky:
+        yield "> [!WARNING]"
+        yield "> **Risky changes**"
+        for change, risk in risky:
+            yield f"> - `{change.address}`: {risk.message}"
+        yield ""
+    if held:
+        yield "> [!IMPORTANT]"
+        yield "> **Outranked by another owner** (git's change waits)"
+        for change in held:
+            for hold in change.holds:
+                since = f" since {hold.since}" if hold.since else ""
+                yield f"> - `{change.address}`: {hold.detail}{since}"
+        yield ""
+    if not plan.has_changes:
+        yield "No changes. The store matches git."
+        return
+    yield "| | record | change | fields |"
+    yield "|---|---|---|---|"
+    for change in plan.pending:
+        icon, fields = ICON[change.action], len(change.fields)
+        yield f"| {icon} | `{change.address}` | {change.action} | {fields} |"
+    yield ""
+
+
+def _section(change: Change) -> str:
+    lines = [
+        f"<details><summary><code>{ICON[change.action]} {change.address}</code> "
+        f"({change.action}, {len(change.fields)} field(s))</summary>",
+        "",
+        "```diff",
+    ]
+    for field in change.fields:
+        if field.kind == "added":
+            lines.append(f"+ {field.path}: {_show(field.after)}")
+        elif field.kind == "removed":
+            lines.append(f"- {field.path}: {_show(field.before)}")
+        else:
+            lines.append(f"- {field.path}: {_show(field.before)}")
+            lines.append(f"+ {field.path}: {_show(field.after)}")
+    lines += ["```", "", "</details>"]
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 300 else text[:297] + "..."

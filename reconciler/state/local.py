@@ -1,0 +1,278 @@
+"""The embedded local store: one SQLite file, the default where no AWS backend is configured.
+
+Like Terraform's local state, a missing file is an empty store; the first write creates it.
+Each group of writes is one ``BEGIN IMMEDIATE`` transaction: its conditions are checked and its
+writes made while SQLite's write lock is held, so concurrent applies cannot interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler.state.records import (
+    MANAGED_BY,
+    Item,
+    Lock,
+    RecordKind,
+    StoredRecord,
+    Write,
+    format_time,
+)
+from reconciler.state.store import LockHeldError, StoreUnavailableError, WriteConflictError
+
+DEFAULT_PATH = Path(".reconciler") / "state.db"
+SCHEMA_VERSION = 1
+LOCK_ID = "lock#reconcile"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, name TEXT NOT NULL, item TEXT NOT NULL, PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    record TEXT NOT NULL, audit_id TEXT NOT NULL, item TEXT NOT NULL, PRIMARY KEY (record, audit_id)
+);
+CREATE TABLE IF NOT EXISTS control (record_id TEXT PRIMARY KEY, item TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied_groups (token TEXT PRIMARY KEY, applied_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class LocalStore:
+    """A StateStore in one SQLite file."""
+
+    max_group_size = 500
+
+    def __init__(self, path: Path = DEFAULT_PATH) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+
+    def describe(self) -> str:
+        return f"local store (SQLite) {self.path}"
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection | None:
+        if self._connection is not None:
+            return self._connection
+        if not create and not self.path.exists():
+            return None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            with _transaction(connection):
+                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open the local store {self.path}: {exc}") from exc
+        self._connection = connection
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # -- the Protocol ---------------------------------------------------------------------------
+
+    def bootstrap(self) -> list[str]:
+        existed = self.path.exists()
+        self._connect(create=True)
+        if existed:
+            return [f"local store {self.path} exists (schema version {SCHEMA_VERSION})"]
+        return [f"created local store {self.path}"]
+
+    def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
+        connection = self._connect(create=False)
+        if connection is None:
+            return {}
+        rows = connection.execute(
+            "SELECT name, item FROM records WHERE kind = ? ORDER BY name", (kind.label,)
+        )
+        return {name: StoredRecord(kind, name, json.loads(item)) for name, item in rows}
+
+    def apply_writes(self, writes: Sequence[Write], token: str) -> None:
+        if len(writes) > self.max_group_size:
+            raise ValueError(f"a group holds at most {self.max_group_size} writes")
+        connection = self._connect(create=True)
+        assert connection is not None
+        now = format_time(datetime.now().astimezone())
+        with _transaction(connection):
+            done = connection.execute(
+                "SELECT 1 FROM applied_groups WHERE token = ?", (token,)
+            ).fetchone()
+            if done:
+                return  # a retried group that already landed
+            failed = [
+                f"{w.kind.label}/{w.name}" for w in writes if not _allowed(connection, w, now)
+            ]
+            if failed:
+                raise WriteConflictError(failed)
+            for write in writes:
+                _write(connection, write)
+                if write.audit is not None:
+                    audit_id = f"{write.audit.at}#{uuid.uuid4().hex}"
+                    connection.execute(
+                        "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
+                        (write.audit.record, audit_id, _dump(write.audit.to_item(audit_id))),
+                    )
+            connection.execute(
+                "INSERT INTO applied_groups (token, applied_at) VALUES (?, ?)", (token, now)
+            )
+
+    def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
+        connection = self._connect(create=True)
+        assert connection is not None
+        lock = Lock(
+            holder, format_time(now), format_time(now + timedelta(seconds=ttl_seconds)), reason
+        )
+        with _transaction(connection):
+            current = _read_lock(connection)
+            if current is not None and current.expires_at >= format_time(now):
+                raise LockHeldError(current)
+            connection.execute(
+                "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
+                (LOCK_ID, _dump(_lock_item(lock))),
+            )
+        return lock
+
+    def release_lock(self, holder: str) -> bool:
+        connection = self._connect(create=False)
+        if connection is None:
+            return False
+        with _transaction(connection):
+            current = _read_lock(connection)
+            if current is None or current.holder != holder:
+                return False
+            connection.execute("DELETE FROM control WHERE record_id = ?", (LOCK_ID,))
+        return True
+
+    def read_lock(self) -> Lock | None:
+        connection = self._connect(create=False)
+        return None if connection is None else _read_lock(connection)
+
+    def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
+        connection = self._connect(create=True)
+        assert connection is not None
+        at = format_time(now)
+        with _transaction(connection):
+            current = _read_lock(connection)
+            connection.execute("DELETE FROM control WHERE record_id = ?", (LOCK_ID,))
+            audit_id = f"{at}#{uuid.uuid4().hex}"
+            item = {
+                "record": "lock/reconcile",
+                "audit_id": audit_id,
+                "action": "force-unlock",
+                "actor": by,
+                "at": at,
+                "reason": reason,
+                "before": _lock_item(current) if current else None,
+            }
+            connection.execute(
+                "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
+                (
+                    "lock/reconcile",
+                    audit_id,
+                    _dump({k: v for k, v in item.items() if v is not None}),
+                ),
+            )
+        return current
+
+    def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
+        connection = self._connect(create=False)
+        if connection is None:
+            return []
+        if record is None:
+            rows = connection.execute(
+                "SELECT item FROM audit ORDER BY audit_id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = connection.execute(
+                "SELECT item FROM audit WHERE record = ? ORDER BY audit_id DESC LIMIT ?",
+                (record, limit),
+            )
+        return [json.loads(item) for (item,) in rows]
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _current(connection: sqlite3.Connection, write: Write) -> Item | None:
+    row = connection.execute(
+        "SELECT item FROM records WHERE kind = ? AND name = ?", (write.kind.label, write.name)
+    ).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def _allowed(connection: sqlite3.Connection, write: Write, now: str) -> bool:
+    """The same conditions DynamoDB checks in its condition expressions."""
+    current = _current(connection, write)
+    if write.action == "create":
+        return current is None
+    if current is None:
+        return False
+    record = StoredRecord(write.kind, write.name, current)
+    if record.version != write.expected_version or current.get("managed_by") != MANAGED_BY:
+        return False
+    if record.override_active(now):
+        return False
+    return not (write.action == "delete" and record.deletion_protected)
+
+
+def _write(connection: sqlite3.Connection, write: Write) -> None:
+    if write.action == "delete":
+        connection.execute(
+            "DELETE FROM records WHERE kind = ? AND name = ?", (write.kind.label, write.name)
+        )
+        return
+    item = _current(connection, write) or {}
+    for attribute in write.remove_attributes:
+        item.pop(attribute, None)
+    item.update(write.set_attributes)
+    item[write.kind.key] = write.name
+    connection.execute(
+        "INSERT OR REPLACE INTO records (kind, name, item) VALUES (?, ?, ?)",
+        (write.kind.label, write.name, _dump(item)),
+    )
+
+
+def _read_lock(connection: sqlite3.Connection) -> Lock | None:
+    row = connection.execute("SELECT item FROM control WHERE record_id = ?", (LOCK_ID,)).fetchone()
+    if row is None:
+        return None
+    item = json.loads(row[0])
+    return Lock(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
+
+
+def _lock_item(lock: Lock) -> Item:
+    return {
+        "holder": lock.holder,
+        "acquired_at": lock.acquired_at,
+        "expires_at": lock.expires_at,
+        "reason": lock.reason,
+    }
+
+
+def _dump(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, separators=(",", ":"))

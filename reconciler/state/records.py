@@ -1,0 +1,187 @@
+"""What the stores hold: records of four kinds, the writes that change them, and audit entries.
+
+A record is a plain item (a dict of JSON values) keyed by its name in its kind's table. Items keep
+the original system's field names. Attributes are owned:
+
+- git (through ``reconcile --apply``) owns the attributes the codec produces, plus the metadata
+  below; the reconciler writes only those, and only on records it manages;
+- operators own the override attributes (``emergency_shutdown`` and ``shutdown_*``);
+- controllers own ``controller_state``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Item = dict[str, Any]
+
+MANAGED_BY = "reconciler"
+
+# Metadata the reconciler writes on every record it manages.
+META_FIELDS = (
+    "managed_by",
+    "content_hash",
+    "version",
+    "updated_by",
+    "updated_at",
+    "git_commit",
+    "created_at",
+)
+# Attributes of other owners: never written by reconcile, shown by plan as held.
+OVERRIDE_FIELDS = (
+    "emergency_shutdown",
+    "shutdown_by",
+    "shutdown_reason",
+    "shutdown_at",
+    "shutdown_expires_at",
+)
+CONTROLLER_FIELDS = ("controller_state",)
+
+
+class RecordKind(enum.Enum):
+    """A kind of record, its table (by environment variable) and its key attribute."""
+
+    FLAG = ("flag", "FEATURE_FLAGS_TABLE", "bedrock-feature-flags", "flag_name")
+    EXPERIMENT = ("experiment", "AB_EXPERIMENTS_TABLE", "bedrock-ab-experiments", "experiment_id")
+    ROLLOUT = (
+        "rollout_strategy",
+        "ROLLOUT_STRATEGIES_TABLE",
+        "bedrock-rollout-strategies",
+        "strategy_name",
+    )
+    COST_THRESHOLD = (
+        "cost_threshold",
+        "COST_THRESHOLDS_TABLE",
+        "bedrock-cost-thresholds",
+        "threshold_name",
+    )
+
+    def __init__(self, label: str, table_env: str, default_table: str, key: str) -> None:
+        self.label = label
+        self.table_env = table_env
+        self.default_table = default_table
+        self.key = key
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds: every stored time has this one shape, so stored
+    times compare correctly as strings (in DynamoDB condition expressions too)."""
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# Tables beside the four record tables: audit trail, and control records (lock, overrides).
+AUDIT_TABLE = ("AUDIT_TABLE", "bedrock-flag-audit")
+CONTROL_TABLE = ("CONTROL_TABLE", "bedrock-flag-control")
+
+
+def table_names(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every table's name: the environment variable's value, else the original default."""
+    env = os.environ if environ is None else environ
+    names = {kind.table_env: env.get(kind.table_env, kind.default_table) for kind in RecordKind}
+    for variable, default in (AUDIT_TABLE, CONTROL_TABLE):
+        names[variable] = env.get(variable, default)
+    return names
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as read from a store."""
+
+    kind: RecordKind
+    name: str
+    item: Item
+
+    @property
+    def version(self) -> int:
+        return int(self.item.get("version", 0))
+
+    @property
+    def managed(self) -> bool:
+        return self.item.get("managed_by") == MANAGED_BY
+
+    @property
+    def content_hash(self) -> str | None:
+        value = self.item.get("content_hash")
+        return str(value) if value is not None else None
+
+    @property
+    def deletion_protected(self) -> bool:
+        return bool(self.item.get("deletion_protection", False))
+
+    def override_active(self, now_iso: str) -> bool:
+        """True while an operator's shutdown holds this record (and has not expired)."""
+        if self.item.get("emergency_shutdown") is not True:
+            return False
+        expires = self.item.get("shutdown_expires_at")
+        return expires is None or str(expires) > now_iso
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who changed what, why and when, with the record before and after."""
+
+    record: str  # "flag/vc_bedrock_live"
+    action: str  # create | update | delete | shutdown | restore | force-unlock
+    actor: str
+    at: str  # RFC 3339, UTC
+    reason: str = ""
+    git_commit: str | None = None
+    plan_id: str | None = None
+    before: Item | None = None
+    after: Item | None = None
+
+    def to_item(self, audit_id: str) -> Item:
+        item: Item = {
+            "record": self.record,
+            "audit_id": audit_id,
+            "action": self.action,
+            "actor": self.actor,
+            "at": self.at,
+            "reason": self.reason,
+        }
+        for key in ("git_commit", "plan_id", "before", "after"):
+            value = getattr(self, key)
+            if value is not None:
+                item[key] = value
+        return item
+
+
+@dataclass(frozen=True)
+class Write:
+    """One conditional change to one record, with its audit entry.
+
+    ``expected_version`` is the version the plan saw; ``None`` means the record must not exist.
+    Updates and deletes also require the record to be managed by the reconciler and free of an
+    active override; deletes require it to be unprotected. Stores enforce all of it in the write
+    itself (condition expressions, or one SQL transaction), never by a read before the write.
+    """
+
+    kind: RecordKind
+    name: str
+    action: Literal["create", "update", "delete"]
+    expected_version: int | None
+    set_attributes: Item = field(default_factory=dict)
+    remove_attributes: tuple[str, ...] = ()
+    audit: AuditEntry | None = None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The apply lease: who holds it, and until when."""
+
+    holder: str
+    acquired_at: str
+    expires_at: str
+    reason: str = ""
