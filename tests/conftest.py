@@ -88,3 +88,22 @@ def example_tree(tmp_path: Path) -> Iterator[Path]:
         shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
     shutil.copy(REPO_ROOT / "reconciler.toml", tmp_path / "reconciler.toml")
     return tmp_path
+
+
+STORES = ["local", "moto", "moto-server"]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    """Every StateStore implementation, each fresh and bootstrapped."""
+    if request.param == "local":
+        from reconciler.state.local import LocalStore
+
+        local = LocalStore(tmp_path / "state.db")
+        local.bootstrap()
+        yield local
+        local.close()
+    elif request.param == "moto":
+        yield request.getfixturevalue("moto_store")
+    else:
+        yield request.getfixturevalue("moto_server_store")

@@ -13,6 +13,14 @@ ROLLOUT_JUMP_POINTS = 25
 
 
 def risks_of(kind: RecordKind, name: str, before: Item | None, after: Item | None) -> list[Risk]:
+    """The risks of one change. Items edited by hand may have any shape: never raises."""
+    try:
+        return _risks_of(kind, name, before, after)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return [Risk("risk-unknown", f"cannot assess this change of {name} ({exc}); review it")]
+
+
+def _risks_of(kind: RecordKind, name: str, before: Item | None, after: Item | None) -> list[Risk]:
     if kind is RecordKind.FLAG:
         return list(_flag_risks(name, before, after))
     if kind is RecordKind.EXPERIMENT:

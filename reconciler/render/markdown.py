@@ -14,22 +14,22 @@ ICON = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
 
 
 def render_markdown(plan: Plan, *, max_chars: int = MAX_CHARS) -> str:
-    head = list(_head(plan))
-    sections = [_section(c) for c in plan.changes if c.pending or c.holds]
-    text = "\n".join(head)
-    shown = 0
-    for section in sections:
-        if len(text) + len(section) + 400 > max_chars:
+    """The comment, cut to ``max_chars`` with a note saying what was left out."""
+    parts = [*_head(plan), *(_section(c) for c in plan.changes if c.pending or c.holds)]
+    budget = max_chars - 400  # room for the note
+    text, used = "", 0
+    for part in parts:
+        if len(text) + len(part) + 1 > budget:
             break
-        text += "\n" + section
-        shown += 1
-    if shown < len(sections):
+        text += part + "\n"
+        used += 1
+    if used < len(parts):
         text += (
-            f"\n\n> [!NOTE]\n> {len(sections) - shown} more record(s) not shown: the comment "
-            "would pass GitHub's size limit. The full plan is in the JSON plan artifact "
-            "(`reconcile --plan --format json`)."
+            f"\n> [!NOTE]\n> The plan is too long for one comment: {len(parts) - used} more "
+            "line(s) and section(s) are not shown. The full plan is in the JSON plan "
+            "(`reconcile --plan --format json`).\n"
         )
-    return text + "\n"
+    return text
 
 
 def _head(plan: Plan) -> Iterator[str]:

@@ -7,14 +7,16 @@ writes made while SQLite's write lock is held, so concurrent applies cannot inte
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from reconciler.state.records import (
     MANAGED_BY,
@@ -44,14 +46,32 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(method: Callable[P, R]) -> Callable[P, R]:
+    """One thread at a time per store object; SQLite's own locking orders the processes."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, LocalStore)
+        with store._mutex:
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class LocalStore:
-    """A StateStore in one SQLite file."""
+    """A StateStore in one SQLite file, safe to share between threads."""
 
     max_group_size = 500
 
     def __init__(self, path: Path = DEFAULT_PATH) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = None
+        self._mutex = threading.RLock()
 
     def describe(self) -> str:
         return f"local store (SQLite) {self.path}"
@@ -65,7 +85,9 @@ class LocalStore:
             return None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=30000")
@@ -81,6 +103,7 @@ class LocalStore:
         self._connection = connection
         return connection
 
+    @_serialized
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -88,6 +111,7 @@ class LocalStore:
 
     # -- the Protocol ---------------------------------------------------------------------------
 
+    @_serialized
     def bootstrap(self) -> list[str]:
         existed = self.path.exists()
         self._connect(create=True)
@@ -95,6 +119,7 @@ class LocalStore:
             return [f"local store {self.path} exists (schema version {SCHEMA_VERSION})"]
         return [f"created local store {self.path}"]
 
+    @_serialized
     def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
         connection = self._connect(create=False)
         if connection is None:
@@ -104,6 +129,7 @@ class LocalStore:
         )
         return {name: StoredRecord(kind, name, json.loads(item)) for name, item in rows}
 
+    @_serialized
     def apply_writes(self, writes: Sequence[Write], token: str) -> None:
         if len(writes) > self.max_group_size:
             raise ValueError(f"a group holds at most {self.max_group_size} writes")
@@ -133,6 +159,7 @@ class LocalStore:
                 "INSERT INTO applied_groups (token, applied_at) VALUES (?, ?)", (token, now)
             )
 
+    @_serialized
     def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
         connection = self._connect(create=True)
         assert connection is not None
@@ -149,6 +176,7 @@ class LocalStore:
             )
         return lock
 
+    @_serialized
     def release_lock(self, holder: str) -> bool:
         connection = self._connect(create=False)
         if connection is None:
@@ -160,10 +188,12 @@ class LocalStore:
             connection.execute("DELETE FROM control WHERE record_id = ?", (LOCK_ID,))
         return True
 
+    @_serialized
     def read_lock(self) -> Lock | None:
         connection = self._connect(create=False)
         return None if connection is None else _read_lock(connection)
 
+    @_serialized
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
         connection = self._connect(create=True)
         assert connection is not None
@@ -191,6 +221,7 @@ class LocalStore:
             )
         return current
 
+    @_serialized
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
         connection = self._connect(create=False)
         if connection is None:

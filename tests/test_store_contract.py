@@ -1,0 +1,197 @@
+"""One contract, every store: the local SQLite store, DynamoDB under moto in-process, and
+DynamoDB through moto's HTTP server (a real endpoint over the wire)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reconciler.state.records import AuditEntry, RecordKind, Write, format_time
+from reconciler.state.store import LockHeldError, StateStore, WriteConflictError
+
+NOW = datetime(2026, 1, 9, 10, 0, tzinfo=UTC)
+
+
+def flag_item(name: str, version: int = 1, **extra: object) -> dict[str, object]:
+    return {
+        "flag_name": name,
+        "enabled": True,
+        "rollout_percentage": 50,
+        "ab_test_config": {
+            "variants": [{"name": "a", "weight": 50.5, "config": {}}],
+            "active": True,
+        },
+        "tags": [],
+        "managed_by": "reconciler",
+        "version": version,
+        "content_hash": "sha256:x",
+        **extra,
+    }
+
+
+def audit(name: str, action: str) -> AuditEntry:
+    return AuditEntry(
+        f"flag/{name}", action, "tester", format_time(NOW), before=None, after={"n": 1}
+    )
+
+
+def create(name: str, **extra: object) -> Write:
+    return Write(
+        RecordKind.FLAG, name, "create", None, flag_item(name, **extra), (), audit(name, "create")
+    )
+
+
+def update(name: str, expected: int, **attributes: object) -> Write:
+    return Write(
+        RecordKind.FLAG,
+        name,
+        "update",
+        expected,
+        {"version": expected + 1, **attributes},
+        ("tags",),
+        audit(name, "update"),
+    )
+
+
+def delete(name: str, expected: int) -> Write:
+    return Write(RecordKind.FLAG, name, "delete", expected, audit=audit(name, "delete"))
+
+
+def test_empty_store_reads_nothing(store: StateStore) -> None:
+    for kind in RecordKind:
+        assert store.read_records(kind) == {}
+    assert store.read_lock() is None
+    assert store.read_audit() == []
+
+
+def test_create_update_delete_round_trip(store: StateStore) -> None:
+    store.apply_writes([create("vc_a"), create("vc_b")], "t1")
+    records = store.read_records(RecordKind.FLAG)
+    assert sorted(records) == ["vc_a", "vc_b"]
+    assert records["vc_a"].item == flag_item("vc_a")
+    assert records["vc_a"].version == 1
+
+    store.apply_writes([update("vc_a", 1, rollout_percentage=75.5, enabled=False)], "t2")
+    item = store.read_records(RecordKind.FLAG)["vc_a"].item
+    assert item["rollout_percentage"] == 75.5
+    assert item["enabled"] is False
+    assert item["version"] == 2
+    assert "tags" not in item, "remove_attributes are removed"
+    assert item["ab_test_config"] == flag_item("vc_a")["ab_test_config"], "others untouched"
+
+    store.apply_writes([delete("vc_a", 2)], "t3")
+    assert sorted(store.read_records(RecordKind.FLAG)) == ["vc_b"]
+
+
+def test_update_keeps_other_owners_attributes(store: StateStore) -> None:
+    store.apply_writes([create("vc_a", controller_state={"stage": "canary"})], "t1")
+    store.apply_writes([update("vc_a", 1, rollout_percentage=10)], "t2")
+    item = store.read_records(RecordKind.FLAG)["vc_a"].item
+    assert item["controller_state"] == {"stage": "canary"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "write"),
+    [
+        pytest.param({}, create("vc_a"), id="create-existing"),
+        pytest.param({}, update("vc_a", 7), id="update-wrong-version"),
+        pytest.param({}, delete("vc_a", 7), id="delete-wrong-version"),
+        pytest.param({}, update("vc_missing", 1), id="update-missing"),
+        pytest.param({"managed_by": "someone-else"}, update("vc_a", 1), id="update-unmanaged"),
+        pytest.param({"emergency_shutdown": True}, update("vc_a", 1), id="update-overridden"),
+        pytest.param({"emergency_shutdown": True}, delete("vc_a", 1), id="delete-overridden"),
+        pytest.param({"deletion_protection": True}, delete("vc_a", 1), id="delete-protected"),
+    ],
+)
+def test_conditions_refuse_and_write_nothing(
+    store: StateStore, setup: dict[str, object], write: Write
+) -> None:
+    store.apply_writes([create("vc_a", **setup)], "setup")
+    before = store.read_records(RecordKind.FLAG)
+    audit_before = store.read_audit()
+    with pytest.raises(WriteConflictError) as caught:
+        store.apply_writes([create("vc_other"), write], "group")
+    assert caught.value.records == [f"flag/{write.name}"]
+    assert store.read_records(RecordKind.FLAG) == before, "the whole group is refused"
+    assert store.read_audit() == audit_before
+
+
+def test_an_expired_override_does_not_hold(store: StateStore) -> None:
+    expired = format_time(datetime.now(UTC) - timedelta(minutes=1))
+    store.apply_writes([create("vc_a", emergency_shutdown=True, shutdown_expires_at=expired)], "t1")
+    store.apply_writes([update("vc_a", 1, enabled=False)], "t2")
+    assert store.read_records(RecordKind.FLAG)["vc_a"].item["enabled"] is False
+
+
+def test_a_retried_group_is_applied_once(store: StateStore) -> None:
+    store.apply_writes([create("vc_a")], "same-token")
+    store.apply_writes([create("vc_a")], "same-token")  # a retry after a lost answer
+    assert list(store.read_records(RecordKind.FLAG)) == ["vc_a"]
+    assert len(store.read_audit("flag/vc_a")) == 1
+
+
+def test_audit_entries_land_with_their_writes(store: StateStore) -> None:
+    store.apply_writes([create("vc_a")], "t1")
+    store.apply_writes([update("vc_a", 1, enabled=False)], "t2")
+    entries = store.read_audit("flag/vc_a")
+    assert [e["action"] for e in entries] == ["update", "create"], "newest first"
+    assert entries[1]["actor"] == "tester"
+    assert entries[1]["after"] == {"n": 1}
+    assert store.read_audit("flag/vc_other") == []
+
+
+def test_many_records_page_through(store: StateStore) -> None:
+    size = min(store.max_group_size, 50)
+    for start in range(0, 150, size):
+        store.apply_writes([create(f"vc_{i:04d}") for i in range(start, start + size)], f"t{start}")
+    assert len(store.read_records(RecordKind.FLAG)) == 150
+
+
+def test_lock_is_exclusive_until_released_or_expired(store: StateStore) -> None:
+    lock = store.acquire_lock("alice", "apply", 60, NOW)
+    assert store.read_lock() == lock
+    with pytest.raises(LockHeldError) as held:
+        store.acquire_lock("bob", "apply", 60, NOW + timedelta(seconds=30))
+    assert held.value.lock.holder == "alice"
+    assert store.release_lock("bob") is False, "only the holder releases"
+    assert store.release_lock("alice") is True
+    assert store.read_lock() is None
+    store.acquire_lock("alice", "apply", 60, NOW)
+    taken = store.acquire_lock("bob", "apply", 60, NOW + timedelta(seconds=61))
+    assert taken.holder == "bob", "an expired lease can be taken over"
+
+
+def test_force_unlock_is_audited(store: StateStore) -> None:
+    store.acquire_lock("ci-job-17", "apply", 600, NOW)
+    removed = store.force_unlock("oncall", "job was killed", NOW)
+    assert removed is not None
+    assert removed.holder == "ci-job-17"
+    assert store.read_lock() is None
+    [entry] = store.read_audit("lock/reconcile")
+    assert (entry["action"], entry["actor"], entry["reason"]) == (
+        "force-unlock",
+        "oncall",
+        "job was killed",
+    )
+
+
+def test_concurrent_lock_takers_get_one_winner(store: StateStore) -> None:
+    winners: list[str] = []
+    losers: list[str] = []
+
+    def take(name: str) -> None:
+        try:
+            store.acquire_lock(name, "apply", 60, NOW)
+            winners.append(name)
+        except LockHeldError:
+            losers.append(name)
+
+    threads = [threading.Thread(target=take, args=(f"worker-{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert len(losers) == 5
