@@ -54,8 +54,19 @@ def encode(tree: Tree) -> DesiredState:
     experiments = [m for m, _ in tree.of(Experiment)]
     strategies = [m for m, _ in tree.of(RolloutStrategy)]
     thresholds = [m for m, _ in tree.of(CostThreshold)]
+    experiments_of: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        experiments_of.setdefault(experiment.feature_flag, []).append(experiment)
+    strategies_of: dict[str, list[RolloutStrategy]] = {}
+    for strategy in strategies:
+        strategies_of.setdefault(strategy.feature_flag, []).append(strategy)
     return {
-        RecordKind.FLAG: {f.flag_name: encode_flag(f, experiments, strategies) for f in flags},
+        RecordKind.FLAG: {
+            f.flag_name: encode_flag(
+                f, experiments_of.get(f.flag_name, []), strategies_of.get(f.flag_name, [])
+            )
+            for f in flags
+        },
         RecordKind.EXPERIMENT: {e.experiment_id: encode_experiment(e) for e in experiments},
         RecordKind.ROLLOUT: {r.strategy_name: _plain(r) for r in strategies},
         RecordKind.COST_THRESHOLD: {t.threshold_name: _plain(t) for t in thresholds},
@@ -65,6 +76,7 @@ def encode(tree: Tree) -> DesiredState:
 def encode_flag(
     flag: Flag, experiments: list[Experiment], strategies: list[RolloutStrategy]
 ) -> Item:
+    """The flag's item; ``experiments`` and ``strategies`` are those naming this flag."""
     item = _plain(flag)
     item["flag_type"] = item.pop("type")
     experiment = _experiment_for(flag, experiments)

@@ -166,30 +166,29 @@ def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic
     diagnostics.extend(kind_diagnostics)
     if kind is None:
         return None, diagnostics
-    # A value the YAML step already refused (e.g. an ambiguous 'yes') is not reported again.
+    if not diagnostics:
+        # The fast path: the model and the schema accept the same documents (a tested
+        # property), so a document the model builds needs no jsonschema pass.
+        try:
+            return Loaded(kind.model.model_validate(data), source), diagnostics
+        except pydantic.ValidationError as exc:
+            model_errors = exc.errors()
+    else:
+        model_errors = []
+    # Explain with the schema, whose errors say more. A value the YAML step already refused
+    # (e.g. an ambiguous 'yes') is not reported again.
     refused = {problem.field for problem in problems}
-    schema_problems = [p for p in schema.check(kind, data) if p.field not in refused]
-    for problem in schema_problems:
+    for problem in schema.check(kind, data):
+        if problem.field in refused:
+            continue
         at = problem.field[:-1] if problem.at_parent else problem.field
-        diagnostics.append(
-            Diagnostic(
-                relative,
-                source.at(at, key=problem.at_key),
-                problem.field,
-                problem.message,
-                "schema",
-            )
-        )
-    if schema_problems or diagnostics:
-        return None, diagnostics
-    try:
-        manifest = kind.model.model_validate(data)
-    except pydantic.ValidationError as exc:  # the schema and the model disagree: still report
-        for error in exc.errors():
+        position = source.at(at, key=problem.at_key)
+        diagnostics.append(Diagnostic(relative, position, problem.field, problem.message, "schema"))
+    if not diagnostics:  # only the model objected: report its words rather than nothing
+        for error in model_errors:
             loc = tuple(error["loc"])
             diagnostics.append(source.diagnostic(loc, error["msg"], "schema"))
-        return None, diagnostics
-    return Loaded(manifest, source), diagnostics
+    return None, diagnostics
 
 
 def _kind_of(source: Source, data: dict[str, object]) -> tuple[Kind | None, list[Diagnostic]]:

@@ -42,6 +42,8 @@ _SPECIAL_FLOAT = re.compile(r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 _LEGACY_OCTAL = re.compile(r"^[-+]?0[0-9]+$")
 
 _TAG = "tag:yaml.org,2002:"
+# Plain words that some YAML version reads as something other than a string.
+_WORDS = frozenset({"true", "false", "null", "yes", "no", "on", "off", "y", "n"})
 _RESOLVER = Resolver()
 
 
@@ -204,7 +206,7 @@ def _decode(raw: bytes) -> str:
 
 
 def _position(mark: Any) -> Position:
-    return Position(mark.line + 1, mark.column + 1)
+    return Position(mark.line + 1, mark.column + 1)  # marks count from 0
 
 
 def _events(text: str) -> Iterator[ev.Event]:
@@ -241,7 +243,13 @@ def _syntax_message(text: str, exc: yaml.MarkedYAMLError, position: Position) ->
 
 
 def _consume(b: _Builder, event: ev.Event) -> None:
-    if isinstance(event, ev.DocumentStartEvent):
+    if isinstance(event, ev.ScalarEvent):  # the most frequent event first
+        start = _position(event.start_mark)
+        value = _scalar(b, event, start)
+        if event.anchor is not None:
+            b.anchors[event.anchor] = (value, 1)
+        b.add(value, start, 1, is_scalar=True)
+    elif isinstance(event, ev.DocumentStartEvent):
         b.documents += 1
         if b.documents > 1:
             raise YamlProblem(
@@ -249,11 +257,6 @@ def _consume(b: _Builder, event: ev.Event) -> None:
                 (),
                 "file holds more than one YAML document; put one manifest per file",
             )
-    elif isinstance(event, ev.ScalarEvent):
-        start = _position(event.start_mark)
-        value = _scalar(b, event, start)
-        _remember_anchor(b, event.anchor, value, 1)
-        b.add(value, start, 1, is_scalar=True)
     elif isinstance(event, ev.MappingStartEvent | ev.SequenceStartEvent):
         start = _position(event.start_mark)
         if len(b.stack) >= MAX_DEPTH:
@@ -303,6 +306,8 @@ def _scalar(b: _Builder, event: ev.ScalarEvent, start: Position) -> object:
         return text
     if event.style or event.tag is not None:
         return text  # quoted, block or explicitly tagged: always a string
+    if text[:1].isalpha() and text.lower() not in _WORDS:
+        return text  # an identifier-like word: a string to YAML 1.1 and 1.2 alike
     problem = _ambiguity(text)
     if problem is not None:
         b.problems.append(YamlProblem(start, b.child_path(), problem))

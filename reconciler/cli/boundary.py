@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from collections.abc import Sequence
@@ -10,9 +11,15 @@ import click
 
 from reconciler.errors import ExitCode, ReconcilerError
 
+# A run builds millions of small acyclic objects (every YAML node of every manifest); with the
+# default thresholds the cycle collector walks them over and over and finds nothing: a third of
+# the time of a plan over 10,000 manifests. Collect far less often instead of not at all.
+GC_THRESHOLDS = (200_000, 50, 100)
+
 
 def run(command: click.Command, args: Sequence[str] | None = None) -> int:
     """Run a click command; map every outcome to one of ``ExitCode``."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         result = command.main(args=list(args) if args is not None else None, standalone_mode=False)
     except click.exceptions.Abort:
