@@ -120,13 +120,14 @@ def test_usage_errors_exit_1_not_2() -> None:
     assert "Invalid value for '--format'" in err
     code, _, err = invoke()
     assert code == 1
-    assert "Missing option '--validate'" in err
+    assert "choose one of: --validate, --plan, --apply, --bootstrap, --force-unlock" in err
 
 
 def test_help_exits_0() -> None:
     code, out, _ = invoke("--help")
     assert code == 0
-    assert "reconcile --validate path/to/repo" in out
+    assert "reconcile --apply plan.json" in out
+    assert "Exit codes: 0 clean, 1 user or configuration error, 2 changes pending" in out
 
 
 def test_breakglass_prints_its_help() -> None:

@@ -98,7 +98,7 @@ class LocalStore:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"cannot open the local store {self.path}: {exc}") from exc
         self._connection = connection
         return connection
