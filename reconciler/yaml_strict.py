@@ -55,22 +55,44 @@ class YamlProblem(Exception):
         self.position = position
         self.field = field
         self.message = message
+        self.earlier: list[YamlProblem] = []  # problems found before reading stopped
 
 
-@dataclass(frozen=True)
 class YamlDocument:
-    """The data of one YAML document and where each of its values and keys starts."""
+    """The data of one YAML document, and where each of its values and keys starts.
 
-    data: object
-    values: Mapping[FieldPath, Position]
-    keys: Mapping[FieldPath, Position]
+    Positions are needed only to report a problem, so they are found on first use, by reading
+    the text once more while recording them.
+    """
+
+    def __init__(self, data: object, text: str) -> None:
+        self.data = data
+        self._text = text
+        self._positions: tuple[dict[FieldPath, Position], dict[FieldPath, Position]] | None = None
+
+    @property
+    def values(self) -> Mapping[FieldPath, Position]:
+        return self._located()[0]
+
+    @property
+    def keys(self) -> Mapping[FieldPath, Position]:
+        return self._located()[1]
+
+    def _located(self) -> tuple[dict[FieldPath, Position], dict[FieldPath, Position]]:
+        if self._positions is None:
+            builder = _Builder(track=True)
+            for event in _events(self._text):
+                _consume(builder, event)
+            self._positions = (builder.values, builder.keys)
+        return self._positions
 
     def position_of(self, path: FieldPath, *, key: bool = False) -> Position:
         """Where ``path`` is; the nearest enclosing node when it is absent (a missing field)."""
         if key and path in self.keys:
             return self.keys[path]
+        values = self.values
         for end in range(len(path), -1, -1):
-            found = self.values.get(path[:end])
+            found = values.get(path[:end])
             if found is not None:
                 return found
         return Position(1, 1)
@@ -80,7 +102,7 @@ class YamlDocument:
 class _Frame:
     path: FieldPath
     value: dict[str, object] | list[object]
-    start: Position
+    start: Any  # the parser's mark; a Position is made from it only when needed
     anchor: str | None
     size: int = 1
     pending_key: str | None = None
@@ -89,6 +111,7 @@ class _Frame:
 
 @dataclass
 class _Builder:
+    track: bool = False  # record every node's position (only when a position is asked for)
     problems: list[YamlProblem] = field(default_factory=list)
     values: dict[FieldPath, Position] = field(default_factory=dict)
     keys: dict[FieldPath, Position] = field(default_factory=dict)
@@ -108,23 +131,25 @@ class _Builder:
             return (*top.path, top.pending_key or "")
         return top.path
 
-    def add(self, value: object, start: Position, size: int, *, is_scalar: bool) -> None:
+    def add(self, value: object, start: Any, size: int, *, is_scalar: bool) -> None:
         self.total += size
         if self.total > MAX_NODES:
             raise YamlProblem(
-                start,
+                _position(start),
                 self.child_path(),
                 f"the document expands to more than {MAX_NODES:,} values (aliases included); "
                 "split it up or use fewer aliases",
             )
         if not self.stack:
             self.root = value
-            self.values[()] = start
+            if self.track:
+                self.values[()] = _position(start)
             return
         top = self.stack[-1]
         top.size += size
         if isinstance(top.value, list):
-            self.values[(*top.path, len(top.value))] = start
+            if self.track:
+                self.values[(*top.path, len(top.value))] = _position(start)
             top.value.append(value)
         elif not top.has_key:
             self.add_key(top, value, start, is_scalar=is_scalar)
@@ -132,27 +157,28 @@ class _Builder:
             key = top.pending_key
             top.has_key, top.pending_key = False, None
             if key is not None:
-                self.values[(*top.path, key)] = start
+                if self.track:
+                    self.values[(*top.path, key)] = _position(start)
                 top.value[key] = value
 
-    def add_key(self, top: _Frame, key: object, start: Position, *, is_scalar: bool) -> None:
+    def add_key(self, top: _Frame, key: object, start: Any, *, is_scalar: bool) -> None:
         assert isinstance(top.value, dict)
         top.has_key = True
         if not is_scalar or not isinstance(key, str):
             shown = key if is_scalar else type(key).__name__
             self.problems.append(
                 YamlProblem(
-                    start,
+                    _position(start),
                     top.path,
                     f"mapping keys must be strings, found {shown!r}; quote the key",
                 )
             )
             return
         if key in top.value:
-            first = self.keys[(*top.path, key)]
+            first = self.keys.get((*top.path, key), Position(0, 0))
             self.problems.append(
                 YamlProblem(
-                    start,
+                    _position(start),
                     (*top.path, key),
                     f"duplicate key '{key}' (first defined at line {first.line}); "
                     "YAML keeps only one of them, remove the other",
@@ -160,7 +186,8 @@ class _Builder:
             )
             return
         top.pending_key = key
-        self.keys[(*top.path, key)] = start
+        if self.track:
+            self.keys[(*top.path, key)] = _position(start)
 
 
 def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
@@ -179,16 +206,28 @@ def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
         text = _decode(raw)
     except YamlProblem as problem:
         return None, [problem]
-    builder = _Builder()
+    builder = _build(text, track=False)
+    if isinstance(builder, YamlProblem) or builder.problems:
+        # Report with every position known (a duplicate key names its first line).
+        builder = _build(text, track=True)
+    if isinstance(builder, YamlProblem):
+        return None, [*builder.earlier, builder]
+    if builder.documents == 0 or builder.root is None:
+        return None, [YamlProblem(Position(1, 1), (), "file is empty: it holds no YAML document")]
+    document = YamlDocument(builder.root, text)
+    return document, builder.problems
+
+
+def _build(text: str, *, track: bool) -> _Builder | YamlProblem:
+    """The values of ``text``, or the problem that stopped reading it (with those before it)."""
+    builder = _Builder(track=track)
     try:
         for event in _events(text):
             _consume(builder, event)
     except YamlProblem as problem:
-        return None, [*builder.problems, problem]
-    if builder.documents == 0 or builder.root is None:
-        return None, [YamlProblem(Position(1, 1), (), "file is empty: it holds no YAML document")]
-    document = YamlDocument(builder.root, builder.values, builder.keys)
-    return document, builder.problems
+        problem.earlier = builder.problems
+        return problem
+    return builder
 
 
 def _decode(raw: bytes) -> str:
@@ -244,7 +283,7 @@ def _syntax_message(text: str, exc: yaml.MarkedYAMLError, position: Position) ->
 
 def _consume(b: _Builder, event: ev.Event) -> None:
     if isinstance(event, ev.ScalarEvent):  # the most frequent event first
-        start = _position(event.start_mark)
+        start = event.start_mark
         value = _scalar(b, event, start)
         if event.anchor is not None:
             b.anchors[event.anchor] = (value, 1)
@@ -258,9 +297,11 @@ def _consume(b: _Builder, event: ev.Event) -> None:
                 "file holds more than one YAML document; put one manifest per file",
             )
     elif isinstance(event, ev.MappingStartEvent | ev.SequenceStartEvent):
-        start = _position(event.start_mark)
+        start = event.start_mark
         if len(b.stack) >= MAX_DEPTH:
-            raise YamlProblem(start, b.child_path(), f"nested more than {MAX_DEPTH} levels deep")
+            raise YamlProblem(
+                _position(start), b.child_path(), f"nested more than {MAX_DEPTH} levels deep"
+            )
         _refuse_tag(b, event.tag, start, mapping=isinstance(event, ev.MappingStartEvent))
         container: dict[str, object] | list[object]
         container = {} if isinstance(event, ev.MappingStartEvent) else []
@@ -271,10 +312,10 @@ def _consume(b: _Builder, event: ev.Event) -> None:
         b.total -= frame.size - 1  # children were counted as they were added
         b.add(frame.value, frame.start, frame.size, is_scalar=False)
     elif isinstance(event, ev.AliasEvent):
-        start = _position(event.start_mark)
+        start = event.start_mark
         if event.anchor not in b.anchors:
             raise YamlProblem(
-                start,
+                _position(start),
                 b.child_path(),
                 f"alias *{event.anchor} refers to no complete anchor &{event.anchor} before it",
             )
@@ -287,20 +328,24 @@ def _remember_anchor(b: _Builder, anchor: str | None, value: object, size: int) 
         b.anchors[anchor] = (value, size)
 
 
-def _refuse_tag(b: _Builder, tag: str | None, start: Position, *, mapping: bool) -> None:
+def _refuse_tag(b: _Builder, tag: str | None, start: Any, *, mapping: bool) -> None:
     allowed = {None, "!", _TAG + ("map" if mapping else "seq")}
     if tag not in allowed:
         b.problems.append(
-            YamlProblem(start, b.child_path(), f"YAML tag {tag!r} is not supported; remove it")
+            YamlProblem(
+                _position(start), b.child_path(), f"YAML tag {tag!r} is not supported; remove it"
+            )
         )
 
 
-def _scalar(b: _Builder, event: ev.ScalarEvent, start: Position) -> object:
+def _scalar(b: _Builder, event: ev.ScalarEvent, start: Any) -> object:
     text = event.value
     if event.tag not in (None, "!", _TAG + "str"):
         b.problems.append(
             YamlProblem(
-                start, b.child_path(), f"YAML tag {event.tag!r} is not supported; remove it"
+                _position(start),
+                b.child_path(),
+                f"YAML tag {event.tag!r} is not supported; remove it",
             )
         )
         return text
@@ -310,7 +355,7 @@ def _scalar(b: _Builder, event: ev.ScalarEvent, start: Position) -> object:
         return text  # an identifier-like word: a string to YAML 1.1 and 1.2 alike
     problem = _ambiguity(text)
     if problem is not None:
-        b.problems.append(YamlProblem(start, b.child_path(), problem))
+        b.problems.append(YamlProblem(_position(start), b.child_path(), problem))
         return text
     return _core_value(text)
 
