@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from reconciler.config import RepoConfig
 from reconciler.diagnostics import Diagnostic, Severity
-from reconciler.loader import Tree
+from reconciler.loader import Source, Tree
 from reconciler.manifests import Flag
 
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -26,20 +26,19 @@ def check_file_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
 
 
 def check_unique_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
-    first_seen: dict[tuple[str, str], str] = {}
+    first_seen: dict[tuple[str, str], Source] = {}
     for loaded in tree.manifests:
         manifest, source = loaded.manifest, loaded.source
         key = (type(manifest).__name__, manifest.object_name)
-        if key in first_seen:
+        first = first_seen.setdefault(key, source)
+        if first is not source:
+            line = first.at((manifest.name_field,)).line  # positions are found only when needed
             yield source.diagnostic(
                 (manifest.name_field,),
                 f"{manifest.name_field} '{manifest.object_name}' is already defined in "
-                f"{first_seen[key]}; names must be unique",
+                f"{first.path}:{line}; names must be unique",
                 "unique-name",
             )
-        else:
-            position = source.at((manifest.name_field,))
-            first_seen[key] = f"{source.path}:{position.line}"
 
 
 def check_convention(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:

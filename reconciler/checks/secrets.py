@@ -26,6 +26,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("a URL with a password", re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s:@]+@")),
 )
+# All patterns in one expression, so each string is searched once.
+ANY_PATTERN = re.compile("|".join(f"(?P<p{i}>{p.pattern})" for i, (_, p) in enumerate(PATTERNS)))
 SECRET_KEY = re.compile(
     r"(?i)(?:password|passwd|secret|api_?key|access_?key|private_?key|token|credential)s?$"
 )
@@ -44,9 +46,9 @@ def check_secrets(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
 
 
 def _looks_like(key: str | None, text: str) -> str | None:
-    for what, pattern in PATTERNS:
-        if pattern.search(text):
-            return what
+    found = ANY_PATTERN.search(text)
+    if found is not None and found.lastgroup is not None:
+        return PATTERNS[int(found.lastgroup[1:])][0]
     if (
         key is not None
         and SECRET_KEY.search(key)
