@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 from tests.test_cli import invoke
 
@@ -60,5 +62,24 @@ def test_json_example_has_the_documented_shape(example_tree: Path) -> None:
 
 def test_first_screen_gives_the_two_commands() -> None:
     first_screen = README[: README.index("---")]
-    assert "pip install -e . && reconcile --validate" in first_screen
+    assert (
+        "pip install -e . && reconcile --validate && reconcile --plan && reconcile --apply --yes"
+        in first_screen
+    )
     assert "pip install -e '.[dev]' && pytest" in first_screen
+
+
+def test_quickstart_plan_output(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILER_STATE_PATH", str(example_tree / "state.db"))
+    root = str(example_tree)
+    assert invoke("--apply", root, "--yes")[0] == 0
+    _edit(
+        example_tree / "flags.d" / "vc_bedrock_live.yaml",
+        "rollout_percentage: 100\n",
+        "rollout_percentage: 30\n",
+    )
+    code, out, _ = invoke("--plan", root, "--out", str(example_tree / "plan.json"))
+    assert code == 0
+    shown = _block_after("$ reconcile --plan --out plan.json")
+    body = out.splitlines()[3:]  # after the store, commit and blank header lines
+    assert body == shown
