@@ -38,8 +38,9 @@ def canonical(value: Any) -> Any:
 
 
 def content_hash(item: Item) -> str:
-    """The hash of an item's git-owned content."""
-    text = json.dumps(canonical(git_owned(item)), sort_keys=True, separators=(",", ":"))
+    """The hash of an item's git-owned content; items are canonical (the codec makes them so,
+    and stores return numbers as ints when integral)."""
+    text = json.dumps(git_owned(item), sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

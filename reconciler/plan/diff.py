@@ -7,7 +7,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from reconciler.codec import DesiredState, canonical, content_hash, git_owned
+from reconciler.codec import DesiredState, content_hash, git_owned
 from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
 from reconciler.plan.risk import risks_of
@@ -36,7 +36,7 @@ def diff(
                 else:
                     unmanaged.append(Unmanaged(kind, name))
                 continue
-            after = canonical(wanted[name])
+            after = wanted[name]  # the codec's items are canonical
             if record is None:
                 changes.append(
                     Change(
@@ -55,7 +55,7 @@ def diff(
 
 
 def _update(record: StoredRecord, after: Item, now: str) -> Change:
-    before = canonical(git_owned(record.item))
+    before = git_owned(record.item)
     drift = record.managed and record.content_hash != content_hash(record.item)
     blocked = None
     if not record.managed:
@@ -83,7 +83,7 @@ def _update(record: StoredRecord, after: Item, now: str) -> Change:
 
 
 def _delete(record: StoredRecord, now: str) -> Change:
-    before = canonical(git_owned(record.item))
+    before = git_owned(record.item)
     holds = tuple(_holds(record, now))
     blocked = None
     if record.deletion_protected:
