@@ -21,12 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from moto.server import ThreadedMotoServer
+
 from bench.generate import generate
 from reconciler.apply import apply_plan
 from reconciler.cli.boundary import GC_THRESHOLDS
 from reconciler.codec import encode
 from reconciler.config import load_config
 from reconciler.plan.build import build_plan
+from reconciler.state.dynamodb import DynamoDBStore
 from reconciler.state.local import LocalStore
 from reconciler.state.store import StateStore
 from reconciler.validation import validate
@@ -43,9 +46,6 @@ def timed(label: str, action: Callable[[], T], report: list[str]) -> T:
 
 @contextmanager
 def dynamodb_on_loopback() -> Iterator[StateStore]:
-    from moto.server import ThreadedMotoServer
-    from reconciler.state.dynamodb import DynamoDBStore
-
     for key, value in {
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.dynamodb_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 FAKE_AWS_ENV = {

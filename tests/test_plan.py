@@ -122,9 +122,7 @@ def test_applying_the_diff_gives_the_desired_state(
     desired, actual = with_keys(desired), with_keys(actual)
     present = stored(actual)
     changes, _ = diff(desired, present, now=NOW)
-    assert apply_changes(present, changes) == {k: v for k, v in desired.items()} | {
-        k: {} for k in RecordKind if k not in desired
-    }
+    assert apply_changes(present, changes) == {k: {} for k in RecordKind} | desired
 
 
 def test_share_reassigned_follows_the_contiguous_ranges() -> None:

@@ -3,6 +3,7 @@ DynamoDB through moto's HTTP server (a real endpoint over the wire)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -31,10 +32,13 @@ def flag_item(name: str, version: int = 1, **extra: object) -> dict[str, object]
     }
 
 
+_clock = itertools.count()
+
+
 def audit(name: str, action: str) -> AuditEntry:
-    return AuditEntry(
-        f"flag/{name}", action, "tester", format_time(NOW), before=None, after={"n": 1}
-    )
+    """An audit entry a microsecond after the previous one, as successive applies would be."""
+    at = format_time(NOW + timedelta(microseconds=next(_clock)))
+    return AuditEntry(f"flag/{name}", action, "tester", at, before=None, after={"n": 1})
 
 
 def create(name: str, **extra: object) -> Write:
@@ -125,7 +129,12 @@ def test_an_expired_override_does_not_hold(store: StateStore) -> None:
     assert store.read_records(RecordKind.FLAG)["vc_a"].item["enabled"] is False
 
 
-def test_a_retried_group_is_applied_once(store: StateStore) -> None:
+def test_a_retried_group_is_applied_once(store: StateStore, request: pytest.FixtureRequest) -> None:
+    if "moto" in request.node.callspec.id:
+        pytest.skip(
+            "moto does not implement ClientRequestToken idempotency; DynamoDB does, for 10 "
+            "minutes, and apply skips records already applied on any later run"
+        )
     store.apply_writes([create("vc_a")], "same-token")
     store.apply_writes([create("vc_a")], "same-token")  # a retry after a lost answer
     assert list(store.read_records(RecordKind.FLAG)) == ["vc_a"]
