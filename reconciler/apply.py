@@ -28,7 +28,7 @@ from reconciler.state.records import (
     Write,
     format_time,
 )
-from reconciler.state.store import StateStore
+from reconciler.state.store import StateStore, WriteConflictError
 
 LOCK_TTL_SECONDS = 30 * 60
 DEFAULT_MAX_DELETIONS = 10
@@ -132,12 +132,33 @@ def _apply_locked(
     for start in range(0, len(writes), size):
         group = writes[start : start + size]
         token = _token(plan.plan_id, start, group)
-        store.apply_writes(group, token)
+        try:
+            store.apply_writes(group, token)
+        except WriteConflictError:
+            # A retried group whose first attempt landed (its answer was lost) fails its own
+            # conditions: if every record is now exactly what the group wrote, it is done.
+            if not _landed(store, group):
+                raise
         result.groups += 1
         result.written.extend(f"{w.kind.label}/{w.name}" for w in group)
         if len(writes) > size:
             progress(f"applied {len(result.written)}/{len(writes)} changes")
     return result
+
+
+def _landed(store: StateStore, group: Sequence[Write]) -> bool:
+    current = {kind: store.read_records(kind) for kind in {w.kind for w in group}}
+    for write in group:
+        record = current[write.kind].get(write.name)
+        if write.action == "delete":
+            if record is not None:
+                return False
+        elif record is None or any(
+            record.item.get(key) != write.set_attributes.get(key)
+            for key in ("version", "content_hash", "updated_at")
+        ):
+            return False
+    return True
 
 
 def _already_applied(change: Change, record: StoredRecord | None) -> bool:

@@ -287,3 +287,47 @@ def test_store_outage_surfaces_as_a_clear_error(tmp_path: Path) -> None:
 def test_lock_dataclass_is_what_stores_return(store: StateStore) -> None:
     lock = store.acquire_lock("x", "why", 5, NOW)
     assert isinstance(lock, Lock)
+
+
+class LostAnswer:
+    """The real store, where the first answer to a group is lost after the group landed,
+    so the caller's retry runs into the group's own conditions."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.max_group_size = inner.max_group_size
+        self.lost = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def apply_writes(self, writes: Sequence[Write], token: str) -> None:
+        self.inner.apply_writes(writes, token)
+        if not self.lost:
+            self.lost = True
+            self.inner.apply_writes(writes, token + "-retry")  # the retry, as a new request
+
+
+def test_a_retry_after_a_lost_answer_is_recognised_as_done(store: StateStore) -> None:
+    state = desired()
+    result = apply(LostAnswer(store), plan(store, state))  # type: ignore[arg-type]
+    assert len(result.written) == 5  # type: ignore[attr-defined]
+    assert not plan(store, state).has_changes
+
+
+def test_a_real_conflict_is_still_an_error(store: StateStore) -> None:
+    from reconciler.state.store import WriteConflictError
+
+    state = desired()
+    planned = plan(store, state)
+
+    class Racing(LostAnswer):
+        def apply_writes(self, writes: Sequence[Write], token: str) -> None:
+            # Someone else creates one of the records between the plan's check and the write.
+            first = writes[0]
+            other = Write(first.kind, first.name, "create", None, {"managed_by": "reconciler"})
+            self.inner.apply_writes([other], "someone-else")
+            self.inner.apply_writes(writes, token)
+
+    with pytest.raises(WriteConflictError):
+        apply(Racing(store), planned)  # type: ignore[arg-type]
