@@ -176,8 +176,11 @@ def _explain_union(error: ValidationError, root: Mapping[str, Any]) -> Iterator[
             (*path, key), f"must be one of: {', '.join(options)} (got {_show(got)}){hint}"
         )
         return
-    described = " or ".join(_describe_branch(b, root) for b in branches)
-    yield SchemaProblem(path, f"expected {described}, got {_describe(instance)}")
+    described = [_describe_branch(b, root) for b in branches]
+    alternatives = (
+        ", ".join(described[:-1]) + " or " + described[-1] if len(described) > 1 else described[0]
+    )
+    yield SchemaProblem(path, f"expected {alternatives}; got {_describe(instance)}")
 
 
 def _chosen_branch(
@@ -244,7 +247,7 @@ def _describe_branch(branch: Mapping[str, Any], root: Mapping[str, Any]) -> str:
     if "discriminator" in branch:
         return "an attribute condition (attribute, operator, value)"
     if branch.get("type") == "object" and branch.get("required"):
-        return "a mapping with " + ", ".join(branch["required"])
+        return "a mapping with " + " and ".join(f"'{key}'" for key in branch["required"])
     if branch.get("type") == "object":
         return "a mapping of " + ", ".join(branch.get("properties", {}))
     if "anyOf" in branch or "oneOf" in branch:
@@ -278,7 +281,10 @@ def _describe(value: object) -> str:
         return f"the number {value}"
     if isinstance(value, str):
         return f"the string {_show(value)}"
-    return "a list" if isinstance(value, list) else "a mapping"
+    if isinstance(value, dict):
+        keys = ", ".join(f"'{key}'" for key in list(value)[:5])
+        return f"a mapping with {keys}" if keys else "an empty mapping"
+    return "a list"
 
 
 def _show(value: object) -> str:

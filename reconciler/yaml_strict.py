@@ -355,7 +355,11 @@ def _scalar(b: _Builder, event: ev.ScalarEvent, start: Any) -> object:
         return text  # an identifier-like word: a string to YAML 1.1 and 1.2 alike
     problem = _ambiguity(text)
     if problem is not None:
-        b.problems.append(YamlProblem(_position(start), b.child_path(), problem))
+        where = b.child_path()
+        top = b.stack[-1] if b.stack else None
+        if top is not None and isinstance(top.value, dict) and not top.has_key:
+            where = (*where, text)  # the scalar is a key: the problem is that field
+        b.problems.append(YamlProblem(_position(start), where, problem))
         return text
     return _core_value(text)
 

@@ -86,7 +86,12 @@ def check_one_active_per_flag(tree: Tree, config: RepoConfig) -> Iterator[Diagno
         if e.status == "active"
     ]
     active_strategies = [
-        (r.feature_flag, r.strategy_name, s, ("active",))
+        (
+            r.feature_flag,
+            r.strategy_name,
+            s,
+            ("active",) if "active" in r.model_fields_set else ("feature_flag",),
+        )
         for r, s in tree.of(RolloutStrategy)
         if r.active
     ]
