@@ -90,7 +90,8 @@ def _value(attribute: Mapping[str, Any]) -> Any:
         return sorted(value)
     if tag == "NS":
         return sorted(_number(v) for v in value)
-    return _plain(_deserializer.deserialize(attribute))  # binary values: never ours
+    raw: Any = attribute  # binary values and sets: never written by reconcile
+    return _plain(_deserializer.deserialize(raw))
 
 
 def _number(text: str) -> int | float:
