@@ -8,11 +8,11 @@ from pathlib import Path
 MANIFEST_PATHS = ("flags.d", "experiments.d", "rollouts.d", "costs.d", "reconciler.toml")
 
 
-def head_commit(root: Path) -> str | None:
-    """The commit checked out at ``root``, or None outside a git work tree."""
+def _git(root: Path, *args: str) -> str | None:
+    """git's output, or None outside a work tree or without git."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -20,20 +20,14 @@ def head_commit(root: Path) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def head_commit(root: Path) -> str | None:
+    """The commit checked out at ``root``, or None outside a git work tree."""
+    return _git(root, "rev-parse", "HEAD") or None
 
 
 def has_uncommitted_manifests(root: Path) -> bool:
     """True when the manifest folders differ from the commit (a plan of work in progress)."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", *MANIFEST_PATHS],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0 and bool(result.stdout.strip())
+    return bool(_git(root, "status", "--porcelain", "--", *MANIFEST_PATHS))

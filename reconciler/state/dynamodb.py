@@ -445,10 +445,7 @@ class DynamoDBStore:
         lock = Lock(holder, format_time(now), format_time(expires), reason)
         item = {
             "record_id": LOCK_ID,
-            "holder": holder,
-            "reason": reason,
-            "acquired_at": lock.acquired_at,
-            "expires_at": lock.expires_at,
+            **lock.to_item(),
             "ttl": int((expires + timedelta(days=1)).timestamp()),
         }
         try:
@@ -494,8 +491,7 @@ class DynamoDBStore:
         raw = answer.get("Item")
         if not raw:
             return None
-        item = from_dynamodb(raw)
-        return Lock(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
+        return Lock.from_item(from_dynamodb(raw))
 
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
         answer = self._call(
@@ -506,11 +502,7 @@ class DynamoDBStore:
             )
         )
         old = from_dynamodb(answer.get("Attributes", {}))
-        removed = (
-            Lock(old["holder"], old["acquired_at"], old["expires_at"], old.get("reason", ""))
-            if old
-            else None
-        )
+        removed = Lock.from_item(old) if old else None
         at = format_time(now)
         entry: Item = {
             "record": "lock/reconcile",
@@ -521,12 +513,7 @@ class DynamoDBStore:
             "reason": reason,
         }
         if removed is not None:
-            entry["before"] = {
-                "holder": removed.holder,
-                "acquired_at": removed.acquired_at,
-                "expires_at": removed.expires_at,
-                "reason": removed.reason,
-            }
+            entry["before"] = removed.to_item()
         self._call(
             lambda: self.client.put_item(TableName=self.audit_table, Item=to_dynamodb(entry))
         )

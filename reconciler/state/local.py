@@ -172,7 +172,7 @@ class LocalStore:
                 raise LockHeldError(current)
             connection.execute(
                 "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
-                (LOCK_ID, _dump(_lock_item(lock))),
+                (LOCK_ID, _dump(lock.to_item())),
             )
         return lock
 
@@ -209,7 +209,7 @@ class LocalStore:
                 "actor": by,
                 "at": at,
                 "reason": reason,
-                "before": _lock_item(current) if current else None,
+                "before": current.to_item() if current else None,
             }
             connection.execute(
                 "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
@@ -292,17 +292,7 @@ def _read_lock(connection: sqlite3.Connection) -> Lock | None:
     row = connection.execute("SELECT item FROM control WHERE record_id = ?", (LOCK_ID,)).fetchone()
     if row is None:
         return None
-    item = json.loads(row[0])
-    return Lock(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
-
-
-def _lock_item(lock: Lock) -> Item:
-    return {
-        "holder": lock.holder,
-        "acquired_at": lock.acquired_at,
-        "expires_at": lock.expires_at,
-        "reason": lock.reason,
-    }
+    return Lock.from_item(json.loads(row[0]))
 
 
 def _dump(item: Any) -> str:

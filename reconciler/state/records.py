@@ -185,3 +185,15 @@ class Lock:
     acquired_at: str
     expires_at: str
     reason: str = ""
+
+    def to_item(self) -> Item:
+        return {
+            "holder": self.holder,
+            "acquired_at": self.acquired_at,
+            "expires_at": self.expires_at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_item(cls, item: Item) -> Lock:
+        return cls(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
