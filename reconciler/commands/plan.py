@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def print_plan(plan: Plan, output_format: str) -> None:
     elif output_format == "markdown":
         click.echo(render_markdown(plan), nl=False)
     else:
-        color = sys.stdout.isatty() and "NO_COLOR" not in __import__("os").environ
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         for line in render_text(plan, color=color):
             click.echo(line)
 
