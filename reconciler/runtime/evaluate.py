@@ -1,0 +1,206 @@
+"""The evaluation core: one decision, a pure function of (snapshot, flag, context, now).
+
+No I/O, no clock of its own, and no exception out of it. The order is the design's:
+shutdowns, unknown flag, kill switch, cost, targeting, rollout, experiment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.runtime.bucketing import bucket, pick_variant
+from reconciler.runtime.decision import Decision, ErrorCode, Reason
+from reconciler.runtime.snapshot import Flag, Snapshot
+
+UNIT_ATTRIBUTE = "user_id"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def evaluate(
+    snapshot: Snapshot | None,
+    flag_name: str,
+    context: Mapping[str, Any],
+    now: datetime,
+) -> Decision:
+    """The decision for ``flag_name`` and this context at ``now``. Never raises."""
+    try:
+        return _evaluate(snapshot, flag_name, context, now)
+    except Exception as exc:  # the promise: no exception reaches the request path
+        return Decision(
+            flag_name, False, Reason.ERROR, error_code=ErrorCode.GENERAL, detail=repr(exc)
+        )
+
+
+def _evaluate(
+    snapshot: Snapshot | None, name: str, context: Mapping[str, Any], now: datetime
+) -> Decision:
+    if snapshot is None:
+        return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
+    version = snapshot.version
+    utc = now if now.tzinfo is None else now.astimezone(UTC)  # naive times are taken as UTC
+    now_iso = utc.strftime(TIME_FORMAT)
+    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(now_iso):
+        detail = (
+            f"global shutdown by {snapshot.global_shutdown.by}: {snapshot.global_shutdown.reason}"
+        )
+        return Decision(
+            name, False, Reason.EMERGENCY_SHUTDOWN, snapshot_version=version, detail=detail
+        )
+    flag = snapshot.flags.get(name)
+    if flag is None:
+        return Decision(
+            name, False, Reason.ERROR, snapshot_version=version, error_code=ErrorCode.FLAG_NOT_FOUND
+        )
+    if flag.shutdown is not None and flag.shutdown.active(now_iso):
+        detail = f"shutdown by {flag.shutdown.by}: {flag.shutdown.reason}"
+        return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
+    if flag.broken is not None:
+        return Decision(
+            name,
+            flag.fail_open,
+            Reason.ERROR,
+            flag.value if flag.fail_open else None,
+            snapshot_version=version,
+            error_code=ErrorCode.GENERAL,
+            detail=flag.broken,
+        )
+    if not flag.enabled:
+        return _off(flag, Reason.DISABLED, version)
+
+    factor, throttled = 1.0, False
+    for limit in snapshot.limits:
+        if not limit.applies_to(flag):
+            continue
+        spent = snapshot.limit_spend.get(limit.name, 0.0)
+        if limit.emergency_usd is not None and spent >= limit.emergency_usd:
+            return _off(flag, Reason.COST_EMERGENCY, version, detail=f"{limit.name}: {spent:g} USD")
+        if limit.throttle_usd is not None and spent >= limit.throttle_usd:
+            factor, throttled = min(factor, limit.rollout_factor), True
+    if flag.cost_threshold is not None:
+        spent = snapshot.spend.get(flag.request_type or "", 0.0)
+        if spent >= flag.cost_threshold:
+            return _off(
+                flag, Reason.COST_EMERGENCY, version, detail=f"cost_threshold: {spent:g} USD"
+            )
+
+    matched, rule_percentage = None, None
+    for rule in flag.rules:
+        if rule.predicate(context):
+            if not rule.include:
+                return _off(flag, Reason.TARGETING_MATCH, version, rule=rule.name)
+            matched, rule_percentage = rule.name, rule.rollout_percentage
+            break
+    else:
+        if not flag.default_include:
+            return _off(flag, Reason.TARGETING_NO_MATCH, version)
+
+    percentage = _percentage(flag, rule_percentage, now) * factor
+    unit = context.get(UNIT_ATTRIBUTE)
+    if percentage < 100:
+        if unit is None or unit == "":
+            return _off(
+                flag,
+                Reason.ROLLOUT_OUT,
+                version,
+                rule=matched,
+                error=ErrorCode.TARGETING_KEY_MISSING,
+            )
+        if bucket(flag.name, str(unit)) * 100 >= percentage:
+            reason = Reason.COST_THROTTLED if throttled else Reason.ROLLOUT_OUT
+            return _off(flag, reason, version, rule=matched)
+
+    experiment = flag.experiment
+    if experiment is not None and unit not in (None, ""):
+        if experiment.status == "concluded" and experiment.winner:
+            return _on(
+                flag,
+                Reason.EXPERIMENT_CONCLUDED,
+                version,
+                matched,
+                variant=experiment.winner,
+                experiment=experiment,
+            )
+        if experiment.status == "active":
+            enrolled = (
+                bucket(f"{experiment.experiment_id}:traffic", str(unit)) * 100 < experiment.traffic
+            )
+            variant = pick_variant(bucket(experiment.experiment_id, str(unit)), experiment.ranges)
+            chosen = variant if enrolled and variant else experiment.control
+            return _on(
+                flag,
+                Reason.EXPERIMENT_ASSIGNED,
+                version,
+                matched,
+                variant=chosen,
+                experiment=experiment,
+            )
+    if throttled:
+        reason = Reason.COST_THROTTLED
+    elif matched is not None:
+        reason = Reason.TARGETING_MATCH
+    elif percentage < 100:
+        reason = Reason.ROLLOUT_IN
+    else:
+        reason = Reason.DEFAULT
+    return _on(flag, reason, version, matched)
+
+
+def _percentage(flag: Flag, rule_percentage: float | None, now: datetime) -> float:
+    """The share of users in: the rule's, else the strategy's schedule, else the flag's,
+    capped by the rollout controller's state (paused, rolled back)."""
+    controller = flag.controller
+    if controller.get("rolled_back"):
+        return 0.0
+    if rule_percentage is not None:
+        return rule_percentage
+    if flag.schedule is not None:
+        if controller.get("paused") and controller.get("percentage") is not None:
+            return float(controller["percentage"])
+        return flag.schedule.percentage_at(now, controller.get("stage"))
+    return flag.rollout_percentage
+
+
+def _off(
+    flag: Flag,
+    reason: Reason,
+    version: str,
+    *,
+    rule: str | None = None,
+    detail: str = "",
+    error: ErrorCode | None = None,
+) -> Decision:
+    value = False if flag.flag_type == "boolean" else None
+    return Decision(
+        flag.name,
+        False,
+        reason,
+        value,
+        matched_rule=rule,
+        snapshot_version=version,
+        detail=detail,
+        error_code=error,
+    )
+
+
+def _on(
+    flag: Flag,
+    reason: Reason,
+    version: str,
+    rule: str | None,
+    *,
+    variant: str | None = None,
+    experiment: Any = None,
+) -> Decision:
+    return Decision(
+        flag.name,
+        True,
+        reason,
+        flag.value,
+        variant=variant,
+        variant_config=experiment.configs.get(variant, {}) if experiment and variant else {},
+        matched_rule=rule,
+        experiment=experiment.experiment_id if experiment else None,
+        snapshot_version=version,
+    )

@@ -1,0 +1,128 @@
+"""Targeting conditions compiled once per snapshot into plain predicates over the context."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Context = Mapping[str, Any]
+Predicate = Callable[[Context], bool]
+MISSING = object()
+
+_SEMVER = re.compile(
+    r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
+)
+
+
+def attribute_getter(path: str) -> Callable[[Context], Any]:
+    """Reads ``country`` or, with dots, a nested ``device.os``; ``MISSING`` when absent."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        return lambda context: context.get(path, MISSING)
+
+    def nested(context: Context) -> Any:
+        value: Any = context
+        for part in parts:
+            if not isinstance(value, Mapping):
+                return MISSING
+            value = value.get(part, MISSING)
+            if value is MISSING:
+                return MISSING
+        return value
+
+    return nested
+
+
+def compile_condition(condition: Mapping[str, Any]) -> Predicate:
+    """A predicate for one condition (as stored: attribute conditions, all, any, not)."""
+    if "all" in condition:
+        parts = [compile_condition(c) for c in condition["all"]]
+        return lambda context: all(p(context) for p in parts)
+    if "any" in condition:
+        options = [compile_condition(c) for c in condition["any"]]
+        return lambda context: any(p(context) for p in options)
+    if "not" in condition:
+        inner = compile_condition(condition["not"])
+        return lambda context: not inner(context)
+    get = attribute_getter(condition["attribute"])
+    test = _operator(condition["operator"], condition.get("value"), condition.get("values"))
+
+    def check(context: Context) -> bool:
+        value = get(context)
+        if value is MISSING or value is None:
+            return False  # every operator, negated ones too, needs the attribute
+        return test(value)
+
+    return check
+
+
+def _operator(name: str, expected: Any, values: Any) -> Callable[[Any], bool]:
+    if name == "exists":
+        return lambda value: True  # present: absence was handled before
+    if name in ("in", "not_in"):
+        members = frozenset(_key(v) for v in values)
+        if name == "in":
+            return lambda value: _key(value) in members
+        return lambda value: _key(value) not in members
+    if name == "equals":
+        return lambda value: _key(value) == _key(expected)
+    if name == "not_equals":
+        return lambda value: _key(value) != _key(expected)
+    if name == "matches":
+        pattern = re.compile(expected)
+        return lambda value: isinstance(value, str) and pattern.search(value) is not None
+    if name.startswith("semver_"):
+        bound = semver_key(expected)
+        compare = _COMPARE[name.removeprefix("semver_")]
+        return lambda value: (key := semver_key(value)) is not None and compare(key, bound)
+    compare = _COMPARE[name]
+    limit = float(expected)
+    return lambda value: (number := _number(value)) is not None and compare(number, limit)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "equals": lambda a, b: a == b,
+    "less_than": lambda a, b: a < b,
+    "less_than_or_equal": lambda a, b: a <= b,
+    "greater_than": lambda a, b: a > b,
+    "greater_than_or_equal": lambda a, b: a >= b,
+}
+
+
+def _key(value: Any) -> Any:
+    """Compare values by type as well: True is not 1, and 1 is 1.0."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    return ("other", value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def semver_key(value: Any) -> tuple[Any, ...] | None:
+    """Semantic-version precedence as a sortable tuple; None when not a version."""
+    if not isinstance(value, str):
+        return None
+    match = _SEMVER.match(value.strip())
+    if match is None:
+        return None
+    major, minor, patch, pre = match.groups()
+    if pre is None:
+        return (int(major), int(minor), int(patch), 1, ())
+    identifiers = tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre.split(".")
+    )
+    return (int(major), int(minor), int(patch), 0, identifiers)

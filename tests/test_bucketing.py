@@ -1,0 +1,84 @@
+"""The bucketing contract: published vectors, determinism across processes, statistics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.runtime.bucketing import bucket, pick_variant, variant_ranges
+from tests.conftest import REPO_ROOT
+
+VECTORS = json.loads((REPO_ROOT / "tests" / "vectors" / "bucketing.json").read_text())
+IDS = [f"user-{i}" for i in range(100_000)]
+
+
+def test_at_least_fifty_published_vectors_hold() -> None:
+    assert len(VECTORS["buckets"]) >= 50
+    for case in VECTORS["buckets"]:
+        value = bucket(case["salt"], case["unit_id"])
+        assert value == case["bucket"], case
+        assert value == int(case["first_8_bytes_hex"], 16) / 2**64
+    for case in VECTORS["variants"]:
+        ranges = variant_ranges([(name, weight) for name, weight in case["weights"]])
+        assert pick_variant(bucket(case["salt"], case["unit_id"]), ranges) == case["variant"]
+
+
+def test_the_same_in_another_process() -> None:
+    code = (
+        "from reconciler.runtime.bucketing import bucket;"
+        "print(repr([bucket('vc_bedrock_live', f'user-{i}') for i in range(50)]))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+    )
+    assert other.stdout.strip() == repr([bucket("vc_bedrock_live", f"user-{i}") for i in range(50)])
+
+
+@given(st.text(max_size=20), st.text(max_size=40))
+def test_buckets_are_in_the_unit_interval(salt: str, unit: str) -> None:
+    assert 0.0 <= bucket(salt, unit) < 1.0
+
+
+@given(st.floats(0, 100), st.floats(0, 100))
+def test_raising_a_rollout_keeps_everyone_who_was_in(low: float, high: float) -> None:
+    low, high = sorted((low, high))
+    for unit in IDS[:300]:
+        position = bucket("vc_bedrock_live", unit) * 100
+        if position < low:
+            assert position < high
+
+
+def test_rollout_share_is_honoured() -> None:
+    inside = sum(1 for unit in IDS if bucket("vc_bedrock_live", unit) * 100 < 30)
+    assert abs(inside / len(IDS) - 0.30) < 0.01
+
+
+def test_variant_weights_are_honoured_within_one_percent() -> None:
+    ranges = variant_ranges([("a", 10), ("b", 30), ("c", 60)])
+    counts = Counter(pick_variant(bucket("claude_vs_gemini", unit), ranges) for unit in IDS)
+    for name, weight in (("a", 0.10), ("b", 0.30), ("c", 0.60)):
+        assert abs(counts[name] / len(IDS) - weight) < 0.01
+
+
+def test_rollout_and_experiment_buckets_are_independent() -> None:
+    """Chi-square over a 10 x 10 table of (rollout decile, experiment decile)."""
+    table = Counter(
+        (int(bucket("vc_bedrock_live", u) * 10), int(bucket("claude_vs_gemini", u) * 10))
+        for u in IDS
+    )
+    expected = len(IDS) / 100
+    chi_square = sum(
+        (table[(i, j)] - expected) ** 2 / expected for i in range(10) for j in range(10)
+    )
+    # 81 degrees of freedom: the 99.9th percentile of chi-square is about 129.
+    assert chi_square < 129, chi_square

@@ -1,0 +1,304 @@
+"""The evaluation core, step by step in the design's order, on the repository's own flags."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.codec import encode
+from reconciler.config import load_config
+from reconciler.runtime.decision import ErrorCode, Reason
+from reconciler.runtime.evaluate import evaluate
+from reconciler.runtime.rules import compile_condition, semver_key
+from reconciler.runtime.snapshot import Shutdown, Snapshot, build_snapshot
+from reconciler.state.records import RecordKind
+from reconciler.validation import validate
+from tests.conftest import REPO_ROOT
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+PRO_DE = {"user_id": "user-7", "country": "DE", "plan": "pro"}
+USERS = [f"user-{i}" for i in range(10_000)]
+
+
+def items() -> dict[RecordKind, list[dict[str, Any]]]:
+    result = validate(REPO_ROOT, load_config(REPO_ROOT))
+    assert result.ok
+    return {kind: list(table.values()) for kind, table in encode(result.tree).items()}
+
+
+def snapshot(flag_changes: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> Snapshot:
+    data = items()
+    flags = copy.deepcopy(data[RecordKind.FLAG])
+    for item in flags:
+        item.update((flag_changes or {}).get(item["flag_name"], {}))
+    return build_snapshot("v1", flags, data[RecordKind.COST_THRESHOLD], **kwargs)
+
+
+def share_enabled(snap: Snapshot, flag: str, now: datetime = NOW, **context: Any) -> float:
+    on = sum(evaluate(snap, flag, {"user_id": u, **context}, now).enabled for u in USERS)
+    return on / len(USERS)
+
+
+def test_targeted_user_gets_the_feature() -> None:
+    decision = evaluate(snapshot(), "vc_bedrock_live", PRO_DE, NOW)
+    assert decision.enabled
+    assert decision.reason is Reason.TARGETING_MATCH
+    assert decision.matched_rule == "supported_markets"
+    assert decision.value is True
+    assert decision.snapshot_version == "v1"
+
+
+def test_users_no_rule_includes_are_excluded() -> None:
+    decision = evaluate(snapshot(), "vc_bedrock_live", {**PRO_DE, "plan": "free"}, NOW)
+    assert (decision.enabled, decision.reason, decision.value) == (
+        False,
+        Reason.TARGETING_NO_MATCH,
+        False,
+    )
+
+
+def test_a_rule_with_its_own_rollout() -> None:
+    staff = {"user_id": "u", "email": "ana@example.com"}
+    decision = evaluate(snapshot(), "vc_bedrock_live", staff, datetime(2025, 1, 9, 11, tzinfo=UTC))
+    assert decision.enabled
+    assert decision.matched_rule == "internal_staff"
+
+
+def test_the_schedule_ramps_from_its_start_time() -> None:
+    snap = snapshot()
+    start = datetime(2025, 1, 9, 10, tzinfo=UTC)
+    assert (
+        share_enabled(snap, "vc_bedrock_live", start - timedelta(hours=1), country="DE", plan="pro")
+        == 0
+    )
+    assert share_enabled(
+        snap, "vc_bedrock_live", start + timedelta(hours=1), country="DE", plan="pro"
+    ) == pytest.approx(0.10, abs=0.015)
+    assert share_enabled(
+        snap, "vc_bedrock_live", start + timedelta(days=3, hours=1), country="DE", plan="pro"
+    ) == pytest.approx(0.40, abs=0.015)
+    assert (
+        share_enabled(snap, "vc_bedrock_live", start + timedelta(days=30), country="DE", plan="pro")
+        == 1.0
+    )
+
+
+def test_global_shutdown_outranks_everything() -> None:
+    snap = snapshot(
+        global_shutdown=Shutdown("oncall", "runaway cost", "2026-06-01T03:00:00.000000Z")
+    )
+    decision = evaluate(snap, "vc_bedrock_live", PRO_DE, NOW)
+    assert (decision.enabled, decision.reason) == (False, Reason.EMERGENCY_SHUTDOWN)
+    assert decision.detail == "global shutdown by oncall: runaway cost"
+
+
+def test_flag_shutdown_and_its_expiry() -> None:
+    shut = {
+        "emergency_shutdown": True,
+        "shutdown_by": "oncall",
+        "shutdown_reason": "bad answers",
+        "shutdown_expires_at": "2026-06-01T13:00:00.000000Z",
+    }
+    snap = snapshot({"vc_bedrock_live": shut})
+    assert evaluate(snap, "vc_bedrock_live", PRO_DE, NOW).reason is Reason.EMERGENCY_SHUTDOWN
+    later = evaluate(snap, "vc_bedrock_live", PRO_DE, NOW + timedelta(hours=2))
+    assert later.enabled, "an expired shutdown no longer holds"
+
+
+def test_unknown_flag_and_no_snapshot_are_errors_not_exceptions() -> None:
+    missing = evaluate(snapshot(), "vc_nope", PRO_DE, NOW)
+    assert (missing.enabled, missing.reason, missing.error_code) == (
+        False,
+        Reason.ERROR,
+        ErrorCode.FLAG_NOT_FOUND,
+    )
+    none = evaluate(None, "vc_bedrock_live", PRO_DE, NOW)
+    assert none.error_code is ErrorCode.NO_SNAPSHOT
+
+
+def test_the_kill_switch() -> None:
+    decision = evaluate(
+        snapshot({"vc_bedrock_live": {"enabled": False}}), "vc_bedrock_live", PRO_DE, NOW
+    )
+    assert (decision.enabled, decision.reason, decision.value) == (False, Reason.DISABLED, False)
+
+
+def test_cost_emergency_shuts_down() -> None:
+    decision = evaluate(snapshot(spend={"*": 500}), "ai_model_selection", {"user_id": "u"}, NOW)
+    assert (decision.enabled, decision.reason) == (False, Reason.COST_EMERGENCY)
+    assert decision.detail == "ai_daily_budget: 500 USD"
+
+
+def test_cost_throttle_halves_the_rollout() -> None:
+    snap = snapshot({"ai_model_selection": {"ab_test_config": None}}, spend={"*": 150})
+    assert share_enabled(snap, "ai_model_selection") == pytest.approx(0.5, abs=0.015)
+    reasons = Counter(
+        evaluate(snap, "ai_model_selection", {"user_id": u}, NOW).reason for u in USERS[:500]
+    )
+    assert set(reasons) == {Reason.COST_THROTTLED}
+
+
+def test_a_flags_own_cost_threshold() -> None:
+    decision = evaluate(
+        snapshot(spend={"vc_analysis": 100.0, "*": 120}), "vc_bedrock_live", PRO_DE, NOW
+    )
+    assert (decision.enabled, decision.reason) == (False, Reason.COST_EMERGENCY)
+    assert decision.detail == "cost_threshold: 100 USD"
+
+
+def test_experiment_assigns_variants_by_weight() -> None:
+    snap = snapshot()
+    variants = Counter(
+        evaluate(snap, "ai_model_selection", {"user_id": u}, NOW).variant for u in USERS
+    )
+    assert variants["claude"] / len(USERS) == pytest.approx(0.5, abs=0.02)
+    assert variants["gemini"] / len(USERS) == pytest.approx(0.5, abs=0.02)
+    decision = evaluate(snap, "ai_model_selection", {"user_id": "user-1"}, NOW)
+    assert decision.reason is Reason.EXPERIMENT_ASSIGNED
+    assert decision.experiment == "claude_vs_gemini"
+    assert decision.variant_config == {
+        "model": f"{'claude-3.5-sonnet' if decision.variant == 'claude' else 'gemini-pro'}"
+    }
+
+
+def test_a_concluded_experiment_serves_its_winner_to_everyone() -> None:
+    config = items()[RecordKind.FLAG]
+    ab = next(i for i in config if i["flag_name"] == "ai_model_selection")["ab_test_config"]
+    concluded = {**ab, "status": "concluded", "winner": "gemini", "active": False}
+    snap = snapshot({"ai_model_selection": {"ab_test_config": concluded}})
+    decisions = [evaluate(snap, "ai_model_selection", {"user_id": u}, NOW) for u in USERS[:200]]
+    assert {(d.variant, d.reason) for d in decisions} == {("gemini", Reason.EXPERIMENT_CONCLUDED)}
+
+
+def test_controller_state_caps_the_rollout() -> None:
+    rolled_back = snapshot({"vc_bedrock_live": {"controller_state": {"rolled_back": True}}})
+    assert share_enabled(rolled_back, "vc_bedrock_live", country="DE", plan="pro") == 0
+    paused = snapshot({"vc_bedrock_live": {"controller_state": {"paused": True, "percentage": 20}}})
+    assert share_enabled(paused, "vc_bedrock_live", country="DE", plan="pro") == pytest.approx(
+        0.2, abs=0.015
+    )
+
+
+def test_a_rollout_without_a_user_id_is_out_with_a_reason() -> None:
+    snap = snapshot({"ai_model_selection": {"rollout_percentage": 50, "ab_test_config": None}})
+    decision = evaluate(snap, "ai_model_selection", {}, NOW)
+    assert (decision.enabled, decision.error_code) == (False, ErrorCode.TARGETING_KEY_MISSING)
+
+
+def test_a_broken_item_decides_by_its_fail_mode() -> None:
+    snap = snapshot({"ai_model_selection": {"targeting": {"rules": [{"name": "x"}]}}})
+    decision = evaluate(snap, "ai_model_selection", {"user_id": "u"}, NOW)
+    assert (decision.enabled, decision.reason) == (True, Reason.ERROR), "fail_mode: open"
+    closed = snapshot({"vc_bedrock_live": {"targeting": "garbage"}})
+    assert not evaluate(closed, "vc_bedrock_live", PRO_DE, NOW).enabled
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["user_id", "country", "plan", "email", "app_version", "device"]),
+        json_values,
+    )
+)
+def test_no_context_makes_a_decision_raise(context: dict[str, Any]) -> None:
+    snap = snapshot()
+    for flag in ("vc_bedrock_live", "ai_model_selection", "vc_unknown"):
+        decision = evaluate(snap, flag, context, NOW)
+        assert isinstance(decision.enabled, bool)
+
+
+@pytest.mark.parametrize(
+    ("condition", "context", "expected"),
+    [
+        (
+            {"attribute": "country", "operator": "in", "values": ["DE", "FR"]},
+            {"country": "DE"},
+            True,
+        ),
+        ({"attribute": "country", "operator": "in", "values": ["DE"]}, {}, False),
+        ({"attribute": "country", "operator": "not_in", "values": ["KP"]}, {"country": "DE"}, True),
+        ({"attribute": "country", "operator": "not_in", "values": ["KP"]}, {}, False),
+        ({"attribute": "plan", "operator": "equals", "value": "pro"}, {"plan": "pro"}, True),
+        ({"attribute": "beta", "operator": "equals", "value": True}, {"beta": 1}, False),
+        (
+            {"attribute": "age", "operator": "greater_than_or_equal", "value": 18},
+            {"age": "21"},
+            True,
+        ),
+        ({"attribute": "age", "operator": "less_than", "value": 18}, {"age": "n/a"}, False),
+        (
+            {"attribute": "v", "operator": "semver_greater_than_or_equal", "value": "2.4.0"},
+            {"v": "2.10.0"},
+            True,
+        ),
+        (
+            {"attribute": "v", "operator": "semver_less_than", "value": "2.4.0"},
+            {"v": "2.4.0-beta.1"},
+            True,
+        ),
+        (
+            {"attribute": "email", "operator": "matches", "value": "@example\\.com$"},
+            {"email": "a@example.com"},
+            True,
+        ),
+        (
+            {"attribute": "device.os", "operator": "equals", "value": "ios"},
+            {"device": {"os": "ios"}},
+            True,
+        ),
+        ({"attribute": "device.os", "operator": "exists"}, {"device": "phone"}, False),
+        ({"not": {"attribute": "x", "operator": "exists"}}, {}, True),
+        (
+            {
+                "any": [
+                    {"attribute": "a", "operator": "exists"},
+                    {"attribute": "b", "operator": "exists"},
+                ]
+            },
+            {"b": 1},
+            True,
+        ),
+        (
+            {
+                "all": [
+                    {"attribute": "a", "operator": "exists"},
+                    {"attribute": "b", "operator": "exists"},
+                ]
+            },
+            {"b": 1},
+            False,
+        ),
+    ],
+)
+def test_operators(condition: dict[str, Any], context: dict[str, Any], expected: bool) -> None:
+    assert compile_condition(condition)(context) is expected
+
+
+def test_semver_precedence() -> None:
+    order = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+    ]
+    keys = [semver_key(v) for v in order]
+    assert keys == sorted(keys)  # type: ignore[type-var]
+    assert semver_key("not a version") is None
