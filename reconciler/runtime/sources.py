@@ -1,0 +1,137 @@
+"""Where a client reads its snapshot from: the local SQLite store or DynamoDB, read-only.
+
+Two reads of different weight: the configuration (every flag and cost threshold, in pages, every
+few minutes) and the overrides (one small item in the control table, every few seconds), so an
+emergency shutdown reaches every client quickly without thousands of processes scanning tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.runtime.attributes import plain_item
+from reconciler.runtime.snapshot import Shutdown
+
+OVERRIDES_ID = "overrides"  # the control-table record break-glass writes
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Configuration:
+    flags: list[Item]
+    thresholds: list[Item]
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The operators' shutdowns: one for everything, and per flag."""
+
+    global_shutdown: Shutdown | None = None
+    flags: Mapping[str, Shutdown] = field(default_factory=dict)
+    version: int = 0
+
+
+class SnapshotSource(Protocol):
+    def read_configuration(self) -> Configuration: ...
+
+    def read_overrides(self) -> Overrides: ...
+
+    def describe(self) -> str: ...
+
+
+def overrides_from_item(item: Mapping[str, Any] | None) -> Overrides:
+    """The overrides record: ``{"global": {...}, "flags": {name: {...}}, "version": n}``."""
+    if not item:
+        return Overrides()
+
+    def shutdown(entry: Any) -> Shutdown | None:
+        if not isinstance(entry, Mapping) or not entry.get("active", True):
+            return None
+        return Shutdown(
+            str(entry.get("by", "")),
+            str(entry.get("reason", "")),
+            entry.get("since"),
+            entry.get("expires_at"),
+        )
+
+    flags = {}
+    for name, entry in (item.get("flags") or {}).items():
+        found = shutdown(entry)
+        if found is not None:
+            flags[str(name)] = found
+    return Overrides(shutdown(item.get("global")), flags, int(item.get("version", 0)))
+
+
+class SQLiteSource:
+    """Reads the local store's file (``.reconciler/state.db``), opening it read-only."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"local store (SQLite) {self.path}"
+
+    def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no local store at {self.path}; run reconcile --apply")
+        uri = f"file:{self.path}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=2) as connection:
+            return connection.execute(sql, args).fetchall()
+
+    def read_configuration(self) -> Configuration:
+        rows = self._query(
+            "SELECT kind, item FROM records WHERE kind IN ('flag', 'cost_threshold')"
+        )
+        flags = [json.loads(item) for kind, item in rows if kind == "flag"]
+        thresholds = [json.loads(item) for kind, item in rows if kind == "cost_threshold"]
+        return Configuration(flags, thresholds)
+
+    def read_overrides(self) -> Overrides:
+        rows = self._query("SELECT item FROM control WHERE record_id = ?", OVERRIDES_ID)
+        return overrides_from_item(json.loads(rows[0][0]) if rows else None)
+
+
+class DynamoDBSource:
+    """Reads the flag, cost-threshold and control tables (boto3 is needed for this one)."""
+
+    def __init__(self, client: Any = None, *, tables: Mapping[str, str] | None = None) -> None:
+        env = {**os.environ, **(tables or {})}
+        self.flags_table = env.get("FEATURE_FLAGS_TABLE", "bedrock-feature-flags")
+        self.thresholds_table = env.get("COST_THRESHOLDS_TABLE", "bedrock-cost-thresholds")
+        self.control_table = env.get("CONTROL_TABLE", "bedrock-flag-control")
+        if client is None:
+            import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
+            from botocore.config import Config  # noqa: PLC0415
+
+            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
+            client = boto3.client("dynamodb", config=config)
+        self.client = client
+
+    def describe(self) -> str:
+        return f"DynamoDB tables {self.flags_table}, {self.thresholds_table}, {self.control_table}"
+
+    def _scan(self, table: str) -> list[Item]:
+        items: list[Item] = []
+        arguments: dict[str, Any] = {"TableName": table}
+        while True:
+            page = self.client.scan(**arguments)
+            items.extend(plain_item(raw) for raw in page.get("Items", []))
+            if not page.get("LastEvaluatedKey"):
+                return items
+            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def read_configuration(self) -> Configuration:
+        return Configuration(self._scan(self.flags_table), self._scan(self.thresholds_table))
+
+    def read_overrides(self) -> Overrides:
+        answer = self.client.get_item(
+            TableName=self.control_table, Key={"record_id": {"S": OVERRIDES_ID}}
+        )
+        raw = answer.get("Item")
+        return overrides_from_item(plain_item(raw) if raw else None)
