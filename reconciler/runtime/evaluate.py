@@ -53,9 +53,10 @@ def _evaluate(
         return Decision(
             name, False, Reason.ERROR, snapshot_version=version, error_code=ErrorCode.FLAG_NOT_FOUND
         )
-    if flag.shutdown is not None and flag.shutdown.active(now_iso):
-        detail = f"shutdown by {flag.shutdown.by}: {flag.shutdown.reason}"
-        return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
+    for shutdown in (snapshot.flag_shutdowns.get(name), flag.shutdown):
+        if shutdown is not None and shutdown.active(now_iso):
+            detail = f"shutdown by {shutdown.by}: {shutdown.reason}"
+            return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
     if flag.broken is not None:
         return Decision(
             name,

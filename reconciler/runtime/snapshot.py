@@ -115,6 +115,7 @@ class Snapshot:
     spend: Mapping[str, float] = field(default_factory=dict)  # by request type; "*" is all
     global_shutdown: Shutdown | None = None
     limit_spend: Mapping[str, float] = field(default_factory=dict)  # what each limit counts
+    flag_shutdowns: Mapping[str, Shutdown] = field(default_factory=dict)  # from the overrides
 
 
 def build_snapshot(
