@@ -83,3 +83,19 @@ def test_quickstart_plan_output(example_tree: Path, monkeypatch: pytest.MonkeyPa
     shown = _block_after("$ reconcile --plan --out plan.json")
     body = out.splitlines()[3:]  # after the store, commit and blank header lines
     assert body == shown
+
+
+def test_runtime_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example, run right after an apply, prints what the README shows."""
+    import contextlib
+    import io
+
+    monkeypatch.chdir(example_tree)
+    assert invoke("--apply", ".", "--yes")[0] == 0
+    lines = _block_after("from reconciler.runtime.client import FlagClient")
+    code = "from reconciler.runtime.client import FlagClient\n" + "\n".join(lines)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {})
+    marker = "True TARGETING_MATCH supported_markets"
+    assert printed.getvalue().splitlines() == [marker, *_block_after(marker)]
