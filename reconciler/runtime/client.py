@@ -27,6 +27,7 @@ from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
 
 log = logging.getLogger("reconciler.runtime")
 
+_NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -66,7 +67,6 @@ class FlagClient:
         self.failed_refreshes = 0
         self.last_error: str | None = None
         self._snapshot: Snapshot | None = None
-        self._configuration: Configuration | None = None
         self._overrides = Overrides()
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
@@ -87,9 +87,9 @@ class FlagClient:
 
     def decide(self, flag: str, context: Mapping[str, Any], default: Any = None) -> Decision:
         decision = evaluate(self._snapshot, flag, context, self.clock())
-        if decision.error_code in (ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND):
+        if decision.error_code is not None and decision.error_code in _NO_ANSWER:
             return dataclasses.replace(decision, enabled=bool(default), value=default)
-        if decision.value is None and not decision.enabled:
+        if default is not None and decision.value is None and not decision.enabled:
             return dataclasses.replace(decision, value=default)
         return decision
 
@@ -130,8 +130,7 @@ class FlagClient:
 
     def refresh_configuration(self) -> bool:
         try:
-            configuration = self.source.read_configuration()
-            self._install(configuration, self._overrides)
+            self._install_configuration(self.source.read_configuration())
         except Exception as exc:  # last known good: keep answering from the old snapshot
             return self._failed("configuration", exc)
         return True
@@ -139,25 +138,22 @@ class FlagClient:
     def refresh_overrides(self) -> bool:
         try:
             overrides = self.source.read_overrides()
-            if self._configuration is not None:
-                self._install(self._configuration, overrides)
-            else:
-                self._overrides = overrides
         except Exception as exc:
             return self._failed("overrides", exc)
+        with self._write_lock:
+            self._overrides = overrides
+            if self._snapshot is not None:
+                self._snapshot = _with_overrides(self._snapshot, overrides)
         return True
 
-    def _install(self, configuration: Configuration, overrides: Overrides) -> None:
+    def _install_configuration(self, configuration: Configuration) -> None:
+        """Build the snapshot (rules compiled once) and swap it in whole; the raw items are
+        not kept."""
+        built = build_snapshot(
+            _version(configuration), configuration.flags, configuration.thresholds
+        )
         with self._write_lock:
-            current = self._snapshot
-            if configuration is not self._configuration or current is None:
-                current = build_snapshot(
-                    _version(configuration), configuration.flags, configuration.thresholds
-                )
-            self._snapshot = dataclasses.replace(
-                current, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
-            )
-            self._configuration, self._overrides = configuration, overrides
+            self._snapshot = _with_overrides(built, self._overrides)
 
     def _failed(self, what: str, exc: Exception) -> bool:
         self.failed_refreshes += 1
@@ -178,7 +174,7 @@ class FlagClient:
         """A cold start without the network: a snapshot file shipped with the service."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            self._install(Configuration(data["flags"], data.get("thresholds", [])), Overrides())
+            self._install_configuration(Configuration(data["flags"], data.get("thresholds", [])))
         except Exception as exc:
             self._failed("bootstrap", exc)
 
@@ -199,6 +195,12 @@ class FlagClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
+    return dataclasses.replace(
+        snapshot, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
+    )
 
 
 def _version(configuration: Configuration) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 class Reason(enum.StrEnum):
     """Why a decision came out as it did, in the order the decision is made."""
 
+    __hash__ = str.__hash__  # members are strings: hash them at C speed (decisions are cached)
+
     EMERGENCY_SHUTDOWN = "EMERGENCY_SHUTDOWN"
     ERROR = "ERROR"
     DISABLED = "DISABLED"
@@ -27,6 +29,8 @@ class Reason(enum.StrEnum):
 
 class ErrorCode(enum.StrEnum):
     """What went wrong when the reason is ERROR (or a decision had to do without something)."""
+
+    __hash__ = str.__hash__
 
     FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
     NO_SNAPSHOT = "NO_SNAPSHOT"

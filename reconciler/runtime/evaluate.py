@@ -15,7 +15,6 @@ from reconciler.runtime.decision import Decision, ErrorCode, Reason
 from reconciler.runtime.snapshot import Flag, Snapshot
 
 UNIT_ATTRIBUTE = "user_id"
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def evaluate(
@@ -39,9 +38,9 @@ def _evaluate(
     if snapshot is None:
         return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
     version = snapshot.version
-    utc = now if now.tzinfo is None else now.astimezone(UTC)  # naive times are taken as UTC
-    now_iso = utc.strftime(TIME_FORMAT)
-    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(now_iso):
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)  # naive times are taken as UTC
+    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(now):
         detail = (
             f"global shutdown by {snapshot.global_shutdown.by}: {snapshot.global_shutdown.reason}"
         )
@@ -53,10 +52,11 @@ def _evaluate(
         return Decision(
             name, False, Reason.ERROR, snapshot_version=version, error_code=ErrorCode.FLAG_NOT_FOUND
         )
-    for shutdown in (snapshot.flag_shutdowns.get(name), flag.shutdown):
-        if shutdown is not None and shutdown.active(now_iso):
-            detail = f"shutdown by {shutdown.by}: {shutdown.reason}"
-            return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
+    if snapshot.flag_shutdowns or flag.shutdown is not None:
+        for shutdown in (snapshot.flag_shutdowns.get(name), flag.shutdown):
+            if shutdown is not None and shutdown.active(now):
+                detail = f"shutdown by {shutdown.by}: {shutdown.reason}"
+                return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
     if flag.broken is not None:
         return Decision(
             name,
@@ -71,20 +71,11 @@ def _evaluate(
         return _off(flag, Reason.DISABLED, version)
 
     factor, throttled = 1.0, False
-    for limit in snapshot.limits:
-        if not limit.applies_to(flag):
-            continue
-        spent = snapshot.limit_spend.get(limit.name, 0.0)
-        if limit.emergency_usd is not None and spent >= limit.emergency_usd:
-            return _off(flag, Reason.COST_EMERGENCY, version, detail=f"{limit.name}: {spent:g} USD")
-        if limit.throttle_usd is not None and spent >= limit.throttle_usd:
-            factor, throttled = min(factor, limit.rollout_factor), True
-    if flag.cost_threshold is not None:
-        spent = snapshot.spend.get(flag.request_type or "", 0.0)
-        if spent >= flag.cost_threshold:
-            return _off(
-                flag, Reason.COST_EMERGENCY, version, detail=f"cost_threshold: {spent:g} USD"
-            )
+    verdict = snapshot.cost.get(name)  # worked out once per snapshot, from the spend
+    if verdict is not None:
+        if verdict.emergency is not None:
+            return _off(flag, Reason.COST_EMERGENCY, version, detail=verdict.emergency)
+        factor, throttled = verdict.factor, True
 
     matched, rule_percentage = None, None
     for rule in flag.rules:
@@ -97,7 +88,10 @@ def _evaluate(
         if not flag.default_include:
             return _off(flag, Reason.TARGETING_NO_MATCH, version)
 
-    percentage = _percentage(flag, rule_percentage, now) * factor
+    if rule_percentage is None and flag.schedule is None and not flag.controller:
+        percentage = flag.rollout_percentage * factor  # the common case, without a call
+    else:
+        percentage = _percentage(flag, rule_percentage, now) * factor
     unit = context.get(UNIT_ATTRIBUTE)
     if percentage < 100:
         if unit is None or unit == "":
@@ -172,8 +166,13 @@ def _off(
     detail: str = "",
     error: ErrorCode | None = None,
 ) -> Decision:
+    # A Flag belongs to one configuration snapshot, so its version needs no place in the key.
+    key = (reason, rule) if not detail and error is None else (reason, rule, detail, error)
+    cached = flag.decisions.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
     value = False if flag.flag_type == "boolean" else None
-    return Decision(
+    decision = flag.decisions[key] = Decision(
         flag.name,
         False,
         reason,
@@ -183,6 +182,7 @@ def _off(
         detail=detail,
         error_code=error,
     )
+    return decision
 
 
 def _on(
@@ -194,7 +194,11 @@ def _on(
     variant: str | None = None,
     experiment: Any = None,
 ) -> Decision:
-    return Decision(
+    key = (True, reason, rule, variant)
+    cached = flag.decisions.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    decision = flag.decisions[key] = Decision(
         flag.name,
         True,
         reason,
@@ -205,3 +209,4 @@ def _on(
         experiment=experiment.experiment_id if experiment else None,
         snapshot_version=version,
     )
+    return decision

@@ -45,8 +45,14 @@ def compile_condition(condition: Mapping[str, Any]) -> Predicate:
     if "not" in condition:
         inner = compile_condition(condition["not"])
         return lambda context: not inner(context)
-    get = attribute_getter(condition["attribute"])
-    test = _operator(condition["operator"], condition.get("value"), condition.get("values"))
+    attribute = condition["attribute"]
+    operator, expected = condition["operator"], condition.get("value")
+    values: list[Any] = condition.get("values") or []
+    if "." not in attribute and operator == "in" and all(isinstance(v, str) for v in values):
+        members = frozenset(values)  # the common case, made fast: country in [DE, FR, ...]
+        return lambda context: context.get(attribute) in members
+    get = attribute_getter(attribute)
+    test = _operator(operator, expected, values)
 
     def check(context: Context) -> bool:
         value = get(context)

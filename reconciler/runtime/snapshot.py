@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.runtime.bucketing import variant_ranges
@@ -27,8 +27,24 @@ class Shutdown:
     since: str | None = None
     expires_at: str | None = None
 
-    def active(self, now_iso: str) -> bool:
-        return self.expires_at is None or self.expires_at > now_iso
+    @property
+    def expires(self) -> datetime | None:
+        return _parse_time(self.expires_at)
+
+    def active(self, now: datetime) -> bool:
+        expires = self.expires
+        return expires is None or expires > now
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time as an aware datetime (UTC when no zone is given); None if unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,9 @@ class Flag:
     shutdown: Shutdown | None = None
     controller: Mapping[str, Any] = field(default_factory=dict)
     broken: str | None = None  # why the item could not be understood
+    # Decisions that are the same for every user (off by kill switch, no match, ...) are made
+    # once per flag and snapshot and shared: decisions are immutable.
+    decisions: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,14 @@ class CostLimit:
 
 
 @dataclass(frozen=True)
+class CostVerdict:
+    """What today's spend means for one flag: shut down (why), or throttled by a factor."""
+
+    emergency: str | None
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     version: str
     flags: Mapping[str, Flag]
@@ -116,6 +143,7 @@ class Snapshot:
     global_shutdown: Shutdown | None = None
     limit_spend: Mapping[str, float] = field(default_factory=dict)  # what each limit counts
     flag_shutdowns: Mapping[str, Shutdown] = field(default_factory=dict)  # from the overrides
+    cost: Mapping[str, CostVerdict] = field(default_factory=dict)  # flags the spend affects
 
 
 def build_snapshot(
@@ -145,7 +173,34 @@ def build_snapshot(
                 f.request_type for n, f in flags.items() if n in limit.flags and f.request_type
             }
             counted[limit.name] = sum(spent.get(t, 0.0) for t in types)
-    return Snapshot(version, flags, limits, spent, global_shutdown, counted)
+    cost = {}
+    for name, flag in flags.items():
+        verdict = _cost_verdict(flag, limits, counted, spent)
+        if verdict is not None:
+            cost[name] = verdict
+    return Snapshot(version, flags, limits, spent, global_shutdown, counted, cost=cost)
+
+
+def _cost_verdict(
+    flag: Flag,
+    limits: Sequence[CostLimit],
+    counted: Mapping[str, float],
+    spent: Mapping[str, float],
+) -> CostVerdict | None:
+    factor = 1.0
+    for limit in limits:
+        if not limit.applies_to(flag):
+            continue
+        amount = counted.get(limit.name, 0.0)
+        if limit.emergency_usd is not None and amount >= limit.emergency_usd:
+            return CostVerdict(f"{limit.name}: {amount:g} USD")
+        if limit.throttle_usd is not None and amount >= limit.throttle_usd:
+            factor = min(factor, limit.rollout_factor)
+    if flag.cost_threshold is not None:
+        amount = spent.get(flag.request_type or "", 0.0)
+        if amount >= flag.cost_threshold:
+            return CostVerdict(f"cost_threshold: {amount:g} USD")
+    return CostVerdict(None, factor) if factor < 1.0 else None
 
 
 def build_flag(item: Item) -> Flag:

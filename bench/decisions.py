@@ -1,0 +1,212 @@
+"""Benchmark: one decision, in-process, against GrowthBook's Python SDK evaluating locally.
+
+    python -m bench.decisions [--decisions 200000]
+
+Cases: (a) a plain flag; (b) country targeting and a 30% rollout; (c) targeting, rollout, a
+50/50 experiment, a cost throttle and the override checks; and a plain 50/50 split. Reports
+latency percentiles per decision and decisions per second, GrowthBook's figures for (b) and the
+split measured in the same run, and the load time and memory of a 10,000-flag snapshot read from
+the local store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from growthbook import GrowthBook
+
+from bench.generate import generate
+from reconciler.apply import apply_plan
+from reconciler.codec import encode
+from reconciler.config import load_config
+from reconciler.plan.build import build_plan
+from reconciler.runtime.client import FlagClient
+from reconciler.runtime.snapshot import Shutdown, build_snapshot
+from reconciler.runtime.sources import SQLiteSource
+from reconciler.state.local import LocalStore
+from reconciler.validation import validate
+
+MARKETS = ["DE", "FR", "GB", "NO", "SE", "US"]
+RULE = {
+    "name": "markets",
+    "action": "include",
+    "when": {"attribute": "country", "operator": "in", "values": MARKETS},
+}
+
+
+def flag(name: str, **extra: Any) -> dict[str, Any]:
+    return {"flag_name": name, "enabled": True, "flag_type": "boolean", "value": True, **extra}
+
+
+FLAGS = [
+    flag("plain"),
+    flag("targeted", rollout_percentage=30, targeting={"rules": [RULE]}),
+    flag(
+        "full",
+        rollout_percentage=30,
+        targeting={"rules": [RULE]},
+        ab_test_config={
+            "test_name": "full_test",
+            "status": "active",
+            "variants": [
+                {"name": "control", "weight": 50, "config": {"model": "claude"}},
+                {"name": "treatment", "weight": 50, "config": {"model": "gemini"}},
+            ],
+        },
+    ),
+    flag(
+        "split",
+        ab_test_config={
+            "test_name": "split_test",
+            "status": "active",
+            "variants": [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}],
+        },
+    ),
+]
+THRESHOLDS = [
+    {
+        "threshold_name": "budget",
+        "applies_to": "all",
+        "throttle": {"amount_usd": 100, "rollout_factor": 0.5},
+        "emergency": {"amount_usd": 500},
+    }
+]
+GROWTHBOOK_FEATURES = {
+    "targeted": {
+        "defaultValue": False,
+        "rules": [
+            {
+                "condition": {"country": {"$in": MARKETS}},
+                "force": True,
+                "coverage": 0.3,
+                "hashAttribute": "id",
+            }
+        ],
+    },
+    "split": {
+        "defaultValue": "a",
+        "rules": [{"key": "split_test", "variations": ["a", "b"], "weights": [0.5, 0.5]}],
+    },
+}
+
+
+def contexts(count: int) -> list[dict[str, Any]]:
+    return [
+        {"user_id": f"user-{i}", "country": MARKETS[i % 8] if i % 8 < 6 else "BR", "plan": "pro"}
+        for i in range(count)
+    ]
+
+
+def measure(
+    decide: Callable[[dict[str, Any]], Any], users: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Latency of each call in microseconds, and calls per second over the whole run."""
+    timings = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        started = clock()
+        for context in users:
+            before = clock()
+            decide(context)
+            timings.append(clock() - before)
+        total = clock() - started
+    finally:
+        gc.enable()
+    timings.sort()
+    count = len(timings)
+    return {
+        "p50": timings[count // 2] / 1000,
+        "p99": timings[int(count * 0.99)] / 1000,
+        "p99.9": timings[int(count * 0.999)] / 1000,
+        "mean": statistics.fmean(timings) / 1000,
+        "per_second": count / (total / 1e9),
+    }
+
+
+def growthbook_decider(feature: str) -> Callable[[dict[str, Any]], Any]:
+    book = GrowthBook(features=GROWTHBOOK_FEATURES)
+
+    def decide(context: dict[str, Any]) -> Any:
+        book.set_attributes({"id": context["user_id"], "country": context["country"]})
+        return book.eval_feature(feature).value
+
+    return decide
+
+
+def snapshot_load(flags: int) -> tuple[float, float]:
+    """Seconds and MB to load a snapshot of ``flags`` flags from the local store."""
+    with tempfile.TemporaryDirectory() as work:
+        root = generate(Path(work) / "tree", flags, 0)
+        result = validate(root, load_config(root))
+        store = LocalStore(Path(work) / "state.db")
+        plan = build_plan(encode(result.tree), store, git_commit=None, now=datetime.now(UTC))
+        apply_plan(plan, store, actor="bench", now=lambda: datetime.now(UTC))
+        store.close()
+        gc.collect()
+        tracemalloc.start()
+        started = time.perf_counter()
+        client = FlagClient(SQLiteSource(Path(work) / "state.db"), background=False)
+        seconds = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        current = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert client.snapshot is not None
+        assert len(client.snapshot.flags) == flags
+        del peak
+        return seconds, current / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=200_000)
+    parser.add_argument("--flags", type=int, default=10_000)
+    args = parser.parse_args()
+    users = contexts(args.decisions)
+    snapshot = build_snapshot("bench", FLAGS, THRESHOLDS, spend={"*": 150.0})
+    snapshot = snapshot.__class__(
+        **{**snapshot.__dict__, "flag_shutdowns": {"other_flag": Shutdown("oncall", "drill")}}
+    )
+    client = FlagClient.__new__(FlagClient)  # a client over a fixed snapshot: no source needed
+    client._snapshot = snapshot
+    client.clock = lambda: datetime(2026, 6, 1, tzinfo=UTC)
+    results = {
+        "(a) plain flag": measure(lambda c: client.decide("plain", c), users),
+        "(b) targeting + 30% rollout": measure(lambda c: client.decide("targeted", c), users),
+        "(c) + 50/50 experiment + cost + overrides": measure(
+            lambda c: client.decide("full", c), users
+        ),
+        "50/50 split": measure(lambda c: client.decide("split", c), users),
+        "GrowthBook (b)": measure(growthbook_decider("targeted"), users),
+        "GrowthBook 50/50 split": measure(growthbook_decider("split"), users),
+    }
+    print(f"{args.decisions:,} decisions per case, one core")
+    print(f"{'case':<44}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'decisions/s':>14}")
+    for case, figures in results.items():
+        print(
+            f"{case:<44}{figures['p50']:>9.2f}{figures['p99']:>9.2f}{figures['p99.9']:>10.2f}"
+            f"{figures['per_second']:>14,.0f}"
+        )
+    for ours, theirs in (
+        ("(b) targeting + 30% rollout", "GrowthBook (b)"),
+        ("50/50 split", "GrowthBook 50/50 split"),
+    ):
+        ratio = results[theirs]["mean"] / results[ours]["mean"]
+        print(f"{ours}: {ratio:.1f}x faster than GrowthBook (mean latency)")
+    seconds, megabytes = snapshot_load(args.flags)
+    print(
+        f"snapshot of {args.flags:,} flags from the local store: {seconds:.2f} s, {megabytes:.1f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
