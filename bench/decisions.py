@@ -200,8 +200,9 @@ def main() -> None:
         ("(b) targeting + 30% rollout", "GrowthBook (b)"),
         ("50/50 split", "GrowthBook 50/50 split"),
     ):
-        ratio = results[theirs]["mean"] / results[ours]["mean"]
-        print(f"{ours}: {ratio:.1f}x faster than GrowthBook (mean latency)")
+        median = results[theirs]["p50"] / results[ours]["p50"]
+        mean = results[theirs]["mean"] / results[ours]["mean"]
+        print(f"{ours}: {median:.1f}x faster than GrowthBook at the median, {mean:.1f}x on average")
     seconds, megabytes = snapshot_load(args.flags)
     print(
         f"snapshot of {args.flags:,} flags from the local store: {seconds:.2f} s, {megabytes:.1f} MB"

@@ -18,6 +18,7 @@ import pydantic
 from reconciler import schema
 from reconciler.diagnostics import Diagnostic, FieldPath, Position, Severity
 from reconciler.manifests import KINDS, Kind, Manifest, kind_for_folder
+from reconciler.secrets import find_secrets
 from reconciler.yaml_strict import YamlDocument, load_yaml
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -156,6 +157,7 @@ def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic
     if document is None:
         return None, diagnostics
     source = Source(relative, document)
+    diagnostics.extend(find_secrets(relative, document))
     data = document.data
     if not isinstance(data, dict):
         diagnostics.append(

@@ -115,7 +115,12 @@ def _explain(error: ValidationError, root: Mapping[str, Any]) -> Iterator[Schema
             if key not in instance:
                 yield SchemaProblem((*path, key), f"missing required field '{key}'", at_parent=True)
     elif validator == "type":
-        yield SchemaProblem(path, f"expected {_type_words(expected)}, got {_describe(instance)}")
+        if instance is None and path and not _required(root, path):
+            yield SchemaProblem(path, "null is not allowed; remove the field instead")
+        else:
+            yield SchemaProblem(
+                path, f"expected {_type_words(expected)}, got {_describe(instance)}"
+            )
     elif validator in ("enum", "const"):
         options = expected if validator == "enum" else [expected]
         hint = _did_you_mean(instance, options) if isinstance(instance, str) else ""
@@ -168,6 +173,13 @@ def _explain_union(error: ValidationError, root: Mapping[str, Any]) -> Iterator[
         key = discriminator["propertyName"]
         if key not in instance:
             yield SchemaProblem((*path, key), f"missing required field '{key}'", at_parent=True)
+            known = sorted(_property_names(node, root))
+            for extra in sorted(set(instance) - set(known)):
+                yield SchemaProblem(
+                    (*path, extra),
+                    f"unknown field '{extra}'{_did_you_mean(extra, known)}",
+                    at_key=True,
+                )
             return
         options = sorted(discriminator.get("mapping", {}))
         got = instance[key]
@@ -203,7 +215,10 @@ def _chosen_branch(
     if isinstance(instance, dict):
         scores = [len(set(instance) & _property_names(b, root)) for b in branches]
         best = max(scores, default=0)
-        return scores.index(best) if best > 0 and scores.count(best) == 1 else None
+        if best > 0 and scores.count(best) == 1:
+            return scores.index(best)
+        mappings = [i for i, b in enumerate(branches) if b.get("type") == "object"]
+        return mappings[0] if best == 0 and len(mappings) == 1 else None
     fitting = [i for i, b in enumerate(branches) if _type_fits(b, instance)]
     return fitting[0] if len(fitting) == 1 else None
 
@@ -229,6 +244,28 @@ def _type_fits(branch: Mapping[str, Any], instance: object) -> bool:
     if expected is None:
         return False
     return json_type == expected or (json_type == "integer" and expected == "number")
+
+
+def _required(root: Mapping[str, Any], path: FieldPath) -> bool:
+    """Whether the field at ``path`` is required, following the schema along the path."""
+    node: Mapping[str, Any] = root
+    for part in path[:-1]:
+        node = _resolve(node, root)
+        node = node.get("items", {}) if isinstance(part, int) else _property(node, part, root)
+    node = _resolve(node, root)
+    return path[-1] in node.get("required", []) if not isinstance(path[-1], int) else True
+
+
+def _property(node: Mapping[str, Any], name: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    if name in node.get("properties", {}):
+        found: Mapping[str, Any] = node["properties"][name]
+        return found
+    for branch in node.get("anyOf", []) + node.get("oneOf", []):
+        resolved = _resolve(branch, root)
+        if name in resolved.get("properties", {}):
+            inner: Mapping[str, Any] = resolved["properties"][name]
+            return inner
+    return {}
 
 
 def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -71,6 +71,11 @@ class YamlDocument:
         self._positions: tuple[dict[FieldPath, Position], dict[FieldPath, Position]] | None = None
 
     @property
+    def text(self) -> str:
+        """The file's text, as parsed."""
+        return self._text
+
+    @property
     def values(self) -> Mapping[FieldPath, Position]:
         return self._located()[0]
 
@@ -193,13 +198,13 @@ class _Builder:
 def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
     """Parse one manifest file. Returns the document (None when unusable) and every problem."""
     if len(raw) > MAX_FILE_BYTES:
-        size = len(raw) / (1024 * 1024)
         limit = MAX_FILE_BYTES // (1024 * 1024)
         return None, [
             YamlProblem(
                 Position(1, 1),
                 (),
-                f"file is {size:.1f} MiB; a manifest may be at most {limit} MiB",
+                f"file is {len(raw):,} bytes; a manifest may be at most {MAX_FILE_BYTES:,} "
+                f"bytes ({limit} MiB)",
             )
         ]
     try:
@@ -262,10 +267,15 @@ def _events(text: str) -> Iterator[ev.Event]:
         raise YamlProblem(
             Position(line, column),
             (),
-            f"character {exc.character!r} is not allowed in YAML; remove it",
+            f"character U+{_code_point(exc.character):04X} is not allowed in YAML; remove it",
         ) from None
     except yaml.YAMLError as exc:  # any other parser complaint still names a place
         raise YamlProblem(Position(1, 1), (), f"invalid YAML: {exc}") from None
+
+
+def _code_point(character: object) -> int:
+    """PyYAML names the character as a string or, from libyaml, as its code point."""
+    return ord(character) if isinstance(character, str) and character else int(str(character or 0))
 
 
 def _syntax_message(text: str, exc: yaml.MarkedYAMLError, position: Position) -> str:

@@ -8,8 +8,6 @@ and runs ``reconciler.validation.validate``. The findings must be exactly the ex
 Manifest texts are written out in each case so their line numbers can be read off. They all
 start from the small valid manifests of ``valid_manifest`` (shown there with line numbers).
 
-Cases marked ``xfail(strict=True)`` hold what a user should see where the product currently
-says something else (or nothing); each reason names the difference.
 """
 
 from __future__ import annotations
@@ -747,7 +745,15 @@ YAML_CASES = [
     pytest.param(
         Case(
             {FLAG: oversized(2 * MIB + 10)},
-            [error(FLAG, 1, 1, "(file)", "file is 2.0 MiB; a manifest may be at most 1 MiB")],
+            [
+                error(
+                    FLAG,
+                    1,
+                    1,
+                    "(file)",
+                    "file is 2,097,162 bytes; a manifest may be at most 1,048,576 bytes (1 MiB)",
+                )
+            ],
         ),
         id="yaml-file-over-1MiB",
     ),
@@ -765,11 +771,6 @@ YAML_CASES = [
             ],
         ),
         id="yaml-file-just-over-1MiB",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the size is rounded: 'file is 1.0 MiB; a manifest may be at most 1 MiB' "
-            "reads as if the file were within the limit",
-        ),
     ),
     pytest.param(
         Case(
@@ -785,11 +786,6 @@ YAML_CASES = [
             [error(FLAG, 3, 18, "(file)", "character U+0007 is not allowed in YAML; remove it")],
         ),
         id="yaml-control-character",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the code point is shown as a bare int: 'character 7 is not allowed in YAML' "
-            "sends the reader looking for a digit 7",
-        ),
     ),
     pytest.param(
         Case(
@@ -1286,11 +1282,6 @@ SCHEMA_CASES = [
             ],
         ),
         id="schema-condition-operator-key-typo",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="only \"missing required field 'operator'\" is reported; the misspelt key "
-            "'operater' is not named (a misspelt 'attribute' key is)",
-        ),
     ),
     pytest.param(
         Case(
@@ -1322,11 +1313,6 @@ SCHEMA_CASES = [
             [error(FLAG, 6, 13, "experiment", "null is not allowed; remove the field instead")],
         ),
         id="schema-explicit-null-optional-field",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="says 'expected a string, got null (an empty value)'; for an optional field "
-            "the fix is to remove it (the model's own message), which the schema path drops",
-        ),
     ),
     pytest.param(
         Case(
@@ -1383,12 +1369,6 @@ SCHEMA_CASES = [
             ],
         ),
         id="schema-applies-to-field-typo",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="reported as \"expected 'all' or a mapping of flags, request_types; got a "
-            "mapping with 'flag'\" on applies_to: the only mapping branch is not chosen, so the "
-            "unknown field and its suggestion are lost",
-        ),
     ),
 ]
 
@@ -1626,7 +1606,7 @@ NAME_CASES = [
                     2,
                     12,
                     "flag_name",
-                    "'demo' has no component prefix; name flags like vc_demo or dashboard_demo",
+                    "'demo' has no component prefix; name flags like vc_demo or ai_demo",
                 )
             ],
             config=NAMING_ERROR,
@@ -1682,11 +1662,6 @@ NAME_CASES = [
             config='[validate]\nnaming = "error"\ncomponent_prefixes = ["vc", "ai"]\n',
         ),
         id="naming-missing-prefix-suggests-configured-prefixes",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the suggestion is hard-coded ('vc_demo or dashboard_demo'); with "
-            "component_prefixes = [vc, ai] following it (dashboard_demo) is the next error",
-        ),
     ),
 ]
 
@@ -2521,12 +2496,6 @@ ROLLOUT_CASES = [
             [],
         ),
         id="canary-without-increment-is-valid",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="a canary's share comes from its stages (the runtime ignores "
-            "increment_percentage for canaries), yet 'the schedule never reaches "
-            "max_percentage 100%: set increment_percentage' is reported",
-        ),
     ),
     pytest.param(
         Case(
@@ -2938,11 +2907,6 @@ SECRET_CASES = [
             ],
         ),
         id="secret-in-comment",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="only parsed values are scanned: a key in a YAML comment passes, yet git "
-            "keeps the comment just as forever",
-        ),
     ),
     pytest.param(
         Case(
@@ -2974,11 +2938,6 @@ SECRET_CASES = [
             ],
         ),
         id="secret-in-file-with-schema-error",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="secrets are only looked for in files that loaded: the key shows up only "
-            "after the typo is fixed, not in the same run",
-        ),
     ),
     pytest.param(
         Case(
@@ -3007,11 +2966,6 @@ SECRET_CASES = [
             [],
         ),
         id="secret-reference-by-name-is-not-a-secret",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="following the advice ('reference it by name') with a Secrets Manager ARN "
-            "in a field named api_key is refused as 'looks like a secret'",
-        ),
     ),
 ]
 

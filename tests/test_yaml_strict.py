@@ -249,7 +249,9 @@ def test_syntax_errors_name_the_place(parser: str) -> None:
 
 def test_size_limit() -> None:
     raw = b"a: '" + b"x" * MAX_FILE_BYTES + b"'\n"
-    assert problems(raw) == [(1, 1, "file is 1.0 MiB; a manifest may be at most 1 MiB")]
+    assert problems(raw) == [
+        (1, 1, "file is 1,048,582 bytes; a manifest may be at most 1,048,576 bytes (1 MiB)")
+    ]
 
 
 def test_billion_laughs_is_refused_quickly() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from reconciler.checks import consistency, naming, references, secrets
+from reconciler.checks import consistency, naming, references
 from reconciler.config import RepoConfig
 from reconciler.diagnostics import Diagnostic
 from reconciler.loader import Tree
@@ -25,7 +25,6 @@ CHECKS: tuple[Check, ...] = (
     consistency.check_experiments,
     consistency.check_rollouts,
     consistency.check_costs,
-    secrets.check_secrets,
 )
 
 

@@ -114,7 +114,11 @@ def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
                 f"starts at {conf.percentage:g}%, above max_percentage {conf.max_percentage:g}%",
                 "schedule",
             )
-        elif conf.percentage < conf.max_percentage and conf.increment_percentage == 0:
+        elif (
+            strategy.rollout_type != "canary"  # a canary's shares come from its stages
+            and conf.percentage < conf.max_percentage
+            and conf.increment_percentage == 0
+        ):
             yield source.diagnostic(
                 (*at, "increment_percentage"),
                 f"the schedule never reaches max_percentage {conf.max_percentage:g}%: "

@@ -64,7 +64,12 @@ def check_convention(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
 def _prefix_problem(name: str, prefixes: tuple[str, ...]) -> str | None:
     prefix, _, rest = name.partition("_")
     if not rest:
-        return f"'{name}' has no component prefix; name flags like vc_{name} or dashboard_{name}"
+        first, second = (
+            ([*list(prefixes), "vc", "dashboard"])[:2] if prefixes else ("vc", "dashboard")
+        )
+        return (
+            f"'{name}' has no component prefix; name flags like {first}_{name} or {second}_{name}"
+        )
     if prefixes and prefix not in prefixes:
         allowed = ", ".join(f"{p}_" for p in prefixes)
         return f"'{name}' does not start with a known component prefix ({allowed})"

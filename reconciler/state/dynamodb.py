@@ -1,8 +1,9 @@
 """DynamoDB through boto3: the production store, in the original tables and field names.
 
 Every condition of a write is a DynamoDB condition expression, checked by DynamoDB in the write
-itself; a group of writes is one ``TransactWriteItems`` call with an idempotency token, retried
-with exponential backoff and full jitter on throttling and transient errors.
+itself; a group of writes is one ``TransactWriteItems`` call with an idempotency token. Every call
+goes through one retry helper: throttling, transaction conflicts, server errors and timeouts are
+retried with exponential backoff and full jitter, anything else is reported at once.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+    WaiterError,
+)
 
 from reconciler.runtime.attributes import plain_item
 from reconciler.state.records import (
@@ -39,38 +48,77 @@ from reconciler.state.records import (
 )
 from reconciler.state.store import (
     LockHeldError,
+    StoreBugError,
     StoreUnavailableError,
     TablesMissingError,
     WriteConflictError,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        KeySchemaElementTypeDef,
+        TransactWriteItemTypeDef,
+    )
+
 DEFAULT_REGION = "eu-central-1"
 LOCK_ID = "lock#reconcile"
+LOCK_RECORD = "lock/reconcile"  # the audit trail's name for the lease
+TTL_ATTRIBUTE = "ttl"
+LOCK_TTL_GRACE = timedelta(days=1)  # DynamoDB removes a dead lease's item a day after it expired
+
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 5.0
+# Error codes that mean "not now": the same call may succeed when repeated.
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
         "ThrottlingException",
         "RequestLimitExceeded",
         "TransactionInProgressException",
+        "TransactionConflictException",
         "InternalServerError",
         "ServiceUnavailable",
         "LimitExceededException",
     }
 )
+# Cancellation reasons of a transaction that are "not now" too; ConditionalCheckFailed is not.
+TRANSIENT_REASONS = frozenset(
+    {"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"}
+)
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
 T = TypeVar("T")
 
 _serializer = TypeSerializer()
 
 
+class DynamoDBRequestError(StoreUnavailableError):
+    """DynamoDB refused a request in a way that repeating it cannot fix (permissions,
+    credentials, validation, limits); the store cannot be used until that is fixed."""
+
+
 def to_dynamodb(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain JSON item as DynamoDB attribute values (floats as exact decimals)."""
+    """A plain JSON item as DynamoDB attribute values (floats as exact decimals, at any depth)."""
     return {key: _serializer.serialize(_decimals(value)) for key, value in item.items()}
 
 
 def from_dynamodb(item: Mapping[str, Any]) -> Item:
-    """DynamoDB attribute values as a plain JSON item (integral numbers as ints), read straight
-    from DynamoDB's JSON: several times faster than botocore's parse and TypeDeserializer."""
+    """DynamoDB attribute values as a plain JSON item (integral numbers as ints, others as
+    floats), read straight from DynamoDB's JSON: several times faster than TypeDeserializer."""
     return plain_item(item)
+
+
+def _decimals(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_decimals(v) for v in value]
+    return value
 
 
 def _raw_items(
@@ -88,16 +136,33 @@ def _raw_items(
     response_dict["body"] = json.dumps(body).encode()
 
 
-def _decimals(value: Any) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {k: _decimals(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_decimals(v) for v in value]
-    return value
+def backoff(attempt: int) -> float:
+    """Full jitter: a uniform wait up to 50 ms, 100 ms, 200 ms, ... capped at 5 s."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+
+def _now() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _reasons(exc: ClientError) -> list[dict[str, Any]]:
+    reasons = exc.response.get("CancellationReasons") or []
+    return [dict(reason) for reason in reasons]
+
+
+def _transient(exc: ClientError, extra_codes: Collection[str]) -> bool:
+    code = _code(exc)
+    if code in RETRYABLE_CODES or code in extra_codes:
+        return True
+    if code == "TransactionCanceledException":
+        codes = {str(r.get("Code")) for r in _reasons(exc)} - {"None", ""}
+        return bool(codes) and codes <= TRANSIENT_REASONS
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return isinstance(status, int) and status >= 500
 
 
 class DynamoDBStore:
@@ -107,7 +172,7 @@ class DynamoDBStore:
 
     def __init__(
         self,
-        client: Any = None,
+        client: DynamoDBClient | None = None,
         *,
         tables: Mapping[str, str] | None = None,
         region: str | None = None,
@@ -115,35 +180,51 @@ class DynamoDBStore:
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = 8,
     ) -> None:
-        self.tables = dict(table_names() if tables is None else table_names(tables))
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.tables = table_names() if tables is None else table_names(tables)
         self.region = (
-            region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        ) or DEFAULT_REGION
+            region
+            or (client.meta.region_name if client is not None else None)
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or DEFAULT_REGION
+        )
         self.endpoint_url = (
             endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
             or os.environ.get("AWS_ENDPOINT_URL")
+            or None
         )
         self._sleep = sleep
         self._max_attempts = max_attempts
         self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
+        self._owns_client = client is None
         if client is None:
+            # One retry policy, ours: botocore's own retries would multiply the attempts and
+            # sleep outside the injected ``sleep``, so it makes one attempt per call.
             config = Config(
                 connect_timeout=3,
                 read_timeout=10,
-                retries={"mode": "standard", "max_attempts": 2},
+                retries={"mode": "standard", "total_max_attempts": 1},
             )
             client = boto3.client(
                 "dynamodb", region_name=self.region, endpoint_url=self.endpoint_url, config=config
             )
-        self.client = client
-        self.client.meta.events.register("before-call.dynamodb", self._count)
-        for operation in ("Scan", "Query"):
-            self.client.meta.events.register(f"before-parse.dynamodb.{operation}", _raw_items)
+        self.client: DynamoDBClient = client
+        self._handlers: list[tuple[str, Callable[..., None]]] = [
+            ("before-call.dynamodb", self._count),
+            ("before-parse.dynamodb.Scan", _raw_items),
+            ("before-parse.dynamodb.Query", _raw_items),
+        ]
+        for event, handler in self._handlers:
+            self.client.meta.events.register(event, handler)
 
     def _count(self, model: Any = None, **_: Any) -> None:
         if model is not None:
-            self.calls[model.name] += 1
+            with self._calls_lock:
+                self.calls[model.name] += 1
 
     def table(self, kind: RecordKind) -> str:
         return self.tables[kind.table_env]
@@ -158,126 +239,229 @@ class DynamoDBStore:
 
     def describe(self) -> str:
         endpoint = f", endpoint {self.endpoint_url}" if self.endpoint_url else ""
-        names = ", ".join(self.tables[kind.table_env] for kind in RecordKind)
-        return f"DynamoDB (region {self.region}{endpoint}): tables {names}"
+        return (
+            f"DynamoDB (region {self.region}{endpoint}): tables {', '.join(self.tables.values())}"
+        )
 
     def close(self) -> None:
-        self.client.close()
+        for event, handler in self._handlers:
+            self.client.meta.events.unregister(event, handler)
+        if self._owns_client:
+            self.client.close()
 
-    # -- retries --------------------------------------------------------------------------------
+    # -- the one retry helper ---------------------------------------------------------------
 
-    def _call(self, operation: Callable[[], T]) -> T:
-        """Run one DynamoDB call, retrying throttling and transient failures with backoff."""
-        for attempt in range(1, self._max_attempts + 1):
+    def _call(
+        self,
+        operation: str,
+        request: Callable[[], T],
+        *,
+        handled: Collection[str] = (),
+        retry_codes: Collection[str] = (),
+        tables: Sequence[str] = (),
+        attempts: int | None = None,
+    ) -> T:
+        """Run one DynamoDB request, repeating the very same request (same parameters, same
+        idempotency token) on throttling and transient failures, with backoff.
+
+        Error codes in ``handled`` are the caller's to interpret and come back as the
+        ``ClientError``; a missing table is ``TablesMissingError``; anything else that is not
+        transient is ``DynamoDBRequestError`` at once.
+        """
+        limit = attempts or self._max_attempts
+        for attempt in range(1, limit + 1):
             try:
-                return operation()
+                return request()
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code == "ResourceNotFoundException":
-                    raise TablesMissingError(self._missing_tables()) from None
-                transient = code in RETRYABLE_CODES or _transaction_conflict(exc)
-                if not transient or attempt == self._max_attempts:
-                    if transient:
-                        raise StoreUnavailableError(
-                            f"DynamoDB kept failing ({code}) after {attempt} attempts"
-                        ) from exc
+                code = _code(exc)
+                if code in handled:
                     raise
-            except (ConnectionError, ReadTimeoutError, BotoCoreError) as exc:
-                if attempt == self._max_attempts:
-                    raise StoreUnavailableError(
-                        f"cannot reach DynamoDB at {self.endpoint_url or self.region}: {exc}"
+                if code == "ResourceNotFoundException":
+                    raise TablesMissingError(self._missing_tables(tables)) from None
+                if not _transient(exc, retry_codes):
+                    message = exc.response.get("Error", {}).get("Message", "")
+                    raise DynamoDBRequestError(
+                        f"DynamoDB refused {operation}: {code}: {message}"
                     ) from exc
-            # Exponential backoff with full jitter: 50 ms, 100 ms, ... capped at 5 s.
-            self._sleep(random.uniform(0, min(5.0, 0.05 * 2 ** (attempt - 1))))
-        raise AssertionError("unreachable")
+                failure = code
+            except (ConnectionError, HTTPClientError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            except ParamValidationError as exc:
+                raise StoreBugError(f"an invalid {operation} request: {exc}") from exc
+            except BotoCoreError as exc:  # no credentials, no region, ...: not transient
+                raise DynamoDBRequestError(f"cannot call DynamoDB {operation}: {exc}") from exc
+            if attempt < limit:
+                self._sleep(backoff(attempt))
+        where = self.endpoint_url or f"region {self.region}"
+        raise StoreUnavailableError(
+            f"DynamoDB ({where}) kept failing {operation} ({failure}) after {limit} attempts"
+        )
 
-    def _missing_tables(self) -> list[str]:
+    def _missing_tables(self, tables: Sequence[str]) -> list[str]:
+        """Which of ``tables`` (or of all tables) do not exist; a call that found no table."""
+        candidates = list(tables) or list(self.tables.values())
         missing = []
-        for name in self.tables.values():
-            try:
-                self.client.describe_table(TableName=name)
-            except ClientError:
+        for name in candidates:
+            if self._describe_table(name) is None:
                 missing.append(name)
-        return missing
+        return missing or candidates
 
-    # -- bootstrap ------------------------------------------------------------------------------
+    def _describe_table(self, name: str) -> dict[str, Any] | None:
+        try:
+            answer = self._call(
+                "DescribeTable",
+                lambda: self.client.describe_table(TableName=name),
+                handled={"ResourceNotFoundException"},
+            )
+        except ClientError:
+            return None
+        return dict(answer["Table"])
+
+    # -- bootstrap --------------------------------------------------------------------------
+
+    def _key_schemas(self) -> dict[str, list[KeySchemaElementTypeDef]]:
+        schemas: dict[str, list[KeySchemaElementTypeDef]] = {
+            self.table(kind): [{"AttributeName": kind.key, "KeyType": "HASH"}]
+            for kind in RecordKind
+        }
+        schemas[self.audit_table] = [
+            {"AttributeName": "record", "KeyType": "HASH"},
+            {"AttributeName": "audit_id", "KeyType": "RANGE"},
+        ]
+        schemas[self.control_table] = [{"AttributeName": "record_id", "KeyType": "HASH"}]
+        return schemas
 
     def bootstrap(self) -> list[str]:
+        """Create the missing tables (on-demand billing), wait until they are active, and turn
+        on point-in-time recovery everywhere and TTL on the control table. Tables that exist
+        are checked and otherwise left as they are."""
         done: list[str] = []
-        specs: list[tuple[str, list[tuple[str, str]]]] = [
-            (self.table(kind), [(kind.key, "HASH")]) for kind in RecordKind
-        ]
-        specs.append((self.audit_table, [("record", "HASH"), ("audit_id", "RANGE")]))
-        specs.append((self.control_table, [("record_id", "HASH")]))
-        for name, keys in specs:
-            if self._table_exists(name):
-                done.append(f"table {name} exists")
-            else:
-                self._call(
-                    lambda name=name, keys=keys: self.client.create_table(  # type: ignore[misc]
-                        TableName=name,
-                        BillingMode="PAY_PER_REQUEST",
-                        KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in keys],
-                        AttributeDefinitions=[
-                            {"AttributeName": a, "AttributeType": "S"} for a, _ in keys
-                        ],
-                    )
+        changed = False
+        waiting: list[str] = []
+        for name, keys in self._key_schemas().items():
+            found = self._describe_table(name)
+            if found is None:
+                done.append(self._create_table(name, keys))
+                waiting.append(name)
+                changed = True
+                continue
+            actual = [dict(element) for element in found.get("KeySchema", [])]
+            if actual != [dict(element) for element in keys]:
+                raise DynamoDBRequestError(
+                    f"table {name} exists with key {_key_text(actual)}, expected "
+                    f"{_key_text(keys)}: point the table variables at other tables, or remove it"
                 )
-                self.client.get_waiter("table_exists").wait(
-                    TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-                )
-                done.append(f"created table {name} (on-demand billing)")
-            done.extend(self._ensure_recovery(name))
-        done.extend(self._ensure_ttl(self.control_table))
+            billing = found.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+            note = "" if billing == "PAY_PER_REQUEST" else " (provisioned capacity, left as is)"
+            done.append(f"table {name} exists{note}")
+            if found.get("TableStatus") != "ACTIVE":
+                waiting.append(name)
+        for name in waiting:
+            self._wait_active(name)
+        for name in self._key_schemas():
+            line = self._ensure_recovery(name)
+            if line:
+                done.append(line)
+                changed = True
+        line = self._ensure_ttl(self.control_table)
+        if line:
+            done.append(line)
+            changed = True
+        if not changed:
+            done.append("nothing to change: every table is in place")
         return done
 
-    def _table_exists(self, name: str) -> bool:
+    def _create_table(self, name: str, keys: list[KeySchemaElementTypeDef]) -> str:
         try:
-            self._call(lambda: self.client.describe_table(TableName=name))
-        except TablesMissingError:
-            return False
-        return True
+            self._call(
+                "CreateTable",
+                lambda: self.client.create_table(
+                    TableName=name,
+                    BillingMode="PAY_PER_REQUEST",
+                    KeySchema=keys,
+                    AttributeDefinitions=[
+                        {"AttributeName": key["AttributeName"], "AttributeType": "S"}
+                        for key in keys
+                    ],
+                ),
+                handled={"ResourceInUseException"},
+            )
+        except ClientError:  # created by someone else since we looked
+            return f"table {name} is being created by another process"
+        return f"created table {name} (key {_key_text(keys)}, on-demand billing)"
 
-    def _ensure_recovery(self, name: str) -> list[str]:
-        backups = self._call(lambda: self.client.describe_continuous_backups(TableName=name))
-        description = backups.get("ContinuousBackupsDescription", {})
-        status = description.get("PointInTimeRecoveryDescription", {})
-        if status.get("PointInTimeRecoveryStatus") == "ENABLED":
-            return []
+    def _wait_active(self, name: str) -> None:
+        try:
+            self.client.get_waiter("table_exists").wait(
+                TableName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 150}
+            )
+        except WaiterError as exc:
+            raise StoreUnavailableError(f"table {name} did not become active: {exc}") from exc
+
+    def _ensure_recovery(self, name: str) -> str | None:
+        answer = self._call(
+            "DescribeContinuousBackups",
+            lambda: self.client.describe_continuous_backups(TableName=name),
+            tables=[name],
+        )
+        description = answer.get("ContinuousBackupsDescription", {})
+        recovery = description.get("PointInTimeRecoveryDescription", {})
+        if recovery.get("PointInTimeRecoveryStatus") == "ENABLED":
+            return None
+        # A table created a moment ago may answer ContinuousBackupsUnavailable for a while.
         self._call(
+            "UpdateContinuousBackups",
             lambda: self.client.update_continuous_backups(
                 TableName=name,
                 PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
-            )
+            ),
+            retry_codes={"ContinuousBackupsUnavailableException"},
+            attempts=max(self._max_attempts, 20),
+            tables=[name],
         )
-        return [f"enabled point-in-time recovery on {name}"]
+        return f"enabled point-in-time recovery on {name}"
 
-    def _ensure_ttl(self, name: str) -> list[str]:
-        ttl = self._call(lambda: self.client.describe_time_to_live(TableName=name))
-        if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
-            return []
+    def _ensure_ttl(self, name: str) -> str | None:
+        answer = self._call(
+            "DescribeTimeToLive",
+            lambda: self.client.describe_time_to_live(TableName=name),
+            tables=[name],
+        )
+        ttl = answer.get("TimeToLiveDescription", {})
+        status = ttl.get("TimeToLiveStatus", "DISABLED")
+        if status in ("ENABLED", "ENABLING"):
+            attribute = ttl.get("AttributeName")
+            if attribute == TTL_ATTRIBUTE:
+                return None
+            return f"TTL on {name} uses attribute {attribute}, not {TTL_ATTRIBUTE}: left as is"
+        if status == "DISABLING":
+            return f"TTL on {name} is being disabled: run bootstrap again later to enable it"
         self._call(
+            "UpdateTimeToLive",
             lambda: self.client.update_time_to_live(
                 TableName=name,
-                TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
-            )
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            ),
+            tables=[name],
         )
-        return [f"enabled TTL (attribute ttl) on {name}"]
+        return f"enabled TTL (attribute {TTL_ATTRIBUTE}) on {name}"
 
-    # -- records --------------------------------------------------------------------------------
+    # -- records ----------------------------------------------------------------------------
 
     def _scan(self, table: str) -> Iterator[Item]:
-        start: dict[str, Any] | None = None
+        arguments: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
         while True:
-            arguments: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-            if start:
-                arguments["ExclusiveStartKey"] = start
-            page = self._call(lambda arguments=arguments: self.client.scan(**arguments))  # type: ignore[misc]
+            page = self._call(
+                "Scan",
+                lambda arguments=arguments: self.client.scan(**arguments),  # type: ignore[misc]
+                tables=[table],
+            )
             for raw in page.get("Items", []):
                 yield from_dynamodb(raw)
             start = page.get("LastEvaluatedKey")
             if not start:
                 return
+            arguments = {**arguments, "ExclusiveStartKey": start}
 
     def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
         records = {}
@@ -289,14 +473,21 @@ class DynamoDBStore:
     def apply_writes(self, writes: Sequence[Write], token: str) -> None:
         if len(writes) > self.max_group_size:
             raise ValueError(f"a group holds at most {self.max_group_size} writes")
+        seen: set[tuple[RecordKind, str]] = set()
+        for write in writes:
+            if write.action != "create" and write.expected_version is None:
+                raise ValueError(f"{write.action} of {write.name} needs the expected version")
+            if (write.kind, write.name) in seen:
+                raise ValueError(f"{write.kind.label}/{write.name} is written twice in one group")
+            seen.add((write.kind, write.name))
         if not writes:
             return
-        now = format_time(datetime.now(UTC))
-        actions: list[dict[str, Any]] = []
-        owners: list[str] = []  # the record each action belongs to, for cancellation reasons
+        now = _now()
+        actions: list[TransactWriteItemTypeDef] = []
+        owners: list[Write | None] = []  # the write each action belongs to, by position
         for write in writes:
             actions.append(self._action(write, now))
-            owners.append(f"{write.kind.label}/{write.name}")
+            owners.append(write)
             if write.audit is not None:
                 audit_id = f"{write.audit.at}#{uuid.uuid4().hex}"
                 actions.append(
@@ -304,62 +495,91 @@ class DynamoDBStore:
                         "Put": {
                             "TableName": self.audit_table,
                             "Item": to_dynamodb(write.audit.to_item(audit_id)),
-                            "ConditionExpression": "attribute_not_exists(audit_id)",
+                            "ConditionExpression": "attribute_not_exists(#audit_id)",
+                            "ExpressionAttributeNames": {"#audit_id": "audit_id"},
                         }
                     }
                 )
-                owners.append("")
-        # DynamoDB answers a repeated token with the first outcome only if every parameter is
-        # the same, so the token covers the exact request: retries of this call (same actions)
-        # are idempotent, and a new attempt with new parameters is a new request.
-        digest = hashlib.sha256(token.encode())
-        digest.update(json.dumps(actions, sort_keys=True, default=str).encode())
-        request_token = digest.hexdigest()[:36]
+                owners.append(None)
+        request_token = _request_token(token, actions)
+        tables = sorted({self.table(w.kind) for w in writes} | {self.audit_table})
         try:
             self._call(
+                "TransactWriteItems",
                 lambda: self.client.transact_write_items(
                     TransactItems=actions, ClientRequestToken=request_token
-                )
+                ),
+                handled={"TransactionCanceledException", "IdempotentParameterMismatchException"},
+                tables=tables,
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons", [])
-            failed = [
-                owners[i]
-                for i, reason in enumerate(reasons)
-                if reason.get("Code") == "ConditionalCheckFailed" and i < len(owners) and owners[i]
-            ]
-            raise WriteConflictError(failed, "a condition failed") from None
+            if _code(exc) == "IdempotentParameterMismatchException":
+                raise StoreBugError(f"idempotency token {request_token} reused") from exc
+            raise self._cancelled(exc, owners, now, tables) from None
 
-    def _action(self, write: Write, now: str) -> dict[str, Any]:
-        table, key = self.table(write.kind), {write.kind.key: {"S": write.name}}
+    def _cancelled(
+        self, exc: ClientError, owners: Sequence[Write | None], now: str, tables: Sequence[str]
+    ) -> Exception:
+        """What a cancelled transaction means: a condition failed (the records it names), a
+        table is missing, or DynamoDB will not take the request (too large, invalid)."""
+        failed: list[str] = []
+        details: list[str] = []
+        others: list[str] = []
+        for index, reason in enumerate(_reasons(exc)):
+            code = str(reason.get("Code"))
+            write = owners[index] if index < len(owners) else None
+            if code == "ConditionalCheckFailed":
+                if write is None:  # an audit id taken already: only a retry of a landed group
+                    details.append("an audit entry exists already")
+                    continue
+                address = f"{write.kind.label}/{write.name}"
+                failed.append(address)
+                raw = reason.get("Item")
+                details.append(f"{address} {_why(write, from_dynamodb(raw) if raw else None, now)}")
+            elif code == "ResourceNotFoundException":
+                return TablesMissingError(self._missing_tables(tables))
+            elif code not in ("None", ""):
+                message = reason.get("Message", "")
+                others.append(f"{code}: {message}" if message else code)
+        if details:
+            return WriteConflictError(failed, "; ".join(details))
+        message = exc.response.get("Error", {}).get("Message", "")
+        return DynamoDBRequestError(
+            "DynamoDB cancelled the transaction, nothing was written: "
+            + ("; ".join(others) or message)
+        )
+
+    def _action(self, write: Write, now: str) -> TransactWriteItemTypeDef:
+        table = self.table(write.kind)
+        key = write.kind.key
         if write.action == "create":
-            item = {**write.set_attributes, write.kind.key: write.name}
             return {
                 "Put": {
                     "TableName": table,
-                    "Item": to_dynamodb(item),
+                    "Item": to_dynamodb({**write.set_attributes, key: write.name}),
                     "ConditionExpression": "attribute_not_exists(#key)",
-                    "ExpressionAttributeNames": {"#key": write.kind.key},
+                    "ExpressionAttributeNames": {"#key": key},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
         names = {
             "#version": "version",
-            "#managed": "managed_by",
+            "#managed_by": "managed_by",
             "#shutdown": "emergency_shutdown",
             "#expires": "shutdown_expires_at",
         }
         values: dict[str, Any] = {
             ":expected": write.expected_version,
-            ":managed": MANAGED_BY,
+            ":reconciler": MANAGED_BY,
             ":true": True,
             ":now": now,
         }
         condition = (
-            "#version = :expected AND #managed = :managed AND (attribute_not_exists(#shutdown) "
-            "OR #shutdown <> :true OR (attribute_exists(#expires) AND #expires <= :now))"
+            "#version = :expected AND #managed_by = :reconciler AND "
+            "(attribute_not_exists(#shutdown) OR #shutdown <> :true OR "
+            "(attribute_exists(#expires) AND #expires <= :now))"
         )
+        item_key = {key: {"S": write.name}}
         if write.action == "delete":
             names["#protected"] = "deletion_protection"
             values[":false"] = False
@@ -367,37 +587,52 @@ class DynamoDBStore:
             return {
                 "Delete": {
                     "TableName": table,
-                    "Key": key,
+                    "Key": item_key,
                     "ConditionExpression": condition,
                     "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": to_dynamodb(values),
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
-        sets, removes = [], []
-        for index, (attribute, value) in enumerate(sorted(write.set_attributes.items())):
-            if attribute == write.kind.key:
-                continue
+        sets = {k: v for k, v in write.set_attributes.items() if k != key}
+        removes = [a for a in dict.fromkeys(write.remove_attributes) if a != key]
+        if set(sets) & set(removes):
+            both = ", ".join(sorted(set(sets) & set(removes)))
+            raise ValueError(f"{write.name}: {both} both set and removed")
+        clauses = []
+        for index, (attribute, value) in enumerate(sets.items()):
             names[f"#s{index}"] = attribute
             values[f":s{index}"] = value
-            sets.append(f"#s{index} = :s{index}")
-        for index, attribute in enumerate(write.remove_attributes):
+            clauses.append(f"#s{index} = :s{index}")
+        expression = f"SET {', '.join(clauses)}" if clauses else ""
+        for index, attribute in enumerate(removes):
             names[f"#r{index}"] = attribute
-            removes.append(f"#r{index}")
-        expression = ("SET " + ", ".join(sets)) if sets else ""
         if removes:
-            expression += " REMOVE " + ", ".join(removes)
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes)))
+        if not expression:  # nothing to change: still check the record, atomically with the rest
+            return {
+                "ConditionCheck": {
+                    "TableName": table,
+                    "Key": item_key,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": to_dynamodb(values),
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
         return {
             "Update": {
                 "TableName": table,
-                "Key": key,
+                "Key": item_key,
                 "UpdateExpression": expression.strip(),
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": to_dynamodb(values),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
 
-    # -- the lock -------------------------------------------------------------------------------
+    # -- the lease --------------------------------------------------------------------------
 
     def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
         expires = now + timedelta(seconds=ttl_seconds)
@@ -405,66 +640,76 @@ class DynamoDBStore:
         item = {
             "record_id": LOCK_ID,
             **lock.to_item(),
-            "ttl": int((expires + timedelta(days=1)).timestamp()),
+            TTL_ATTRIBUTE: int((expires + LOCK_TTL_GRACE).timestamp()),
         }
-        try:
-            self._call(
-                lambda: self.client.put_item(
-                    TableName=self.control_table,
-                    Item=to_dynamodb(item),
-                    ConditionExpression="attribute_not_exists(record_id) OR expires_at < :now",
-                    ExpressionAttributeValues={":now": {"S": format_time(now)}},
+        for _ in range(3):  # the holder may release between our put and our read
+            try:
+                self._call(
+                    "PutItem",
+                    lambda: self.client.put_item(
+                        TableName=self.control_table,
+                        Item=to_dynamodb(item),
+                        ConditionExpression="attribute_not_exists(#id) OR #expires < :now",
+                        ExpressionAttributeNames={"#id": "record_id", "#expires": "expires_at"},
+                        ExpressionAttributeValues={":now": {"S": format_time(now)}},
+                    ),
+                    handled={CONDITION_FAILED},
+                    tables=[self.control_table],
                 )
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            current = self.read_lock()
-            raise LockHeldError(current or lock) from None
-        return lock
+            except ClientError:
+                current = self.read_lock()
+                if current is not None:
+                    raise LockHeldError(current) from None
+                continue
+            return lock
+        raise StoreUnavailableError("the lock kept changing hands; try again")
 
     def release_lock(self, holder: str) -> bool:
         try:
             self._call(
+                "DeleteItem",
                 lambda: self.client.delete_item(
                     TableName=self.control_table,
                     Key={"record_id": {"S": LOCK_ID}},
-                    ConditionExpression="holder = :holder",
+                    ConditionExpression="#holder = :holder",
+                    ExpressionAttributeNames={"#holder": "holder"},
                     ExpressionAttributeValues={":holder": {"S": holder}},
-                )
+                ),
+                handled={CONDITION_FAILED},
+                tables=[self.control_table],
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ClientError:
+            return False
         return True
 
     def read_lock(self) -> Lock | None:
         answer = self._call(
+            "GetItem",
             lambda: self.client.get_item(
                 TableName=self.control_table,
                 Key={"record_id": {"S": LOCK_ID}},
                 ConsistentRead=True,
-            )
+            ),
+            tables=[self.control_table],
         )
         raw = answer.get("Item")
-        if not raw:
-            return None
-        return Lock.from_item(from_dynamodb(raw))
+        return Lock.from_item(from_dynamodb(raw)) if raw else None
 
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
         answer = self._call(
+            "DeleteItem",
             lambda: self.client.delete_item(
                 TableName=self.control_table,
                 Key={"record_id": {"S": LOCK_ID}},
                 ReturnValues="ALL_OLD",
-            )
+            ),
+            tables=[self.control_table],
         )
-        old = from_dynamodb(answer.get("Attributes", {}))
-        removed = Lock.from_item(old) if old else None
+        old = answer.get("Attributes")
+        removed = Lock.from_item(from_dynamodb(old)) if old else None
         at = format_time(now)
         entry: Item = {
-            "record": "lock/reconcile",
+            "record": LOCK_RECORD,
             "audit_id": f"{at}#{uuid.uuid4().hex}",
             "action": "force-unlock",
             "actor": by,
@@ -474,35 +719,79 @@ class DynamoDBStore:
         if removed is not None:
             entry["before"] = removed.to_item()
         self._call(
-            lambda: self.client.put_item(TableName=self.audit_table, Item=to_dynamodb(entry))
+            "PutItem",
+            lambda: self.client.put_item(TableName=self.audit_table, Item=to_dynamodb(entry)),
+            tables=[self.audit_table],
         )
         return removed
 
-    # -- audit ----------------------------------------------------------------------------------
+    # -- the audit trail --------------------------------------------------------------------
 
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
+        if limit <= 0:
+            return []
         if record is None:
             entries = sorted(
-                self._scan(self.audit_table), key=lambda e: e["audit_id"], reverse=True
+                self._scan(self.audit_table), key=lambda e: str(e["audit_id"]), reverse=True
             )
             return entries[:limit]
-        answer = self._call(
-            lambda: self.client.query(
-                TableName=self.audit_table,
-                KeyConditionExpression="#record = :record",
-                ExpressionAttributeNames={"#record": "record"},
-                ExpressionAttributeValues={":record": {"S": record}},
-                ScanIndexForward=False,
-                Limit=limit,
-                ConsistentRead=True,
+        entries = []
+        arguments: dict[str, Any] = {
+            "TableName": self.audit_table,
+            "KeyConditionExpression": "#record = :record",
+            "ExpressionAttributeNames": {"#record": "record"},
+            "ExpressionAttributeValues": {":record": {"S": record}},
+            "ScanIndexForward": False,
+            "ConsistentRead": True,
+        }
+        while len(entries) < limit:
+            page = self._call(
+                "Query",
+                lambda arguments=arguments: self.client.query(  # type: ignore[misc]
+                    **arguments, Limit=limit - len(entries)
+                ),
+                tables=[self.audit_table],
             )
-        )
-        return [from_dynamodb(raw) for raw in answer.get("Items", [])]
+            entries.extend(from_dynamodb(raw) for raw in page.get("Items", []))
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                break
+            arguments = {**arguments, "ExclusiveStartKey": start}
+        return entries[:limit]
 
 
-def _transaction_conflict(exc: ClientError) -> bool:
-    """A transaction cancelled only because another transaction touched the same items."""
-    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return False
-    codes = {r.get("Code") for r in exc.response.get("CancellationReasons", [])}
-    return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
+def _request_token(token: str, actions: Sequence[TransactWriteItemTypeDef]) -> str:
+    """The ``ClientRequestToken`` of one group: the caller's token, bound to this exact request.
+
+    DynamoDB answers a repeated token with the first outcome only when every parameter is the
+    same, and refuses it (IdempotentParameterMismatch) for ten minutes otherwise. Each attempt
+    of this call sends the same request and token, so a retry after a lost answer is a no-op; a
+    new call for the same group (a rerun of the plan) carries new audit ids and a new time, so
+    it is a new request, which the records' own version conditions make safe.
+    """
+    digest = hashlib.sha256(token.encode())
+    digest.update(json.dumps(actions, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:36]
+
+
+def _why(write: Write, item: Item | None, now: str) -> str:
+    """Why a write's condition failed, from the item DynamoDB returned with the failure."""
+    if write.action == "create":
+        return "exists already"
+    if item is None:
+        return "does not exist"
+    record = StoredRecord(write.kind, write.name, item)
+    if record.version != write.expected_version:
+        return f"is at version {record.version}, the plan expected {write.expected_version}"
+    if not record.managed:
+        return f"is not managed by the reconciler (managed_by {item.get('managed_by')!r})"
+    if record.override_active(now):
+        by = item.get("shutdown_by", "an operator")
+        return f"is held by an emergency shutdown ({by}, since {item.get('shutdown_at', '?')})"
+    if write.action == "delete" and record.deletion_protected:
+        return "has deletion protection"
+    return "failed its condition"
+
+
+def _key_text(keys: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{k['AttributeName']} ({k['KeyType']})" for k in keys)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from reconciler.config import RepoConfig
-from reconciler.diagnostics import Diagnostic, FieldPath
-from reconciler.loader import Tree
+from reconciler.diagnostics import Diagnostic, FieldPath, Position
+from reconciler.yaml_strict import YamlDocument
 
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
@@ -28,21 +27,51 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 # All patterns in one expression, so each string is searched once.
 ANY_PATTERN = re.compile("|".join(f"(?P<p{i}>{p.pattern})" for i, (_, p) in enumerate(PATTERNS)))
+# Field names that hold a credential (singular: max_tokens is a count, not a token).
 SECRET_KEY = re.compile(
-    r"(?i)(?:password|passwd|secret|api_?key|access_?key|private_?key|token|credential)s?$"
+    r"(?i)(?:^|_)(?:password|passwd|secret|api_?key|access_?key|private_?key|token|credential)$"
 )
 PLACEHOLDER = re.compile(r"^(?:\$\{[^}]*\}|<[^>]*>|\*+|x+|changeme|redacted)$", re.IGNORECASE)
+# A reference to a secret kept elsewhere, which is what manifests should hold.
+REFERENCE = re.compile(
+    r"^(?:arn:aws[a-z-]*:(?:secretsmanager|ssm|kms):|(?:ssm|secretsmanager|vault|env):|\$\{)"
+)
 
 ADVICE = "secrets do not belong in manifests: keep it in a secret store and reference it by name"
 
 
-def check_secrets(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
-    for loaded in tree.manifests:
-        source = loaded.source
-        for path, key, text in _strings(source.document.data, ()):
-            what = _looks_like(key, text)
-            if what is not None:
-                yield source.diagnostic(path, f"looks like {what}; {ADVICE}", "secret")
+def find_secrets(path: str, document: YamlDocument) -> Iterator[Diagnostic]:
+    """Every value, and every comment, of a parsed file that looks like a credential. Runs on
+    every file that parses, valid or not, so a secret is reported in the same run as a typo."""
+    for field, key, text in _strings(document.data, ()):
+        what = _looks_like(key, text)
+        if what is not None:
+            position = document.position_of(field)
+            yield Diagnostic(path, position, field, f"looks like {what}; {ADVICE}", "secret")
+    for number, line in enumerate(document.text.splitlines(), start=1):
+        comment = _comment_start(line)
+        if comment is None:
+            continue
+        found = ANY_PATTERN.search(line, comment)
+        if found is not None and found.lastgroup is not None:
+            what = PATTERNS[int(found.lastgroup[1:])][0]
+            position = Position(number, found.start() + 1)
+            yield Diagnostic(path, position, (), f"looks like {what}; {ADVICE}", "secret")
+
+
+def _comment_start(line: str) -> int | None:
+    """Where a YAML comment starts on the line: a '#' at its start or after a space, outside
+    quotes (near enough for finding secrets)."""
+    quote = None
+    for index, char in enumerate(line):
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1] in " \t"):
+            return index
+    return None
 
 
 def _looks_like(key: str | None, text: str) -> str | None:
@@ -55,6 +84,7 @@ def _looks_like(key: str | None, text: str) -> str | None:
         and len(text) >= 8
         and " " not in text
         and not PLACEHOLDER.match(text)
+        and not REFERENCE.match(text)
     ):
         return f"a secret (field '{key}')"
     return None
