@@ -204,9 +204,8 @@ def main() -> None:
         mean = results[theirs]["mean"] / results[ours]["mean"]
         print(f"{ours}: {median:.1f}x faster than GrowthBook at the median, {mean:.1f}x on average")
     seconds, megabytes = snapshot_load(args.flags)
-    print(
-        f"snapshot of {args.flags:,} flags from the local store: {seconds:.2f} s, {megabytes:.1f} MB"
-    )
+    where = f"snapshot of {args.flags:,} flags from the local store"
+    print(f"{where}: {seconds:.2f} s, {megabytes:.1f} MB")
 
 
 if __name__ == "__main__":
