@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import tempfile
 import time
 import tracemalloc
@@ -106,30 +105,38 @@ def contexts(count: int) -> list[dict[str, Any]]:
     ]
 
 
+def _timed_calls(decide: Callable[[dict[str, Any]], Any], users: list[dict[str, Any]]) -> list[int]:
+    timings = []
+    clock = time.perf_counter_ns
+    for context in users:
+        before = clock()
+        decide(context)
+        timings.append(clock() - before)
+    return sorted(timings)
+
+
 def measure(
     decide: Callable[[dict[str, Any]], Any], users: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """Latency of each call in microseconds, and calls per second over the whole run."""
-    timings = []
-    clock = time.perf_counter_ns
+    """Throughput from a tight loop; latency percentiles from timing every call, less the
+    timer's own cost (measured on a call that does nothing)."""
     gc.disable()
     try:
-        started = clock()
+        started = time.perf_counter()
         for context in users:
-            before = clock()
             decide(context)
-            timings.append(clock() - before)
-        total = clock() - started
+        elapsed = time.perf_counter() - started
+        overhead = _timed_calls(lambda _: None, users)[len(users) // 2]
+        timings = [max(0, t - overhead) for t in _timed_calls(decide, users)]
     finally:
         gc.enable()
-    timings.sort()
     count = len(timings)
     return {
         "p50": timings[count // 2] / 1000,
         "p99": timings[int(count * 0.99)] / 1000,
         "p99.9": timings[int(count * 0.999)] / 1000,
-        "mean": statistics.fmean(timings) / 1000,
-        "per_second": count / (total / 1e9),
+        "mean": elapsed / count * 1e6,
+        "per_second": count / elapsed,
     }
 
 
@@ -178,7 +185,7 @@ def main() -> None:
     )
     client = FlagClient.__new__(FlagClient)  # a client over a fixed snapshot: no source needed
     client._snapshot = snapshot
-    client.clock = lambda: datetime(2026, 6, 1, tzinfo=UTC)
+    client.clock = lambda: datetime.now(UTC)  # what a service pays for the time, each decision
     results = {
         "(a) plain flag": measure(lambda c: client.decide("plain", c), users),
         "(b) targeting + 30% rollout": measure(lambda c: client.decide("targeted", c), users),
@@ -191,6 +198,7 @@ def main() -> None:
     }
     print(f"{args.decisions:,} decisions per case, one core")
     print(f"{'case':<44}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'decisions/s':>14}")
+    print(f"{'(latency less the timer; throughput from a tight loop)':<44}")
     for case, figures in results.items():
         print(
             f"{case:<44}{figures['p50']:>9.2f}{figures['p99']:>9.2f}{figures['p99.9']:>10.2f}"
@@ -200,9 +208,8 @@ def main() -> None:
         ("(b) targeting + 30% rollout", "GrowthBook (b)"),
         ("50/50 split", "GrowthBook 50/50 split"),
     ):
-        median = results[theirs]["p50"] / results[ours]["p50"]
-        mean = results[theirs]["mean"] / results[ours]["mean"]
-        print(f"{ours}: {median:.1f}x faster than GrowthBook at the median, {mean:.1f}x on average")
+        ratio = results[theirs]["mean"] / results[ours]["mean"]
+        print(f"{ours}: {ratio:.1f}x the decisions per second of GrowthBook")
     seconds, megabytes = snapshot_load(args.flags)
     where = f"snapshot of {args.flags:,} flags from the local store"
     print(f"{where}: {seconds:.2f} s, {megabytes:.1f} MB")
