@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,7 +82,7 @@ class SQLiteSource:
         if not self.path.exists():
             raise FileNotFoundError(f"no local store at {self.path}; run reconcile --apply")
         uri = f"file:{self.path}?mode=ro"
-        with sqlite3.connect(uri, uri=True, timeout=2) as connection:
+        with closing(sqlite3.connect(uri, uri=True, timeout=2)) as connection:
             return connection.execute(sql, args).fetchall()
 
     def read_configuration(self) -> Configuration:
