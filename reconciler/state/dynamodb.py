@@ -274,11 +274,12 @@ class DynamoDBStore:
                 return request()
             except ClientError as exc:
                 code = _code(exc)
-                if code in handled:
+                transient = _transient(exc, retry_codes)
+                if code in handled and not transient:
                     raise
                 if code == "ResourceNotFoundException":
                     raise TablesMissingError(self._missing_tables(tables)) from None
-                if not _transient(exc, retry_codes):
+                if not transient:
                     message = exc.response.get("Error", {}).get("Message", "")
                     raise DynamoDBRequestError(
                         f"DynamoDB refused {operation}: {code}: {message}"
@@ -358,15 +359,11 @@ class DynamoDBStore:
                 waiting.append(name)
         for name in waiting:
             self._wait_active(name)
-        for name in self._key_schemas():
-            line = self._ensure_recovery(name)
-            if line:
-                done.append(line)
-                changed = True
-        line = self._ensure_ttl(self.control_table)
-        if line:
+        settings = [self._ensure_recovery(name) for name in self._key_schemas()]
+        settings.append(self._ensure_ttl(self.control_table))
+        for line in filter(None, settings):
             done.append(line)
-            changed = True
+            changed = changed or line.startswith("enabled ")
         if not changed:
             done.append("nothing to change: every table is in place")
         return done
@@ -574,8 +571,12 @@ class DynamoDBStore:
             ":true": True,
             ":now": now,
         }
+        # A record without a version is at version 0 (``StoredRecord.version``).
+        version = "#version = :expected"
+        if write.expected_version == 0:
+            version = "(attribute_not_exists(#version) OR #version = :expected)"
         condition = (
-            "#version = :expected AND #managed_by = :reconciler AND "
+            f"{version} AND #managed_by = :reconciler AND "
             "(attribute_not_exists(#shutdown) OR #shutdown <> :true OR "
             "(attribute_exists(#expires) AND #expires <= :now))"
         )
