@@ -118,7 +118,9 @@ class StoredRecord:
 
     @property
     def deletion_protected(self) -> bool:
-        return bool(self.item.get("deletion_protection", False))
+        """Protected unless the attribute is absent or exactly false, as DynamoDB's delete
+        condition reads it."""
+        return "deletion_protection" in self.item and self.item["deletion_protection"] is not False
 
     def override_active(self, now_iso: str) -> bool:
         """True while an operator's shutdown holds this record (and has not expired)."""
