@@ -2,28 +2,184 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from reconciler import __version__
+from reconciler import breakglass as core
 from reconciler.cli.boundary import run
+from reconciler.commands.common import make_context, utc_now
+from reconciler.errors import ExitCode
+from reconciler.state.dynamodb import DynamoDBStore
+from reconciler.state.records import OVERRIDES_RECORD
+from reconciler.state.store import StateStore
 
 
-@click.group(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    invoke_without_command=True,
-)
+def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--store",
+        "backend",
+        type=click.Choice(["local", "dynamodb"]),
+        help="The backend (default: as reconcile chooses it).",
+    )(command)
+    return click.option(
+        "--root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help="The repository (for reconciler.toml and the local store).",
+    )(command)
+
+
+def _targets(everything: bool, flags: tuple[str, ...]) -> list[str] | None:
+    if everything == bool(flags):
+        raise click.UsageError("give either --all or one or more --flag NAME")
+    return None if everything else list(flags)
+
+
+def _operator(by: str | None, store: StateStore) -> str:
+    """--by, else the AWS caller identity on DynamoDB, else the OS user."""
+    if by:
+        return by
+    if isinstance(store, DynamoDBStore):
+        try:
+            import boto3  # noqa: PLC0415 - only needed on DynamoDB without --by
+
+            sts = boto3.client("sts", region_name=store.region)
+            return str(sts.get_caller_identity()["Arn"])
+        except Exception:  # no STS reachable: fall back to the OS user, as documented
+            pass
+    return core.default_operator()
+
+
+def _describe(entry: core.Active) -> str:
+    what = "ALL AI features" if entry.target == core.GLOBAL else entry.target
+    until = f", until {entry.expires_at}" if entry.expires_at else ", until restored"
+    return f"{what}: shut down by {entry.by} since {entry.since}{until} ({entry.reason})"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="breakglass")
 @click.pass_context
 def breakglass(ctx: click.Context) -> None:
     """Emergency shutdown of AI features, outranking git.
 
-    The shutdown, restore and status commands act on the flag store's override records;
-    they arrive with the break-glass release. Until then this prints this help.
+    A shutdown reaches every service's runtime client within seconds, and no
+    `reconcile --apply` turns it back on: only `breakglass restore` does. Every
+    shutdown and restore is in the audit trail (`breakglass status --history`).
     """
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+@breakglass.command(
+    epilog="""\b
+Examples:
+  breakglass shutdown --all --reason "runaway Bedrock cost, INC-4211"
+  breakglass shutdown --flag vc_bedrock_live --reason "bad answers" --expires 2h
+"""
+)
+@click.option("--all", "everything", is_flag=True, help="Every AI feature.")
+@click.option("--flag", "flags", multiple=True, metavar="NAME", help="One flag (repeatable).")
+@click.option("--reason", required=True, help="Why: for the people who read the trail later.")
+@click.option("--by", help="Who (default: the AWS caller identity, else the OS user).")
+@click.option("--expires", help="Lift it automatically: 30m, 2h, 1d, or an RFC 3339 time.")
+@_store_options
+def shutdown(
+    everything: bool,
+    flags: tuple[str, ...],
+    reason: str,
+    by: str | None,
+    expires: str | None,
+    root: Path,
+    backend: str | None,
+) -> int:
+    """Shut AI features down now."""
+    targets = _targets(everything, flags)
+    now = utc_now()
+    expires_at = core.parse_expiry(expires, now)
+    store = make_context(root, backend, "").open_store()
+    try:
+        held = core.shutdown(
+            store, targets, reason=reason, by=_operator(by, store), expires_at=expires_at, now=now
+        )
+    finally:
+        store.close()
+    for entry in held:
+        click.echo(_describe(entry))
+    return ExitCode.CLEAN
+
+
+@breakglass.command()
+@click.option("--all", "everything", is_flag=True, help="Lift the global shutdown.")
+@click.option("--flag", "flags", multiple=True, metavar="NAME", help="One flag (repeatable).")
+@click.option("--reason", required=True, help="Why it is safe again.")
+@click.option("--by", help="Who (default: the AWS caller identity, else the OS user).")
+@_store_options
+def restore(
+    everything: bool,
+    flags: tuple[str, ...],
+    reason: str,
+    by: str | None,
+    root: Path,
+    backend: str | None,
+) -> int:
+    """Lift a shutdown: git's configuration decides again."""
+    targets = _targets(everything, flags)
+    store = make_context(root, backend, "").open_store()
+    try:
+        lifted = core.restore(store, targets, reason=reason, by=_operator(by, store), now=utc_now())
+    finally:
+        store.close()
+    for target in lifted:
+        click.echo(f"Restored {'ALL AI features' if target == core.GLOBAL else target}.")
+    if not lifted:
+        click.echo("Nothing to restore: no such shutdown was in force.")
+    return ExitCode.CLEAN
+
+
+@breakglass.command()
+@click.option("--history", is_flag=True, help="Also every shutdown and restore, newest first.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
+@_store_options
+def status(history: bool, output_format: str, root: Path, backend: str | None) -> int:
+    """What is shut down now (and, with --history, who did what when)."""
+    store = make_context(root, backend, "").open_store()
+    try:
+        now = utc_now()
+        held = core.active(store, now)
+        trail = store.read_audit(OVERRIDES_RECORD) if history else []
+    finally:
+        store.close()
+    if output_format == "json":
+        document = {
+            "active": [
+                {
+                    "target": a.target,
+                    "by": a.by,
+                    "reason": a.reason,
+                    "since": a.since,
+                    "expires_at": a.expires_at,
+                }
+                for a in held
+            ],
+            "history": [{k: e.get(k) for k in ("at", "action", "actor", "reason")} for e in trail],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return ExitCode.CLEAN
+    if not held:
+        click.echo("No shutdown in force: git's configuration decides.")
+    for entry in held:
+        click.echo(_describe(entry))
+    for event in trail:
+        action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
+        click.echo(f"{event.get('at')}  {action:<8} {actor}: {why}")
+    return ExitCode.CLEAN
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from reconciler.codec import DesiredState
-from reconciler.plan.diff import diff
+from reconciler.plan.diff import diff, hold_overridden
 from reconciler.plan.model import Change, Plan
 from reconciler.state.records import RecordKind, format_time
 from reconciler.state.store import StateStore
@@ -25,6 +25,8 @@ def build_plan(
 ) -> Plan:
     actual = {kind: store.read_records(kind) for kind in RecordKind}
     changes, unmanaged = diff(desired, actual, now=format_time(now))
+    changes, held_notes = hold_overridden(changes, store.read_overrides(), now=format_time(now))
+    notes = (*notes, *held_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
     if empty and not allow_empty:
         changes = [_refuse_empty(c) for c in changes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from deepdiff import DeepDiff
@@ -150,3 +151,41 @@ def _fields(before: Item | None, after: Item | None) -> list[FieldChange]:
 
 def _value(value: Any) -> Any:
     return None if type(value).__name__ == "NotPresent" else value
+
+
+def hold_overridden(
+    changes: list[Change], overrides: Item | None, *, now: str
+) -> tuple[list[Change], list[str]]:
+    """Mark the changes to flags an operator has shut down (break-glass) as held, refuse to
+    delete them, and say so when everything is shut down. Returns the changes and notes."""
+    record = overrides or {}
+    notes = []
+    everything = record.get("global")
+    if isinstance(everything, dict) and _in_force(everything, now):
+        notes.append(
+            f"ALL AI features are shut down by {everything.get('by')} since "
+            f"{everything.get('since')} ({everything.get('reason')}); services stay off whatever "
+            "git says until `breakglass restore --all`"
+        )
+    flags = record.get("flags") or {}
+    result = []
+    for change in changes:
+        entry = flags.get(change.name) if change.kind is RecordKind.FLAG else None
+        if isinstance(entry, dict) and _in_force(entry, now):
+            detail = f"emergency shutdown by {entry.get('by')}: {entry.get('reason')}"
+            hold = Hold("override", detail, entry.get("since"))
+            blocked = change.blocked
+            if change.action == "delete" and blocked is None:
+                blocked = (
+                    "an emergency shutdown holds this flag; `breakglass restore` it before "
+                    "deleting the flag"
+                )
+            result.append(replace(change, holds=(*change.holds, hold), blocked=blocked))
+        else:
+            result.append(change)
+    return result, notes
+
+
+def _in_force(entry: Item, now: str) -> bool:
+    expires = entry.get("expires_at")
+    return expires is None or str(expires) > now

@@ -34,10 +34,13 @@ from botocore.exceptions import (
 )
 
 from reconciler.runtime.attributes import plain_item
+from reconciler.runtime.sources import OVERRIDES_ID
 from reconciler.state.records import (
     AUDIT_TABLE,
     CONTROL_TABLE,
     MANAGED_BY,
+    OVERRIDES_RECORD,
+    AuditEntry,
     Item,
     Lock,
     RecordKind,
@@ -725,6 +728,60 @@ class DynamoDBStore:
             tables=[self.audit_table],
         )
         return removed
+
+    # -- the operators' overrides -----------------------------------------------------------
+
+    def read_overrides(self) -> Item | None:
+        answer = self._call(
+            "GetItem",
+            lambda: self.client.get_item(
+                TableName=self.control_table,
+                Key={"record_id": {"S": OVERRIDES_ID}},
+                ConsistentRead=True,
+            ),
+            tables=[self.control_table],
+        )
+        raw = answer.get("Item")
+        return from_dynamodb(raw) if raw else None
+
+    def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
+        audit_id = f"{audit.at}#{uuid.uuid4().hex}"
+        condition = (
+            "attribute_not_exists(record_id) OR #version = :expected"
+            if expected_version == 0
+            else "#version = :expected"
+        )
+        actions: list[Any] = [
+            {
+                "Put": {
+                    "TableName": self.control_table,
+                    "Item": to_dynamodb({**record, "record_id": OVERRIDES_ID}),
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": {"#version": "version"},
+                    "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.audit_table,
+                    "Item": to_dynamodb(audit.to_item(audit_id)),
+                    "ConditionExpression": "attribute_not_exists(audit_id)",
+                }
+            },
+        ]
+        try:
+            self._call(
+                "TransactWriteItems",
+                lambda: self.client.transact_write_items(TransactItems=actions),
+                handled={"TransactionCanceledException"},
+                tables=[self.control_table, self.audit_table],
+            )
+        except ClientError as exc:
+            reasons = exc.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                raise WriteConflictError([OVERRIDES_RECORD], "changed meanwhile") from None
+            detail = "; ".join(str(r.get("Code")) for r in reasons) or str(exc)
+            raise DynamoDBRequestError(f"DynamoDB refused the overrides write: {detail}") from None
 
     # -- the audit trail --------------------------------------------------------------------
 

@@ -18,8 +18,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from reconciler.runtime.sources import OVERRIDES_ID
 from reconciler.state.records import (
     MANAGED_BY,
+    OVERRIDES_RECORD,
+    AuditEntry,
     Item,
     Lock,
     RecordKind,
@@ -220,6 +223,37 @@ class LocalStore:
                 ),
             )
         return current
+
+    @_serialized
+    def read_overrides(self) -> Item | None:
+        connection = self._connect(create=False)
+        if connection is None:
+            return None
+        row = connection.execute(
+            "SELECT item FROM control WHERE record_id = ?", (OVERRIDES_ID,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    @_serialized
+    def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
+        connection = self._connect(create=True)
+        assert connection is not None
+        with _transaction(connection):
+            row = connection.execute(
+                "SELECT item FROM control WHERE record_id = ?", (OVERRIDES_ID,)
+            ).fetchone()
+            current = int(json.loads(row[0]).get("version", 0)) if row else 0
+            if current != expected_version:
+                raise WriteConflictError([OVERRIDES_RECORD], f"at version {current}")
+            connection.execute(
+                "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
+                (OVERRIDES_ID, _dump({**record, "record_id": OVERRIDES_ID})),
+            )
+            audit_id = f"{audit.at}#{uuid.uuid4().hex}"
+            connection.execute(
+                "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
+                (audit.record, audit_id, _dump(audit.to_item(audit_id))),
+            )
 
     @_serialized
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:

@@ -69,6 +69,7 @@ class RecordKind(enum.Enum):
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+OVERRIDES_RECORD = "overrides/breakglass"  # its name in the audit trail
 
 
 def format_time(moment: datetime) -> str:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError, UserError
-from reconciler.state.records import Item, Lock, RecordKind, StoredRecord, Write
+from reconciler.state.records import AuditEntry, Item, Lock, RecordKind, StoredRecord, Write
 
 
 class StoreUnavailableError(UserError):
@@ -85,6 +85,14 @@ class StateStore(Protocol):
 
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
         """Remove any lease, recording who and why in the audit trail; returns the removed one."""
+
+    def read_overrides(self) -> Item | None:
+        """The operators' overrides record (break-glass shutdowns), if there is one."""
+
+    def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
+        """Replace the overrides record, with its audit entry, atomically and only if its
+        version is still ``expected_version`` (0: no record yet); ``WriteConflictError``
+        otherwise."""
 
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
         """Audit entries, newest first; for one record (``flag/name``) or all."""

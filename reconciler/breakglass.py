@@ -1,0 +1,185 @@
+"""Break-glass: the on-call operator's emergency shutdown, which outranks git.
+
+Shutdowns live in one record of the control table (``overrides``) that every runtime client
+polls every few seconds. ``reconcile`` never writes it. Every change is a conditional write on
+the record's version, with an audit entry in the same atomic step; a second shutdown of what is
+already shut down keeps the first one's start time and adds to its history.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler.errors import UserError
+from reconciler.state.records import OVERRIDES_RECORD, AuditEntry, Item, format_time
+from reconciler.state.store import StateStore, WriteConflictError
+
+GLOBAL = "global"
+ATTEMPTS = 5
+HISTORY = 20
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True)
+class Active:
+    """One shutdown in force: everything (``target`` is ``global``) or one flag."""
+
+    target: str
+    by: str
+    reason: str
+    since: str
+    expires_at: str | None
+    history: tuple[dict[str, Any], ...] = ()
+
+
+def parse_expiry(text: str | None, now: datetime) -> str | None:
+    """``30m``, ``2h``, ``1d`` from now, or an RFC 3339 time; None: until restored."""
+    if not text:
+        return None
+    match = DURATION.match(text.strip())
+    if match:
+        return format_time(now + timedelta(**{UNITS[match[2]]: int(match[1])}))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--expires {text!r}: give a duration such as 30m, 2h or 1d, or a time such as "
+            "2026-01-09T06:00:00Z"
+        ) from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment <= now:
+        raise UserError(f"--expires {text!r} is in the past")
+    return format_time(moment)
+
+
+def default_operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def active(store: StateStore, now: datetime) -> list[Active]:
+    """The shutdowns in force now (expired ones are not)."""
+    record = store.read_overrides() or {}
+    found = []
+    entries: list[tuple[str, Any]] = [(GLOBAL, record.get(GLOBAL))]
+    entries += sorted((record.get("flags") or {}).items())
+    now_text = format_time(now)
+    for target, entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        expires = entry.get("expires_at")
+        if expires is not None and str(expires) <= now_text:
+            continue
+        found.append(
+            Active(
+                target,
+                str(entry.get("by", "")),
+                str(entry.get("reason", "")),
+                str(entry.get("since", "")),
+                expires,
+                tuple(entry.get("history", [])),
+            )
+        )
+    return found
+
+
+def shutdown(
+    store: StateStore,
+    targets: Sequence[str] | None,
+    *,
+    reason: str,
+    by: str,
+    expires_at: str | None,
+    now: datetime,
+) -> list[Active]:
+    """Shut everything (``targets`` None) or the named flags down; returns what is now held."""
+    at = format_time(now)
+
+    def change(record: Item) -> Item:
+        for target in targets or [GLOBAL]:
+            table = record if target == GLOBAL else record.setdefault("flags", {})
+            key = GLOBAL if target == GLOBAL else target
+            previous = table.get(key) if isinstance(table.get(key), dict) else None
+            still = previous is not None and (
+                previous.get("expires_at") is None or str(previous["expires_at"]) > at
+            )
+            history = list(previous.get("history", [])) if still and previous else []
+            history = [*history, {"by": by, "reason": reason, "at": at}][-HISTORY:]
+            table[key] = {
+                "by": by if not still or previous is None else previous.get("by", by),
+                "reason": reason,
+                "since": previous["since"] if still and previous else at,
+                "history": history,
+                **({"expires_at": expires_at} if expires_at else {}),
+            }
+        return record
+
+    _update(store, change, action="shutdown", actor=by, reason=reason, now=now)
+    wanted = set(targets or [GLOBAL])
+    return [a for a in active(store, now) if a.target in wanted]
+
+
+def restore(
+    store: StateStore, targets: Sequence[str] | None, *, reason: str, by: str, now: datetime
+) -> list[str]:
+    """Lift the shutdown of everything (``targets`` None) or of the named flags; returns what
+    was lifted (nothing, if nothing was held: restore is idempotent too)."""
+    lifted: list[str] = []
+
+    def change(record: Item) -> Item:
+        lifted.clear()
+        for target in targets or [GLOBAL]:
+            if target == GLOBAL:
+                if record.pop(GLOBAL, None) is not None:
+                    lifted.append(GLOBAL)
+            elif (record.get("flags") or {}).pop(target, None) is not None:
+                lifted.append(target)
+        return record
+
+    _update(store, change, action="restore", actor=by, reason=reason, now=now)
+    return lifted
+
+
+def _update(
+    store: StateStore, change: Any, *, action: str, actor: str, reason: str, now: datetime
+) -> None:
+    """Read, change and write the record conditionally on its version, again if it moved."""
+    if not reason.strip():
+        raise UserError("a reason is required: say why, for whoever reads the trail later")
+    for _ in range(ATTEMPTS):
+        before = store.read_overrides() or {}
+        version = int(before.get("version", 0))
+        after = change({k: _copy(v) for k, v in before.items() if k != "record_id"})
+        after["version"] = version + 1
+        after["updated_at"] = format_time(now)
+        audit = AuditEntry(
+            record=OVERRIDES_RECORD,
+            action=action,
+            actor=actor,
+            at=format_time(now),
+            reason=reason,
+            before={k: v for k, v in before.items() if k != "record_id"} or None,
+            after=after,
+        )
+        try:
+            store.write_overrides(after, version, audit)
+            return
+        except WriteConflictError:
+            continue  # another operator wrote meanwhile: apply this change on top of theirs
+    raise UserError("the overrides record kept changing under this command; run it again")
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
