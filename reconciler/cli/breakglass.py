@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,10 @@ import click
 
 from reconciler import __version__
 from reconciler import breakglass as core
+from reconciler.api import make_server
 from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context, utc_now
-from reconciler.errors import ExitCode
+from reconciler.errors import ExitCode, UserError
 from reconciler.state.dynamodb import DynamoDBStore
 from reconciler.state.records import OVERRIDES_RECORD
 from reconciler.state.store import StateStore
@@ -179,6 +181,27 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
     for event in trail:
         action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
         click.echo(f"{event.get('at')}  {action:<8} {actor}: {why}")
+    return ExitCode.CLEAN
+
+
+@breakglass.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@_store_options
+def serve(host: str, port: int, root: Path, backend: str | None) -> int:
+    """Serve the HTTP endpoints (POST /emergency-shutdown, /emergency-restore, GET /health,
+    /feature-flags/status) with the bearer token in $RECONCILER_API_TOKEN."""
+    token = os.environ.get("RECONCILER_API_TOKEN", "")
+    if not token:
+        raise UserError("set RECONCILER_API_TOKEN: every request must carry it as a bearer token")
+    context = make_context(root, backend, "")
+    server = make_server(lambda: context.open_store(lambda *a, **k: None), token, host, port)
+    address, bound = server.server_address[:2]
+    click.echo(f"Serving on http://{address!s}:{bound}", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return ExitCode.CLEAN
 
 
