@@ -1,0 +1,122 @@
+"""Least privilege: each role's IAM policy allows exactly the DynamoDB actions its code calls.
+
+The calls are read from the code itself (the methods each role uses, and everything they call),
+so a new call without a policy change, or a policy grant nothing uses, fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+import textwrap
+from collections.abc import Iterable
+
+import pytest
+
+from reconciler.runtime import sources
+from reconciler.state import dynamodb
+from tests.conftest import REPO_ROOT
+
+POLICIES = REPO_ROOT / "docs" / "iam"
+TRANSACTION_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+ROLES = {
+    "reconciler-ci": (
+        dynamodb.DynamoDBStore,
+        [
+            "bootstrap",
+            "read_records",
+            "apply_writes",
+            "acquire_lock",
+            "release_lock",
+            "read_lock",
+            "force_unlock",
+            "read_audit",
+            "read_overrides",
+        ],
+    ),
+    "breakglass": (
+        dynamodb.DynamoDBStore,
+        ["read_overrides", "write_overrides", "read_audit", "read_records", "read_lock"],
+    ),
+    "runtime": (sources.DynamoDBSource, ["read_configuration", "read_overrides"]),
+}
+
+
+def _methods(cls: type) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = node
+    return found
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def actions_called(cls: type, entries: Iterable[str]) -> set[str]:
+    methods = _methods(cls)
+    seen: set[str] = set()
+    todo = list(entries)
+    actions: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in methods:
+            continue
+        seen.add(name)
+        body = methods[name]
+        for node in ast.walk(body):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+                if node.value.attr == "client" and isinstance(node.value.value, ast.Name):
+                    actions.add(node.attr)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "self":
+                    todo.append(node.attr)
+            if isinstance(node, ast.Constant) and node.value in TRANSACTION_ACTIONS:
+                actions.add(TRANSACTION_ACTIONS[str(node.value)])
+    iam = set()
+    for action in actions:
+        if action in ("close", "meta", "transact_write_items"):
+            continue  # not API calls, or authorised per item (the literal actions above)
+        if action == "get_waiter":
+            iam.add("DescribeTable")  # the table_exists waiter polls DescribeTable
+            continue
+        iam.add(action if re.match(r"^[A-Z]", action) else _camel(action))
+    return {f"dynamodb:{a}" for a in iam}
+
+
+def granted(role: str) -> set[str]:
+    policy = json.loads((POLICIES / f"{role}.json").read_text())
+    assert policy["Version"] == "2012-10-17"
+    actions: set[str] = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert statement["Resource"], "every grant names its tables"
+        assert all(r.startswith("arn:aws:dynamodb:") for r in statement["Resource"])
+        actions |= set(statement["Action"])
+    return actions
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_each_role_is_granted_exactly_what_its_code_calls(role: str) -> None:
+    cls, entries = ROLES[role]
+    needed = actions_called(cls, entries)
+    assert needed, "the analysis found the role's calls"
+    assert granted(role) == needed
+
+
+def test_the_runtime_cannot_write_and_breakglass_cannot_touch_configuration() -> None:
+    writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    assert not granted("runtime") & writes
+    policy = json.loads((POLICIES / "breakglass.json").read_text())
+    for statement in policy["Statement"]:
+        if set(statement["Action"]) & writes:
+            assert all("feature-flags" not in r for r in statement["Resource"])
