@@ -74,12 +74,18 @@ def actions_called(cls: type, entries: Iterable[str]) -> set[str]:
         seen.add(name)
         body = methods[name]
         for node in ast.walk(body):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
-                if node.value.attr == "client" and isinstance(node.value.value, ast.Name):
-                    actions.add(node.attr)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                if node.value.id == "self":
-                    todo.append(node.attr)
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "client"
+            ):
+                actions.add(node.attr)  # self.client.<operation>
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                todo.append(node.attr)  # another method of the class, followed
             if isinstance(node, ast.Constant) and node.value in TRANSACTION_ACTIONS:
                 actions.add(TRANSACTION_ACTIONS[str(node.value)])
     iam = set()
