@@ -183,3 +183,47 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    flag: str
+    to_off: float  # seconds from the shutdown until the client decided EMERGENCY_SHUTDOWN
+    to_on: float  # seconds from the restore until it no longer did
+
+
+def drill(
+    store: StateStore,
+    client: Any,
+    flag: str,
+    *,
+    by: str,
+    timeout: float = 60.0,
+    clock: Any = None,
+) -> DrillResult:
+    """Shut ``flag`` down, time how long ``client`` (a runtime FlagClient polling the same
+    store) takes to obey, restore it, and time that too."""
+    import time  # noqa: PLC0415 - only the drill waits
+
+    from reconciler.runtime.decision import Reason  # noqa: PLC0415
+
+    now = clock or (lambda: datetime.now(UTC))
+    context = {"user_id": "breakglass-drill"}
+
+    def wait(held: bool) -> float:
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            shut = client.decide(flag, context).reason is Reason.EMERGENCY_SHUTDOWN
+            if shut == held:
+                return time.perf_counter() - started
+            time.sleep(0.01)
+        raise UserError(f"the client did not {'obey' if held else 'recover'} within {timeout:g} s")
+
+    if any(a.target in (flag, GLOBAL) for a in active(store, now())):
+        raise UserError(f"{flag} is already shut down: a drill would lift a real shutdown")
+    shutdown(store, [flag], reason="break-glass drill", by=by, expires_at=None, now=now())
+    try:
+        to_off = wait(held=True)
+    finally:
+        restore(store, [flag], reason="break-glass drill over", by=by, now=now())
+    return DrillResult(flag, to_off, wait(held=False))

@@ -194,3 +194,42 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "Restored ALL AI features." in out.splitlines()
     code, out = invoke("status")
     assert "No shutdown in force: git's configuration decides." in out.splitlines()
+
+
+def test_the_drill_measures_both_ways_and_leaves_nothing_shut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    store = LocalStore(path)
+    apply(store, plan(store, desired()))
+    monkeypatch.setenv("RECONCILER_STATE_PATH", str(path))
+    with CliRunner().isolation() as (out, _, _):
+        code = run(
+            breakglass,
+            [
+                "drill",
+                "--flag",
+                "vc_bedrock_live",
+                "--interval",
+                "0.1",
+                "--by",
+                "drill-bot",
+                "--root",
+                str(tmp_path),
+            ],
+        )
+        printed = out.getvalue().decode()
+    assert code == 0, printed
+    assert printed.startswith("vc_bedrock_live: the client obeyed the shutdown after ")
+    assert core.active(store, datetime.now(UTC)) == []
+    assert [e["action"] for e in store.read_audit(OVERRIDES_RECORD)] == ["restore", "shutdown"]
+    store.close()
+
+
+def test_the_drill_refuses_to_lift_a_real_shutdown(store: StateStore) -> None:
+    core.shutdown(
+        store, None, reason="real incident", by="oncall", expires_at=None, now=datetime.now(UTC)
+    )
+    with pytest.raises(UserError, match="already shut down"):
+        core.drill(store, object(), "vc_bedrock_live", by="drill-bot")
+    assert [a.target for a in core.active(store, datetime.now(UTC))] == [core.GLOBAL]

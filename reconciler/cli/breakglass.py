@@ -17,7 +17,10 @@ from reconciler.api import make_server
 from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context, utc_now
 from reconciler.errors import ExitCode, UserError
+from reconciler.runtime.client import FlagClient
+from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
 from reconciler.state.dynamodb import DynamoDBStore
+from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
 from reconciler.state.store import StateStore
 
@@ -181,6 +184,32 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
     for event in trail:
         action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
         click.echo(f"{event.get('at')}  {action:<8} {actor}: {why}")
+    return ExitCode.CLEAN
+
+
+@breakglass.command()
+@click.option("--flag", required=True, help="The flag to shut down and restore.")
+@click.option("--interval", default=5.0, show_default=True, help="The client's override poll (s).")
+@click.option("--by", help="Who runs the drill (default: as for shutdown).")
+@_store_options
+def drill(flag: str, interval: float, by: str | None, root: Path, backend: str | None) -> int:
+    """Rehearse: shut one flag down, time until a runtime client obeys, restore it."""
+    store = make_context(root, backend, "").open_store()
+    source: SnapshotSource
+    if isinstance(store, DynamoDBStore):
+        source = DynamoDBSource(store.client, tables=store.tables)
+    else:
+        assert isinstance(store, LocalStore)
+        source = SQLiteSource(store.path)
+    try:
+        with FlagClient(source, override_interval=interval) as client:
+            result = core.drill(store, client, flag, by=_operator(by, store))
+    finally:
+        store.close()
+    click.echo(
+        f"{flag}: the client obeyed the shutdown after {result.to_off * 1000:.0f} ms and the "
+        f"restore after {result.to_on * 1000:.0f} ms (poll interval {interval:g} s)."
+    )
     return ExitCode.CLEAN
 
 
