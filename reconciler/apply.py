@@ -114,11 +114,13 @@ def _apply_locked(
     kinds = {c.kind for c in plan.pending}
     current: dict[RecordKind, dict[str, StoredRecord]] = {k: store.read_records(k) for k in kinds}
     at = format_time(now())
+    shut_down = _shut_down_flags(store.read_overrides(), at)  # as of now, not as planned
     writes: list[Write] = []
     moved: list[str] = []
     for change in plan.pending:
         record = current[change.kind].get(change.name)
-        if change.held or (record is not None and record.override_active(at)):
+        overridden = change.kind is RecordKind.FLAG and change.name in shut_down
+        if change.held or overridden or (record is not None and record.override_active(at)):
             result.held.append(change.address)
         elif _already_applied(change, record):
             result.already_applied.append(change.address)
@@ -144,6 +146,17 @@ def _apply_locked(
         if len(writes) > size:
             progress(f"applied {len(result.written)}/{len(writes)} changes")
     return result
+
+
+def _shut_down_flags(overrides: Item | None, at: str) -> set[str]:
+    """The flags an operator's shutdown holds now (break-glass's overrides record)."""
+    flags = (overrides or {}).get("flags") or {}
+    return {
+        name
+        for name, entry in flags.items()
+        if isinstance(entry, dict)
+        and (entry.get("expires_at") is None or str(entry["expires_at"]) > at)
+    }
 
 
 def _landed(store: StateStore, group: Sequence[Write]) -> bool:

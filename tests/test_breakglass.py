@@ -233,3 +233,26 @@ def test_the_drill_refuses_to_lift_a_real_shutdown(store: StateStore) -> None:
     with pytest.raises(UserError, match="already shut down"):
         core.drill(store, object(), "vc_bedrock_live", by="drill-bot")
     assert [a.target for a in core.active(store, datetime.now(UTC))] == [core.GLOBAL]
+
+
+def test_a_shutdown_after_the_plan_still_holds_the_flag_at_apply(store: StateStore) -> None:
+    state = desired()
+    apply(store, plan(store, state))
+    changed = {**state, RecordKind.FLAG: {**state[RecordKind.FLAG]}}
+    changed[RecordKind.FLAG]["vc_bedrock_live"] = {
+        **state[RecordKind.FLAG]["vc_bedrock_live"],
+        "rollout_percentage": 5,
+    }
+    planned = plan(store, changed)
+    assert not planned.pending[0].held
+    core.shutdown(
+        store,
+        ["vc_bedrock_live"],
+        reason="late",
+        by="oncall",
+        expires_at=None,
+        now=datetime.now(UTC),
+    )
+    result = apply(store, planned)
+    assert result.held == ["flag/vc_bedrock_live"]  # type: ignore[attr-defined]
+    assert store.read_records(RecordKind.FLAG)["vc_bedrock_live"].item["rollout_percentage"] == 100
