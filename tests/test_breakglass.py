@@ -164,6 +164,9 @@ def test_a_flag_shutdown_holds_its_git_changes(store: StateStore) -> None:
     }
     [blocked] = plan(store, removed).blocked
     assert "restore` it before deleting" in (blocked.blocked or "")
+    forced = plan(store, removed, force_delete_held=True)
+    assert forced.blocked == ()
+    assert [c.address for c in forced.pending if c.action == "delete"] == ["flag/vc_bedrock_live"]
 
 
 def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

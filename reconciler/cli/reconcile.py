@@ -77,6 +77,11 @@ Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
 )
 @click.option("--allow-empty", is_flag=True, help="Allow a tree with no manifests to delete all.")
 @click.option(
+    "--force-delete-held",
+    is_flag=True,
+    help="Delete flags removed from git even while an emergency shutdown holds them.",
+)
+@click.option(
     "--store",
     "backend",
     type=click.Choice(["local", "dynamodb"]),
@@ -95,6 +100,7 @@ def reconcile(
     yes: bool,
     max_deletions: int,
     allow_empty: bool,
+    force_delete_held: bool,
     backend: str | None,
     actor: str,
     reason: str | None,
@@ -128,6 +134,7 @@ def reconcile(
             out=out,
             detailed_exitcode=detailed_exitcode,
             allow_empty=allow_empty,
+            force_delete_held=force_delete_held,
         )
     if mode == "apply":
         return run_apply(
@@ -136,6 +143,7 @@ def reconcile(
             yes=yes,
             max_deletions=max_deletions,
             allow_empty=allow_empty,
+            force_delete_held=force_delete_held,
         )
     if mode == "bootstrap":
         return run_bootstrap(context)

@@ -33,9 +33,10 @@ def run_apply(
     yes: bool,
     max_deletions: int,
     allow_empty: bool,
+    force_delete_held: bool = False,
 ) -> int:
     if plan_file is None:
-        plan = make_plan(context, allow_empty=allow_empty)
+        plan = make_plan(context, allow_empty=allow_empty, force_delete_held=force_delete_held)
         print_plan(plan, "text")
         if not plan.has_changes:
             return ExitCode.CLEAN

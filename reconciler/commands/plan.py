@@ -18,7 +18,7 @@ from reconciler.render.markdown import render_markdown
 from reconciler.render.text import render_text
 
 
-def make_plan(context: Context, *, allow_empty: bool) -> Plan:
+def make_plan(context: Context, *, allow_empty: bool, force_delete_held: bool = False) -> Plan:
     desired = desired_state(context)
     notes = []
     if has_uncommitted_manifests(context.root):
@@ -31,6 +31,7 @@ def make_plan(context: Context, *, allow_empty: bool) -> Plan:
             git_commit=head_commit(context.root),
             now=utc_now(),
             allow_empty=allow_empty,
+            force_delete_held=force_delete_held,
             notes=tuple(notes),
         )
     finally:
@@ -62,8 +63,9 @@ def run_plan(
     out: Path | None,
     detailed_exitcode: bool,
     allow_empty: bool,
+    force_delete_held: bool = False,
 ) -> int:
-    plan = make_plan(context, allow_empty=allow_empty)
+    plan = make_plan(context, allow_empty=allow_empty, force_delete_held=force_delete_held)
     print_plan(plan, output_format)
     if out is not None:
         save_plan(plan, out)

@@ -21,11 +21,14 @@ def build_plan(
     git_commit: str | None,
     now: datetime,
     allow_empty: bool = False,
+    force_delete_held: bool = False,
     notes: tuple[str, ...] = (),
 ) -> Plan:
     actual = {kind: store.read_records(kind) for kind in RecordKind}
     changes, unmanaged = diff(desired, actual, now=format_time(now))
-    changes, held_notes = hold_overridden(changes, store.read_overrides(), now=format_time(now))
+    changes, held_notes = hold_overridden(
+        changes, store.read_overrides(), now=format_time(now), block_deletes=not force_delete_held
+    )
     notes = (*notes, *held_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
     if empty and not allow_empty:

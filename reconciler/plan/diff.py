@@ -154,7 +154,7 @@ def _value(value: Any) -> Any:
 
 
 def hold_overridden(
-    changes: list[Change], overrides: Item | None, *, now: str
+    changes: list[Change], overrides: Item | None, *, now: str, block_deletes: bool = True
 ) -> tuple[list[Change], list[str]]:
     """Mark the changes to flags an operator has shut down (break-glass) as held, refuse to
     delete them, and say so when everything is shut down. Returns the changes and notes."""
@@ -175,10 +175,10 @@ def hold_overridden(
             detail = f"emergency shutdown by {entry.get('by')}: {entry.get('reason')}"
             hold = Hold("override", detail, entry.get("since"))
             blocked = change.blocked
-            if change.action == "delete" and blocked is None:
+            if change.action == "delete" and blocked is None and block_deletes:
                 blocked = (
                     "an emergency shutdown holds this flag; `breakglass restore` it before "
-                    "deleting the flag"
+                    "deleting the flag, or pass --force-delete-held"
                 )
             result.append(replace(change, holds=(*change.holds, hold), blocked=blocked))
         else:
