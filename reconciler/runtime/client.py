@@ -86,7 +86,7 @@ class FlagClient:
         return self._snapshot
 
     def decide(self, flag: str, context: Mapping[str, Any], default: Any = None) -> Decision:
-        decision = evaluate(self._snapshot, flag, context, self.clock())
+        decision = evaluate(self._snapshot, flag, context, self.clock)  # time asked only if needed
         if decision.error_code is not None and decision.error_code in _NO_ANSWER:
             return dataclasses.replace(decision, enabled=bool(default), value=default)
         if default is not None and decision.value is None and not decision.enabled:

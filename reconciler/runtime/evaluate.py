@@ -6,7 +6,7 @@ shutdowns, unknown flag, kill switch, cost, targeting, rollout, experiment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +21,13 @@ def evaluate(
     snapshot: Snapshot | None,
     flag_name: str,
     context: Mapping[str, Any],
-    now: datetime,
+    now: datetime | Callable[[], datetime],
 ) -> Decision:
-    """The decision for ``flag_name`` and this context at ``now``. Never raises."""
+    """The decision for ``flag_name`` and this context at ``now``. Never raises.
+
+    ``now`` is a time, or a function that gives it: the core asks only when the decision
+    depends on time (a shutdown's expiry, a rollout schedule), which most decisions do not.
+    """
     try:
         return _evaluate(snapshot, flag_name, context, now)
     except Exception as exc:  # the promise: no exception reaches the request path
@@ -33,14 +37,15 @@ def evaluate(
 
 
 def _evaluate(
-    snapshot: Snapshot | None, name: str, context: Mapping[str, Any], now: datetime
+    snapshot: Snapshot | None,
+    name: str,
+    context: Mapping[str, Any],
+    now: datetime | Callable[[], datetime],
 ) -> Decision:
     if snapshot is None:
         return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
     version = snapshot.version
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)  # naive times are taken as UTC
-    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(now):
+    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(_time(now)):
         detail = (
             f"global shutdown by {snapshot.global_shutdown.by}: {snapshot.global_shutdown.reason}"
         )
@@ -54,7 +59,7 @@ def _evaluate(
         )
     if snapshot.flag_shutdowns or flag.shutdown is not None:
         for shutdown in (snapshot.flag_shutdowns.get(name), flag.shutdown):
-            if shutdown is not None and shutdown.active(now):
+            if shutdown is not None and shutdown.active(_time(now)):
                 detail = f"shutdown by {shutdown.by}: {shutdown.reason}"
                 return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
     if flag.broken is not None:
@@ -91,7 +96,7 @@ def _evaluate(
     if rule_percentage is None and flag.schedule is None and not flag.controller:
         percentage = flag.rollout_percentage * factor  # the common case, without a call
     else:
-        percentage = _percentage(flag, rule_percentage, now) * factor
+        percentage = _percentage(flag, rule_percentage, _time(now)) * factor
     unit = context.get(UNIT_ATTRIBUTE)
     if percentage < 100:
         if unit is None or unit == "":
@@ -140,6 +145,11 @@ def _evaluate(
     else:
         reason = Reason.DEFAULT
     return _on(flag, reason, version, matched)
+
+
+def _time(now: datetime | Callable[[], datetime]) -> datetime:
+    moment = now() if callable(now) else now
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # naive: UTC
 
 
 def _percentage(flag: Flag, rule_percentage: float | None, now: datetime) -> float:
