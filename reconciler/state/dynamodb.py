@@ -686,18 +686,23 @@ class DynamoDBStore:
             return False
         return True
 
-    def read_lock(self) -> Lock | None:
+    def _control_record(self, record_id: str) -> Item | None:
+        """One record of the control table (the lock, the overrides), read consistently."""
         answer = self._call(
             "GetItem",
             lambda: self.client.get_item(
                 TableName=self.control_table,
-                Key={"record_id": {"S": LOCK_ID}},
+                Key={"record_id": {"S": record_id}},
                 ConsistentRead=True,
             ),
             tables=[self.control_table],
         )
         raw = answer.get("Item")
-        return Lock.from_item(from_dynamodb(raw)) if raw else None
+        return from_dynamodb(raw) if raw else None
+
+    def read_lock(self) -> Lock | None:
+        item = self._control_record(LOCK_ID)
+        return Lock.from_item(item) if item else None
 
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
         answer = self._call(
@@ -732,17 +737,7 @@ class DynamoDBStore:
     # -- the operators' overrides -----------------------------------------------------------
 
     def read_overrides(self) -> Item | None:
-        answer = self._call(
-            "GetItem",
-            lambda: self.client.get_item(
-                TableName=self.control_table,
-                Key={"record_id": {"S": OVERRIDES_ID}},
-                ConsistentRead=True,
-            ),
-            tables=[self.control_table],
-        )
-        raw = answer.get("Item")
-        return from_dynamodb(raw) if raw else None
+        return self._control_record(OVERRIDES_ID)
 
     def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
         audit_id = f"{audit.at}#{uuid.uuid4().hex}"
