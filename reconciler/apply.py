@@ -19,6 +19,7 @@ from datetime import datetime
 from reconciler.codec import content_hash, git_owned
 from reconciler.errors import UserError
 from reconciler.plan.model import Change, Plan
+from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import (
     MANAGED_BY,
     AuditEntry,
@@ -114,7 +115,8 @@ def _apply_locked(
     kinds = {c.kind for c in plan.pending}
     current: dict[RecordKind, dict[str, StoredRecord]] = {k: store.read_records(k) for k in kinds}
     at = format_time(now())
-    shut_down = _shut_down_flags(store.read_overrides(), at)  # as of now, not as planned
+    # As of now, not as planned: a shutdown that came after the plan holds its flag too.
+    shut_down = overrides_from_item(store.read_overrides()).in_force(now()).flags
     writes: list[Write] = []
     moved: list[str] = []
     for change in plan.pending:
@@ -146,17 +148,6 @@ def _apply_locked(
         if len(writes) > size:
             progress(f"applied {len(result.written)}/{len(writes)} changes")
     return result
-
-
-def _shut_down_flags(overrides: Item | None, at: str) -> set[str]:
-    """The flags an operator's shutdown holds now (break-glass's overrides record)."""
-    flags = (overrides or {}).get("flags") or {}
-    return {
-        name
-        for name, entry in flags.items()
-        if isinstance(entry, dict)
-        and (entry.get("expires_at") is None or str(entry["expires_at"]) > at)
-    }
 
 
 def _landed(store: StateStore, group: Sequence[Write]) -> bool:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.errors import UserError
+from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import OVERRIDES_RECORD, AuditEntry, Item, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
@@ -66,29 +67,26 @@ def default_operator() -> str:
 
 
 def active(store: StateStore, now: datetime) -> list[Active]:
-    """The shutdowns in force now (expired ones are not)."""
+    """The shutdowns in force now (expired ones are not), read as the runtime reads them."""
     record = store.read_overrides() or {}
-    found = []
-    entries: list[tuple[str, Any]] = [(GLOBAL, record.get(GLOBAL))]
-    entries += sorted((record.get("flags") or {}).items())
-    now_text = format_time(now)
-    for target, entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        expires = entry.get("expires_at")
-        if expires is not None and str(expires) <= now_text:
-            continue
-        found.append(
-            Active(
-                target,
-                str(entry.get("by", "")),
-                str(entry.get("reason", "")),
-                str(entry.get("since", "")),
-                expires,
-                tuple(entry.get("history", [])),
-            )
+    in_force = overrides_from_item(record).in_force(now)
+    held = (
+        [(GLOBAL, in_force.global_shutdown, record.get(GLOBAL))] if in_force.global_shutdown else []
+    )
+    flags = record.get("flags") or {}
+    held += [(name, s, flags.get(name)) for name, s in sorted(in_force.flags.items())]
+    return [
+        Active(
+            target,
+            shutdown.by,
+            shutdown.reason,
+            shutdown.since or "",
+            shutdown.expires_at,
+            tuple((raw or {}).get("history", [])),
         )
-    return found
+        for target, shutdown, raw in held
+        if shutdown is not None
+    ]
 
 
 def shutdown(

@@ -15,9 +15,9 @@ from reconciler import __version__
 from reconciler import breakglass as core
 from reconciler.api import make_server
 from reconciler.cli.boundary import run
-from reconciler.commands.common import make_context, utc_now
+from reconciler.commands.common import make_context
 from reconciler.errors import ExitCode, UserError
-from reconciler.runtime.client import FlagClient
+from reconciler.runtime.client import FlagClient, utc_now
 from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
 from reconciler.state.dynamodb import DynamoDBStore
 from reconciler.state.local import LocalStore

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from reconciler.commands.common import Context, utc_now
+from reconciler.commands.common import Context
 from reconciler.errors import ExitCode, UserError
+from reconciler.runtime.client import utc_now
 
 
 def run_bootstrap(context: Context) -> int:

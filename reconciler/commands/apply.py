@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from reconciler.apply import apply_plan
-from reconciler.commands.common import Context, desired_state, utc_now
+from reconciler.commands.common import Context, desired_state
 from reconciler.commands.plan import make_plan, print_plan
 from reconciler.errors import ExitCode, UserError
 from reconciler.gitinfo import head_commit
 from reconciler.plan.model import Plan
+from reconciler.runtime.client import utc_now
 
 
 def load_saved_plan(path: Path) -> Plan:

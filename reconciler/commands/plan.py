@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 
-from reconciler.commands.common import Context, desired_state, utc_now
+from reconciler.commands.common import Context, desired_state
 from reconciler.errors import ExitCode
 from reconciler.gitinfo import has_uncommitted_manifests, head_commit
 from reconciler.plan.build import build_plan
 from reconciler.plan.model import Plan
 from reconciler.render.markdown import render_markdown
 from reconciler.render.text import render_text
+from reconciler.runtime.client import utc_now
 
 
 def make_plan(context: Context, *, allow_empty: bool, force_delete_held: bool = False) -> Plan:

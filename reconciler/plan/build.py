@@ -10,6 +10,7 @@ from datetime import datetime
 from reconciler.codec import DesiredState
 from reconciler.plan.diff import diff, hold_overridden
 from reconciler.plan.model import Change, Plan
+from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import RecordKind, format_time
 from reconciler.state.store import StateStore
 
@@ -26,9 +27,8 @@ def build_plan(
 ) -> Plan:
     actual = {kind: store.read_records(kind) for kind in RecordKind}
     changes, unmanaged = diff(desired, actual, now=format_time(now))
-    changes, held_notes = hold_overridden(
-        changes, store.read_overrides(), now=format_time(now), block_deletes=not force_delete_held
-    )
+    in_force = overrides_from_item(store.read_overrides()).in_force(now)
+    changes, held_notes = hold_overridden(changes, in_force, block_deletes=not force_delete_held)
     notes = (*notes, *held_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
     if empty and not allow_empty:

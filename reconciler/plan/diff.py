@@ -12,6 +12,7 @@ from reconciler.codec import DesiredState, content_hash, git_owned
 from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
 from reconciler.plan.risk import risks_of
+from reconciler.runtime.sources import Overrides
 from reconciler.state.records import Item, RecordKind, StoredRecord
 
 ActualState = Mapping[RecordKind, Mapping[str, StoredRecord]]
@@ -154,38 +155,33 @@ def _value(value: Any) -> Any:
 
 
 def hold_overridden(
-    changes: list[Change], overrides: Item | None, *, now: str, block_deletes: bool = True
+    changes: list[Change], overrides: Overrides, *, block_deletes: bool = True
 ) -> tuple[list[Change], list[str]]:
-    """Mark the changes to flags an operator has shut down (break-glass) as held, refuse to
-    delete them, and say so when everything is shut down. Returns the changes and notes."""
-    record = overrides or {}
+    """Mark the changes to flags an operator has shut down (break-glass; ``overrides`` holds
+    the shutdowns in force) as held, refuse to delete them, and say so when everything is shut
+    down. Returns the changes and notes."""
     notes = []
-    everything = record.get("global")
-    if isinstance(everything, dict) and _in_force(everything, now):
+    everything = overrides.global_shutdown
+    if everything is not None:
         notes.append(
-            f"ALL AI features are shut down by {everything.get('by')} since "
-            f"{everything.get('since')} ({everything.get('reason')}); services stay off whatever "
-            "git says until `breakglass restore --all`"
+            f"ALL AI features are shut down by {everything.by} since {everything.since} "
+            f"({everything.reason}); services stay off whatever git says until "
+            "`breakglass restore --all`"
         )
-    flags = record.get("flags") or {}
     result = []
     for change in changes:
-        entry = flags.get(change.name) if change.kind is RecordKind.FLAG else None
-        if isinstance(entry, dict) and _in_force(entry, now):
-            detail = f"emergency shutdown by {entry.get('by')}: {entry.get('reason')}"
-            hold = Hold("override", detail, entry.get("since"))
-            blocked = change.blocked
-            if change.action == "delete" and blocked is None and block_deletes:
-                blocked = (
-                    "an emergency shutdown holds this flag; `breakglass restore` it before "
-                    "deleting the flag, or pass --force-delete-held"
-                )
-            result.append(replace(change, holds=(*change.holds, hold), blocked=blocked))
-        else:
+        shutdown = overrides.flags.get(change.name) if change.kind is RecordKind.FLAG else None
+        if shutdown is None:
             result.append(change)
+            continue
+        hold = Hold(
+            "override", f"emergency shutdown by {shutdown.by}: {shutdown.reason}", shutdown.since
+        )
+        blocked = change.blocked
+        if change.action == "delete" and blocked is None and block_deletes:
+            blocked = (
+                "an emergency shutdown holds this flag; `breakglass restore` it before "
+                "deleting the flag, or pass --force-delete-held"
+            )
+        result.append(replace(change, holds=(*change.holds, hold), blocked=blocked))
     return result, notes
-
-
-def _in_force(entry: Item, now: str) -> bool:
-    expires = entry.get("expires_at")
-    return expires is None or str(expires) > now

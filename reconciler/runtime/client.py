@@ -32,7 +32,7 @@ BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -57,7 +57,7 @@ class FlagClient:
         config_interval: float = 300.0,
         override_interval: float = 5.0,
         bootstrap: Path | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         background: bool = True,
     ) -> None:
         self.source = source

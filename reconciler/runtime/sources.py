@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,15 @@ class Overrides:
     global_shutdown: Shutdown | None = None
     flags: Mapping[str, Shutdown] = field(default_factory=dict)
     version: int = 0
+
+    def in_force(self, now: datetime) -> Overrides:
+        """Only the shutdowns that have not expired at ``now``."""
+        everything = self.global_shutdown
+        return Overrides(
+            everything if everything is not None and everything.active(now) else None,
+            {name: s for name, s in self.flags.items() if s.active(now)},
+            self.version,
+        )
 
 
 class SnapshotSource(Protocol):
