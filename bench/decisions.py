@@ -29,6 +29,7 @@ from reconciler.codec import encode
 from reconciler.config import load_config
 from reconciler.plan.build import build_plan
 from reconciler.runtime.client import FlagClient
+from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.snapshot import Shutdown, build_snapshot
 from reconciler.runtime.sources import SQLiteSource
 from reconciler.state.local import LocalStore
@@ -182,7 +183,10 @@ def main() -> None:
     parser.add_argument("--flags", type=int, default=10_000)
     args = parser.parse_args()
     users = contexts(args.decisions)
-    snapshot = build_snapshot("bench", FLAGS, THRESHOLDS, spend={"*": 150.0})
+    throttled = FlagCost("full", "throttled", "bench_budget", 0.5, "", "", "")
+    snapshot = build_snapshot(
+        "bench", FLAGS, THRESHOLDS, cost_state=CostState(1, flags={"full": throttled})
+    )
     snapshot = snapshot.__class__(
         **{**snapshot.__dict__, "flag_shutdowns": {"other_flag": Shutdown("oncall", "drill")}}
     )

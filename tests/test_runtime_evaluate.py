@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from reconciler.codec import encode
 from reconciler.config import load_config
+from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.decision import ErrorCode, Reason
 from reconciler.runtime.evaluate import evaluate
 from reconciler.runtime.rules import compile_condition, semver_key
@@ -129,14 +130,27 @@ def test_the_kill_switch() -> None:
     assert (decision.enabled, decision.reason, decision.value) == (False, Reason.DISABLED, False)
 
 
+def held(flag: str, state: str, factor: float = 1.0, until: str = "") -> CostState:
+    detail = f"ai_daily_budget: $512.00 of $500.00 (daily {NOW.date()} UTC)"
+    return CostState(
+        1, flags={flag: FlagCost(flag, state, "ai_daily_budget", factor, until, detail, "")}
+    )
+
+
 def test_cost_emergency_shuts_down() -> None:
-    decision = evaluate(snapshot(spend={"*": 500}), "ai_model_selection", {"user_id": "u"}, NOW)
+    snap = snapshot(cost_state=held("ai_model_selection", "emergency"))
+    decision = evaluate(snap, "ai_model_selection", {"user_id": "u"}, NOW)
     assert (decision.enabled, decision.reason) == (False, Reason.COST_EMERGENCY)
-    assert decision.detail == "ai_daily_budget: 500 USD"
+    assert decision.detail == "ai_daily_budget: $512.00 of $500.00 (daily 2026-06-01 UTC)"
+    other = evaluate(snap, "vc_bedrock_live", PRO_DE, NOW)
+    assert other.reason is Reason.TARGETING_MATCH  # the state names the flags it holds
 
 
 def test_cost_throttle_halves_the_rollout() -> None:
-    snap = snapshot({"ai_model_selection": {"ab_test_config": None}}, spend={"*": 150})
+    snap = snapshot(
+        {"ai_model_selection": {"ab_test_config": None}},
+        cost_state=held("ai_model_selection", "throttled", 0.5),
+    )
     assert share_enabled(snap, "ai_model_selection") == pytest.approx(0.5, abs=0.015)
     reasons = Counter(
         evaluate(snap, "ai_model_selection", {"user_id": u}, NOW).reason for u in USERS[:500]
@@ -144,12 +158,12 @@ def test_cost_throttle_halves_the_rollout() -> None:
     assert set(reasons) == {Reason.COST_THROTTLED}
 
 
-def test_a_flags_own_cost_threshold() -> None:
-    decision = evaluate(
-        snapshot(spend={"vc_analysis": 100.0, "*": 120}), "vc_bedrock_live", PRO_DE, NOW
-    )
-    assert (decision.enabled, decision.reason) == (False, Reason.COST_EMERGENCY)
-    assert decision.detail == "cost_threshold: 100 USD"
+def test_a_cost_state_lifts_itself_when_its_period_ends() -> None:
+    until = "2026-06-02T00:00:00+00:00"
+    snap = snapshot(cost_state=held("vc_bedrock_live", "emergency", until=until))
+    assert evaluate(snap, "vc_bedrock_live", PRO_DE, NOW).reason is Reason.COST_EMERGENCY
+    midnight = datetime(2026, 6, 2, tzinfo=UTC)
+    assert evaluate(snap, "vc_bedrock_live", PRO_DE, midnight).reason is Reason.TARGETING_MATCH
 
 
 def test_experiment_assigns_variants_by_weight() -> None:

@@ -12,22 +12,42 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from reconciler.runtime.admission import (
+    Admission,
+    AdmissionReason,
+    BudgetView,
+    admit,
+    budgets_by_type,
+    view,
+)
+from reconciler.runtime.budgets import Budget
 from reconciler.runtime.decision import Decision, ErrorCode, Reason
 from reconciler.runtime.evaluate import evaluate
-from reconciler.runtime.snapshot import Snapshot, build_snapshot
+from reconciler.runtime.recorder import (
+    DEFAULT_FLUSH_INTERVAL,
+    Health,
+    MetricsSink,
+    Recorder,
+    TelemetrySink,
+)
+from reconciler.runtime.snapshot import Snapshot, build_snapshot, with_cost_state
 from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
 
 log = logging.getLogger("reconciler.runtime")
 
 _NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
+_FROM_SOURCE: Any = object()  # telemetry goes where the snapshot comes from, if it can
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -59,6 +79,9 @@ class FlagClient:
         bootstrap: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
         background: bool = True,
+        telemetry: TelemetrySink | None = _FROM_SOURCE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.source = source
         self.config_interval = config_interval
@@ -71,6 +94,18 @@ class FlagClient:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if telemetry is _FROM_SOURCE:
+            telemetry = source if hasattr(source, "write_shards") else None  # type: ignore[assignment]
+        self.recorder = Recorder(
+            telemetry,
+            flush_interval=flush_interval,
+            metrics=metrics,
+            clock=lambda: self.clock().timestamp(),
+            background=background,
+        )
+        self._known_types: frozenset[str] = frozenset()
+        self._by_type: Mapping[str | None, list[Budget]] = {}
+        self._views: dict[str, BudgetView] = {}
         if bootstrap is not None:
             self._load_bootstrap(bootstrap)
         self.refresh_configuration()
@@ -126,6 +161,135 @@ class FlagClient:
             True, main.reason, model.variant, model.variant_config, (main, model)
         )
 
+    # -- cost and outcomes (the request path too: microseconds, never raising) ------------------
+
+    def record_request_cost(
+        self,
+        request_type: str,
+        tokens: int,
+        cost_usd: float | Decimal,
+        user_context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record what one AI call cost. Bad values are counted in ``health()``, not recorded."""
+        try:
+            micros = _micros(cost_usd)
+            if not isinstance(request_type, str) or not request_type:
+                self.recorder.reject("missing_request_type")
+            elif micros is None:
+                self.recorder.reject("invalid_cost")
+            elif isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                self.recorder.reject("invalid_tokens")
+            elif self._known_types and request_type not in self._known_types:
+                self.recorder.reject(f"unknown_request_type:{request_type[:64]}")
+            else:
+                if user_context is None:
+                    self.recorder.reject("missing_context")  # counted; the spend is real
+                self.recorder.record_cost(request_type, tokens, micros)
+        except Exception:  # the promise: nothing reaches the caller
+            self.recorder.reject("internal")
+
+    def should_allow_request(
+        self,
+        request_type: str,
+        estimated_cost_usd: float | Decimal,
+        user_context: Mapping[str, Any] | None = None,
+    ) -> Admission:
+        """May this request go ahead: allowed, reason, known spend and remaining budget."""
+        try:
+            snapshot = self._snapshot
+            if snapshot is None:
+                return Admission(True, AdmissionReason.NO_BUDGET, Decimal(0), None)
+            if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(
+                self.clock()
+            ):
+                return Admission(
+                    False, AdmissionReason.EMERGENCY_SHUTDOWN, Decimal(0), None, detail="global"
+                )
+            estimate = _micros(estimated_cost_usd)
+            if estimate is None:
+                self.recorder.reject("invalid_estimate")
+                estimate = 0
+            views = self._views_for(request_type)
+            unit = (user_context or {}).get("user_id")
+            return admit(
+                views, estimate, str(unit) if unit else None, request_type, self.recorder.own_cost
+            )
+        except Exception as exc:
+            return Admission(True, AdmissionReason.ERROR, Decimal(0), None, detail=repr(exc))
+
+    def _views_for(self, request_type: str) -> list[BudgetView]:
+        budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
+        if not budgets:
+            return []
+        now = time.time()
+        views = []
+        for budget in budgets:
+            cached = self._views.get(budget.name)
+            if cached is None or now >= cached.ends:
+                snapshot = self._snapshot
+                state = snapshot.cost_state if snapshot is not None else None
+                if state is None:
+                    continue
+                cached = self._views[budget.name] = view(
+                    budget, state, self.clock(), self.recorder.flushed_before
+                )
+            views.append(cached)
+        return views
+
+    def record_ai_success(
+        self,
+        request_context: Mapping[str, Any],
+        response_time_ms: float,
+        cost_usd: float | Decimal,
+        quality_score: float | None = None,
+        tokens: int | None = None,
+    ) -> None:
+        """Record a successful AI call: its cost, response time and quality."""
+        try:
+            request_type = _request_type(request_context)
+            if request_type is None:
+                self.recorder.reject("missing_request_type")
+                return
+            self.record_request_cost(request_type, tokens or 0, cost_usd, request_context)
+            self._outcome(request_type, False, response_time_ms, quality_score)
+        except Exception:
+            self.recorder.reject("internal")
+
+    def record_ai_failure(
+        self,
+        request_context: Mapping[str, Any],
+        error: BaseException | str,
+        response_time_ms: float | None = None,
+    ) -> None:
+        """Record a failed AI call (counted in the error rate)."""
+        try:
+            request_type = _request_type(request_context)
+            if request_type is None:
+                self.recorder.reject("missing_request_type")
+                return
+            self._outcome(request_type, True, response_time_ms, None)
+        except Exception:
+            self.recorder.reject("internal")
+
+    def _outcome(
+        self, request_type: str, failed: bool, response_time_ms: Any, quality: Any
+    ) -> None:
+        if response_time_ms is not None and not _finite(response_time_ms, minimum=0):
+            self.recorder.reject("invalid_response_time")
+            response_time_ms = None
+        if quality is not None and not _finite(quality):
+            self.recorder.reject("invalid_quality")
+            quality = None
+        self.recorder.record_outcome(request_type, failed, response_time_ms, quality)
+
+    def health(self) -> Health:
+        """What recording and refreshing have done: counts of records, rejects, flushes."""
+        return self.recorder.health
+
+    def flush(self) -> bool:
+        """Write what was recorded now, rather than at the next background flush."""
+        return self.recorder.flush()
+
     # -- refreshing (the background thread) ------------------------------------------------
 
     def refresh_configuration(self) -> bool:
@@ -141,9 +305,12 @@ class FlagClient:
         except Exception as exc:
             return self._failed("overrides", exc)
         with self._write_lock:
+            changed = overrides.cost != self._overrides.cost
             self._overrides = overrides
             if self._snapshot is not None:
                 self._snapshot = _with_overrides(self._snapshot, overrides)
+            if changed:
+                self._views = {}
         return True
 
     def _install_configuration(self, configuration: Configuration) -> None:
@@ -152,8 +319,15 @@ class FlagClient:
         built = build_snapshot(
             _version(configuration), configuration.flags, configuration.thresholds
         )
+        known = {f.request_type for f in built.flags.values() if f.request_type}
+        for budget in built.budgets:
+            known |= budget.counts or set()
         with self._write_lock:
             self._snapshot = _with_overrides(built, self._overrides)
+            self._known_types = frozenset(known)
+            self._by_type = budgets_by_type(built.budgets)
+            self._views = {}
+        self.recorder.set_zones(b.time_zone for b in built.budgets)
 
     def _failed(self, what: str, exc: Exception) -> bool:
         self.failed_refreshes += 1
@@ -181,9 +355,11 @@ class FlagClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop refreshing and flush what was recorded (see ``health().lost``)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(self.override_interval, 1.0) + 5)
+        self.recorder.close()
 
     def __enter__(self) -> FlagClient:
         return self
@@ -198,9 +374,38 @@ class FlagClient:
 
 
 def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
-    return dataclasses.replace(
+    held = dataclasses.replace(
         snapshot, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
     )
+    return with_cost_state(held, overrides.cost)
+
+
+def _micros(amount: Any) -> int | None:
+    """USD as micro-dollars; None for what is not a finite, non-negative amount."""
+    if isinstance(amount, float):
+        return round(amount * 1_000_000) if math.isfinite(amount) and amount >= 0 else None
+    if isinstance(amount, bool):
+        return None
+    if isinstance(amount, int):
+        return amount * 1_000_000 if amount >= 0 else None
+    if isinstance(amount, Decimal):
+        if not amount.is_finite() or amount < 0:
+            return None
+        return int((amount * 1_000_000).to_integral_value())
+    return None
+
+
+def _finite(value: Any, minimum: float | None = None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (minimum is None or value >= minimum)
+
+
+def _request_type(context: Mapping[str, Any]) -> str | None:
+    if not isinstance(context, Mapping):
+        return None
+    found = context.get("request_type")
+    return found if isinstance(found, str) and found else None
 
 
 def _version(configuration: Configuration) -> str:

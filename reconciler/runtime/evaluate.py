@@ -76,8 +76,8 @@ def _evaluate(
         return _off(flag, Reason.DISABLED, version)
 
     factor, throttled = 1.0, False
-    verdict = snapshot.cost.get(name)  # worked out once per snapshot, from the spend
-    if verdict is not None:
+    verdict = snapshot.cost.get(name) if snapshot.cost else None  # the cost guard's
+    if verdict is not None and (verdict.until is None or _time(now) < verdict.until):
         if verdict.emergency is not None:
             return _off(flag, Reason.COST_EMERGENCY, version, detail=verdict.emergency)
         factor, throttled = verdict.factor, True

@@ -7,12 +7,15 @@ that decides by its fail mode, never an exception.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.runtime.bucketing import variant_ranges
+from reconciler.runtime.budgets import Budget, budgets_from_items
+from reconciler.runtime.cost_state import CostState
 from reconciler.runtime.rules import Predicate, compile_condition
 
 Item = Mapping[str, Any]
@@ -110,40 +113,24 @@ class Flag:
 
 
 @dataclass(frozen=True)
-class CostLimit:
-    """A cost threshold as the runtime applies it."""
-
-    name: str
-    flags: frozenset[str] | None  # None: every flag
-    request_types: frozenset[str]
-    throttle_usd: float | None
-    rollout_factor: float
-    emergency_usd: float | None
-
-    def applies_to(self, flag: Flag) -> bool:
-        if self.flags is None:
-            return True
-        return flag.name in self.flags or (flag.request_type or "") in self.request_types
-
-
-@dataclass(frozen=True)
 class CostVerdict:
-    """What today's spend means for one flag: shut down (why), or throttled by a factor."""
+    """What the cost guard says of one flag: shut down (why), or throttled by a factor; both
+    until the budget's period ends."""
 
     emergency: str | None
     factor: float = 1.0
+    until: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Snapshot:
     version: str
     flags: Mapping[str, Flag]
-    limits: tuple[CostLimit, ...] = ()
-    spend: Mapping[str, float] = field(default_factory=dict)  # by request type; "*" is all
+    budgets: tuple[Budget, ...] = ()
     global_shutdown: Shutdown | None = None
-    limit_spend: Mapping[str, float] = field(default_factory=dict)  # what each limit counts
     flag_shutdowns: Mapping[str, Shutdown] = field(default_factory=dict)  # from the overrides
-    cost: Mapping[str, CostVerdict] = field(default_factory=dict)  # flags the spend affects
+    cost_state: CostState = field(default_factory=CostState)  # the cost guard's
+    cost: Mapping[str, CostVerdict] = field(default_factory=dict)  # flags the guard holds
 
 
 def build_snapshot(
@@ -151,7 +138,7 @@ def build_snapshot(
     flag_items: Sequence[Item],
     threshold_items: Sequence[Item] = (),
     *,
-    spend: Mapping[str, float] | None = None,
+    cost_state: CostState | None = None,
     global_shutdown: Shutdown | None = None,
 ) -> Snapshot:
     flags = {}
@@ -159,48 +146,23 @@ def build_snapshot(
         name = str(item.get("flag_name", ""))
         if name:
             flags[name] = build_flag(item)
-    limits = tuple(
-        limit for limit in (_limit(item) for item in threshold_items) if limit is not None
-    )
-    spent = dict(spend or {})
-    counted = {}
-    for limit in limits:
-        if limit.flags is None:
-            counted[limit.name] = spent.get("*", sum(v for k, v in spent.items() if k != "*"))
-        else:
-            types = set(limit.request_types)
-            types |= {
-                f.request_type for n, f in flags.items() if n in limit.flags and f.request_type
-            }
-            counted[limit.name] = sum(spent.get(t, 0.0) for t in types)
+    budgets = tuple(budgets_from_items(threshold_items, flag_items))
+    snapshot = Snapshot(version, flags, budgets, global_shutdown)
+    return with_cost_state(snapshot, cost_state or CostState())
+
+
+def with_cost_state(snapshot: Snapshot, state: CostState) -> Snapshot:
+    """The snapshot with the cost guard's state: the verdict for each flag it holds."""
     cost = {}
-    for name, flag in flags.items():
-        verdict = _cost_verdict(flag, limits, counted, spent)
-        if verdict is not None:
-            cost[name] = verdict
-    return Snapshot(version, flags, limits, spent, global_shutdown, counted, cost=cost)
-
-
-def _cost_verdict(
-    flag: Flag,
-    limits: Sequence[CostLimit],
-    counted: Mapping[str, float],
-    spent: Mapping[str, float],
-) -> CostVerdict | None:
-    factor = 1.0
-    for limit in limits:
-        if not limit.applies_to(flag):
+    for name, held in state.flags.items():
+        if name not in snapshot.flags:
             continue
-        amount = counted.get(limit.name, 0.0)
-        if limit.emergency_usd is not None and amount >= limit.emergency_usd:
-            return CostVerdict(f"{limit.name}: {amount:g} USD")
-        if limit.throttle_usd is not None and amount >= limit.throttle_usd:
-            factor = min(factor, limit.rollout_factor)
-    if flag.cost_threshold is not None:
-        amount = spent.get(flag.request_type or "", 0.0)
-        if amount >= flag.cost_threshold:
-            return CostVerdict(f"cost_threshold: {amount:g} USD")
-    return CostVerdict(None, factor) if factor < 1.0 else None
+        until = _parse_time(held.until)
+        if held.state == "emergency":
+            cost[name] = CostVerdict(held.detail or f"cost budget {held.budget}", 1.0, until)
+        elif held.state == "throttled" and 0 < held.factor < 1:
+            cost[name] = CostVerdict(None, held.factor, until)
+    return dataclasses.replace(snapshot, cost_state=state, cost=cost)
 
 
 def build_flag(item: Item) -> Flag:
@@ -287,24 +249,3 @@ def _experiment(config: Any) -> Experiment | None:
         traffic=float(config.get("traffic_percentage", 100)),
         winner=config.get("winner"),
     )
-
-
-def _limit(item: Item) -> CostLimit | None:
-    if item.get("enabled", True) is not True:
-        return None
-    scope = item.get("applies_to", "all")
-    throttle = item.get("throttle") or {}
-    emergency = item.get("emergency") or {}
-    try:
-        return CostLimit(
-            name=str(item.get("threshold_name", "")),
-            flags=None if scope == "all" else frozenset(scope.get("flags", [])),
-            request_types=frozenset()
-            if scope == "all"
-            else frozenset(scope.get("request_types", [])),
-            throttle_usd=float(throttle["amount_usd"]) if "amount_usd" in throttle else None,
-            rollout_factor=float(throttle.get("rollout_factor", 0.5)),
-            emergency_usd=float(emergency["amount_usd"]) if "amount_usd" in emergency else None,
-        )
-    except (TypeError, ValueError, AttributeError):
-        return None

@@ -10,18 +10,31 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.runtime.attributes import plain_item
+from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item
 from reconciler.runtime.snapshot import Shutdown
+from reconciler.runtime.telemetry import Shard, dynamodb_item
 
 OVERRIDES_ID = "overrides"  # the control-table record break-glass writes
 Item = dict[str, Any]
+TELEMETRY_TABLE = ("TELEMETRY_TABLE", "bedrock-flag-telemetry")
+TELEMETRY_DDL = (
+    "CREATE TABLE IF NOT EXISTS telemetry (bucket TEXT NOT NULL, writer TEXT NOT NULL, "
+    "seq INTEGER NOT NULL, item TEXT NOT NULL, PRIMARY KEY (bucket, writer))"
+)
+# Absolute totals, kept only when newer: a repeated flush changes nothing.
+_UPSERT_SHARD = (
+    "INSERT INTO telemetry (bucket, writer, seq, item) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (bucket, writer) DO UPDATE SET seq = excluded.seq, item = excluded.item "
+    "WHERE excluded.seq > telemetry.seq"
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class Overrides:
     global_shutdown: Shutdown | None = None
     flags: Mapping[str, Shutdown] = field(default_factory=dict)
     version: int = 0
+    cost: CostState = field(default_factory=CostState)  # the cost guard's, read with them
 
     def in_force(self, now: datetime) -> Overrides:
         """Only the shutdowns that have not expired at ``now``."""
@@ -45,6 +59,7 @@ class Overrides:
             everything if everything is not None and everything.active(now) else None,
             {name: s for name, s in self.flags.items() if s.active(now)},
             self.version,
+            self.cost,
         )
 
 
@@ -104,8 +119,36 @@ class SQLiteSource:
         return Configuration(flags, thresholds)
 
     def read_overrides(self) -> Overrides:
-        rows = self._query("SELECT item FROM control WHERE record_id = ?", OVERRIDES_ID)
-        return overrides_from_item(json.loads(rows[0][0]) if rows else None)
+        rows = dict(
+            self._query(
+                "SELECT record_id, item FROM control WHERE record_id IN (?, ?)",
+                OVERRIDES_ID,
+                COST_GUARD_ID,
+            )
+        )
+        found = rows.get(OVERRIDES_ID)
+        overrides = overrides_from_item(json.loads(found) if found else None)
+        cost = rows.get(COST_GUARD_ID)
+        return replace(overrides, cost=cost_state_from_item(json.loads(cost) if cost else None))
+
+    def write_shards(self, shards: Sequence[Shard]) -> None:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no local store at {self.path}; run reconcile --apply")
+        with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as connection:
+            connection.execute("PRAGMA busy_timeout=10000")
+            connection.execute(TELEMETRY_DDL)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for shard in shards:
+                    item = shard.to_item()
+                    connection.execute(
+                        _UPSERT_SHARD,
+                        (shard.bucket, shard.writer, shard.seq, json.dumps(item, sort_keys=True)),
+                    )
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
 
 class DynamoDBSource:
@@ -116,6 +159,7 @@ class DynamoDBSource:
         self.flags_table = env.get("FEATURE_FLAGS_TABLE", "bedrock-feature-flags")
         self.thresholds_table = env.get("COST_THRESHOLDS_TABLE", "bedrock-cost-thresholds")
         self.control_table = env.get("CONTROL_TABLE", "bedrock-flag-control")
+        self.telemetry_table = env.get(*TELEMETRY_TABLE)
         if client is None:
             import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
             from botocore.config import Config  # noqa: PLC0415
@@ -141,8 +185,39 @@ class DynamoDBSource:
         return Configuration(self._scan(self.flags_table), self._scan(self.thresholds_table))
 
     def read_overrides(self) -> Overrides:
-        answer = self.client.get_item(
-            TableName=self.control_table, Key={"record_id": {"S": OVERRIDES_ID}}
-        )
-        raw = answer.get("Item")
-        return overrides_from_item(plain_item(raw) if raw else None)
+        """The overrides and the cost guard's state: two small items in one request."""
+        keys = [{"record_id": {"S": OVERRIDES_ID}}, {"record_id": {"S": COST_GUARD_ID}}]
+        request: dict[str, Any] = {self.control_table: {"Keys": keys}}
+        found: dict[str, Item] = {}
+        for _ in range(3):  # unprocessed keys (throttling) are asked for again, briefly
+            answer = self.client.batch_get_item(RequestItems=request)
+            for raw in answer.get("Responses", {}).get(self.control_table, []):
+                item = plain_item(raw)
+                found[str(item.get("record_id"))] = item
+            request = answer.get("UnprocessedKeys") or {}
+            if not request:
+                break
+        else:
+            raise RuntimeError("the control records stayed unprocessed (throttled)")
+        overrides = overrides_from_item(found.get(OVERRIDES_ID))
+        return replace(overrides, cost=cost_state_from_item(found.get(COST_GUARD_ID)))
+
+    def write_shards(self, shards: Sequence[Shard]) -> None:
+        for shard in shards:
+            try:
+                self.client.put_item(
+                    TableName=self.telemetry_table,
+                    Item=dynamodb_item(shard.to_item()),
+                    ConditionExpression="attribute_not_exists(seq) OR seq < :seq",
+                    ExpressionAttributeValues={":seq": {"N": str(shard.seq)}},
+                )
+            except Exception as exc:
+                if _condition_failed(exc):
+                    continue  # this flush, or a later one, is stored already: a repeat
+                raise
+
+
+def _condition_failed(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    code = (response or {}).get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code == "ConditionalCheckFailedException"

@@ -1,0 +1,321 @@
+"""Recording on the request path: microseconds, no I/O, never raises, bounded memory.
+
+Values are added to in-process running totals under a short lock; a background thread flushes
+them (every 10 s by default, at ``close()`` and at interpreter exit) as shards
+(``reconciler.runtime.telemetry``) to a sink, and the changes since the last flush to an optional
+metrics sink (CloudWatch). A failed flush loses nothing: the totals are absolute, so the next
+flush carries them again. What a process can lose is what it recorded since its last successful
+flush, should it die; the health report counts it while it is pending.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from reconciler.runtime.budgets import UTC_ZONE, period_at
+from reconciler.runtime.telemetry import (
+    COST,
+    LATENCY,
+    OUTCOME,
+    QUALITY,
+    TOKENS,
+    Shard,
+    Totals,
+    cost_bucket,
+    new_writer_id,
+    ops_bucket,
+    series_name,
+)
+
+log = logging.getLogger("reconciler.runtime")
+
+DEFAULT_FLUSH_INTERVAL = 10.0
+MAX_SERIES = 10_000
+HISTORY = 64  # successful flushes remembered, for what the cost guard has seen
+
+
+class TelemetrySink(Protocol):
+    def write_shards(self, shards: Sequence[Shard]) -> None:
+        """Write each shard unless the store holds the same writer's bucket at a higher or
+        equal ``seq`` already (then it is a repeat: not an error)."""
+
+
+class MetricsSink(Protocol):
+    def emit(self, changes: Mapping[str, Totals], at: datetime) -> None:
+        """Publish what was recorded since the last flush (series name -> totals)."""
+
+
+@dataclass
+class Health:
+    """What the recorder has done, for a health endpoint or a log line."""
+
+    recorded: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    flushes: int = 0
+    failed_flushes: int = 0
+    unflushed: int = 0  # records since the last successful flush: what a crash would lose
+    lost: int = 0  # records that a final flush at close could not write
+    metrics_failures: int = 0
+    last_error: str | None = None
+    last_flush_at: str | None = None
+
+
+class Recorder:
+    """In-process aggregates of cost and outcomes, flushed in the background."""
+
+    def __init__(
+        self,
+        sink: TelemetrySink | None,
+        *,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        metrics: MetricsSink | None = None,
+        clock: Callable[[], float] = time.time,
+        max_series: int = MAX_SERIES,
+        background: bool = True,
+        writer: str | None = None,
+    ) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self.max_series = max_series
+        self.writer = writer or new_writer_id()
+        self.health = Health()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._buckets: dict[str, dict[str, Totals]] = {}
+        self._series_count = 0
+        self._bucket_cost: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._changes: dict[str, Totals] = {}
+        self._seq = 0
+        self._zones: tuple[str, ...] = (UTC_ZONE,)
+        self._cost_buckets: tuple[str, ...] = ()
+        self._ops_bucket = ""
+        self._next_cost_roll = 0.0
+        self._next_ops_roll = 0.0
+        self._history: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=HISTORY)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background and sink is not None:
+            self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
+            self._thread.start()
+        _open.add(self)
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def record_cost(self, request_type: str, tokens: int, micros: int) -> None:
+        now = self.clock()
+        if now >= self._next_cost_roll:
+            self._roll_cost(now)
+        with self._lock:
+            for bucket in self._cost_buckets:
+                if not self._add(bucket, series_name(COST, request_type), micros):
+                    return
+                self._add(bucket, series_name(TOKENS, request_type), tokens)
+                self._bucket_cost[bucket] = self._bucket_cost.get(bucket, 0) + micros
+            self._change(series_name(COST, request_type), micros)
+            self._change(series_name(TOKENS, request_type), tokens)
+            self.health.recorded += 1
+            self.health.unflushed += 1
+
+    def record_outcome(
+        self,
+        request_type: str,
+        failed: bool,
+        response_time_ms: float | None,
+        quality: float | None,
+    ) -> None:
+        now = self.clock()
+        if now >= self._next_ops_roll:
+            self._roll_ops(now)
+        bucket = self._ops_bucket
+        with self._lock:
+            if not self._add(bucket, series_name(OUTCOME, request_type), 1 if failed else 0):
+                return
+            self._change(series_name(OUTCOME, request_type), 1 if failed else 0)
+            if response_time_ms is not None:
+                self._add(bucket, series_name(LATENCY, request_type), response_time_ms)
+                self._change(series_name(LATENCY, request_type), response_time_ms)
+            if quality is not None:
+                self._add(bucket, series_name(QUALITY, request_type), quality)
+                self._change(series_name(QUALITY, request_type), quality)
+            self.health.recorded += 1
+            self.health.unflushed += 1
+
+    def reject(self, why: str) -> None:
+        """Count a value that was not recorded (bad input), by why (at most 100 kinds)."""
+        rejected = self.health.rejected
+        if why in rejected or len(rejected) < 100:
+            rejected[why] += 1
+        else:
+            rejected["other"] += 1
+
+    def _add(self, bucket: str, name: str, value: int | float) -> bool:
+        series = self._buckets.get(bucket)
+        if series is None:
+            series = self._buckets[bucket] = {}
+        totals = series.get(name)
+        if totals is None:
+            if self._series_count >= self.max_series:
+                self.health.rejected["too_many_series"] += 1
+                return False
+            totals = series[name] = Totals()
+            self._series_count += 1
+        totals.add(value)
+        self._dirty.add(bucket)
+        return True
+
+    def _change(self, name: str, value: int | float) -> None:
+        if self.metrics is None:
+            return
+        totals = self._changes.get(name)
+        if totals is None:
+            totals = self._changes[name] = Totals()
+        totals.add(value)
+
+    # -- buckets ------------------------------------------------------------------------------
+
+    def set_zones(self, zones: Iterable[str]) -> None:
+        """The time zones budgets count days in (UTC always): each cost record goes to the day
+        of each zone."""
+        wanted = tuple(dict.fromkeys([UTC_ZONE, *sorted(set(zones) - {UTC_ZONE})]))
+        if wanted != self._zones:
+            self._zones = wanted
+            self._next_cost_roll = 0.0
+
+    def _roll_cost(self, now: float) -> None:
+        moment = datetime.fromtimestamp(now, UTC)
+        periods = [period_at("daily", z, moment) for z in self._zones]
+        self._cost_buckets = tuple(cost_bucket(p.today, p.time_zone) for p in periods)
+        self._next_cost_roll = min(p.end.timestamp() for p in periods)
+
+    def _roll_ops(self, now: float) -> None:
+        moment = datetime.fromtimestamp(now, UTC)
+        self._ops_bucket = ops_bucket(moment)
+        self._next_ops_roll = (now // 300 + 1) * 300
+
+    # -- what the cost guard has not seen yet --------------------------------------------------
+
+    def own_cost(self, bucket: str, series: tuple[str, ...] | None) -> int:
+        """This process's spend in a cost bucket (micro-dollars), of the given cost series or
+        of all. Read without the lock: a value a moment old is as good."""
+        if series is None:
+            return self._bucket_cost.get(bucket, 0)
+        totals = self._buckets.get(bucket)
+        if not totals:
+            return 0
+        return sum(int(t.sum) for name in series if (t := totals.get(name)) is not None)
+
+    def flushed_before(self, moment: float, bucket: str, series: tuple[str, ...] | None) -> int:
+        """This process's spend in ``bucket`` as of its last successful flush that finished
+        before ``moment``: what a reader at ``moment`` could have counted of it."""
+        with self._lock:
+            for finished, spend in reversed(self._history):
+                if finished <= moment:
+                    found = spend.get(bucket, {})
+                    if series is None:
+                        return sum(found.values())
+                    return sum(found.get(name, 0) for name in series)
+        return 0
+
+    # -- flushing -----------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write every changed bucket's totals; True when the sink took them (or nothing was
+        pending). Never raises."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
+        with self._lock:
+            dirty = sorted(self._dirty)
+            pending = self.health.unflushed
+            changes, self._changes = self._changes, {}
+            if not dirty and not changes:
+                return True
+            self._seq += 1
+            seq = self._seq
+            at = datetime.fromtimestamp(self.clock(), UTC)
+            stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            shards = [Shard(b, self.writer, seq, _copy(self._buckets[b]), stamp) for b in dirty]
+            self._dirty.clear()
+        ok = True
+        if self.sink is not None and shards:
+            try:
+                self.sink.write_shards(shards)
+            except Exception as exc:  # nothing is lost: the next flush sends the totals again
+                ok = False
+                with self._lock:
+                    self._dirty.update(dirty)
+                self.health.failed_flushes += 1
+                self.health.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("telemetry flush failed (%s); retrying at the next flush", exc)
+        if ok:
+            self._flushed(shards, pending, stamp)
+        if self.metrics is not None and changes:
+            try:
+                self.metrics.emit(changes, at)
+            except Exception as exc:
+                self.health.metrics_failures += 1
+                self.health.last_error = f"metrics: {type(exc).__name__}: {exc}"
+        return ok
+
+    def _flushed(self, shards: Sequence[Shard], pending: int, stamp: str) -> None:
+        with self._lock:
+            self.health.flushes += 1
+            self.health.unflushed = max(0, self.health.unflushed - pending)
+            self.health.last_flush_at = stamp
+            spend = {
+                s.bucket: {n: int(t.sum) for n, t in s.series.items() if n.startswith(COST + ":")}
+                for s in shards
+                if s.bucket.startswith(COST + "/")
+            }
+            previous = self._history[-1][1] if self._history else {}
+            self._history.append((self.clock(), {**previous, **spend}))
+            current = {*self._cost_buckets, self._ops_bucket}
+            for bucket in [b for b in self._buckets if b not in current and b not in self._dirty]:
+                self._series_count -= len(self._buckets.pop(bucket))
+                self._bucket_cost.pop(bucket, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the thread and flush what is left; what cannot be written is counted as lost."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.flush_interval + 5)
+        if not self.flush() and self.health.unflushed:
+            self.health.lost += self.health.unflushed
+            log.error(
+                "telemetry: %d record(s) could not be flushed at close (%s)",
+                self.health.unflushed,
+                self.health.last_error,
+            )
+        _open.discard(self)
+
+
+def _copy(series: Mapping[str, Totals]) -> dict[str, Totals]:
+    return {name: totals.copy() for name, totals in series.items()}
+
+
+_open: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for recorder in list(_open):
+        recorder.close()

@@ -1,0 +1,207 @@
+"""Telemetry records: mergeable sums, written as per-process shards that a retry cannot double.
+
+Each process (a *writer*) keeps, per time bucket, the running totals of every series it
+recorded, and writes them whole, as absolute values, in one shard item per bucket with a
+sequence number that only grows. Writing absolute totals makes a retried or repeated write a
+no-op (unlike DynamoDB's ADD); the sequence condition keeps a late, older write from replacing a
+newer one. A writer's shard is written at most once per flush, so no item is hot however many
+requests the process serves, and a crash loses only what was recorded since the last flush.
+
+Buckets: ``cost/2026-12-01@UTC`` is a day of spend in a time zone (one per zone a budget uses);
+``ops/2026-12-01T09:05Z`` is five minutes of outcomes (errors, response times, quality).
+
+Series: ``cost:<request_type>`` (count = requests, sum = micro-dollars),
+``tokens:<request_type>``, ``outcome:<request_type>`` (count = outcomes, sum = failures),
+``latency:<request_type>`` (milliseconds) and ``quality:<request_type>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler.runtime.budgets import UTC_ZONE
+
+SHARD_SPREAD = 8  # shards of one bucket spread over this many partition keys
+SHARD_TTL = timedelta(days=45)  # DynamoDB removes raw shards after this; rollups stay
+OPS_MINUTES = 5
+COST = "cost"
+TOKENS = "tokens"
+OUTCOME = "outcome"
+LATENCY = "latency"
+QUALITY = "quality"
+
+
+class Totals:
+    """count, sum, sum of squares, minimum and maximum of one series: mergeable by addition."""
+
+    __slots__ = ("count", "hi", "lo", "sq", "sum")
+
+    def __init__(
+        self,
+        count: int = 0,
+        total: int | float = 0,
+        sq: float = 0.0,
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> None:
+        self.count = count
+        self.sum = total
+        self.sq = sq
+        self.lo = lo
+        self.hi = hi
+
+    def add(self, value: int | float) -> None:
+        self.count += 1
+        self.sum += value
+        self.sq += value * value
+        if self.lo is None or value < self.lo:
+            self.lo = value
+        if self.hi is None or value > self.hi:
+            self.hi = value
+
+    def merge(self, other: Totals) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.sq += other.sq
+        for low in (other.lo,):
+            if low is not None and (self.lo is None or low < self.lo):
+                self.lo = low
+        for high in (other.hi,):
+            if high is not None and (self.hi is None or high > self.hi):
+                self.hi = high
+
+    def copy(self) -> Totals:
+        return Totals(self.count, self.sum, self.sq, self.lo, self.hi)
+
+    def to_list(self) -> list[Any]:
+        return [self.count, self.sum, self.sq, self.lo, self.hi]
+
+    @classmethod
+    def from_list(cls, values: Any) -> Totals:
+        count, total, sq, lo, hi = [*list(values), 0, 0, 0.0, None, None][:5]
+        return cls(int(count), total, float(sq), lo, hi)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Totals) and self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Totals({self.count}, {self.sum}, {self.sq}, {self.lo}, {self.hi})"
+
+
+def cost_bucket(day: str, time_zone: str = UTC_ZONE) -> str:
+    return f"{COST}/{day}@{time_zone}"
+
+
+def ops_bucket(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    start = moment.replace(minute=moment.minute - moment.minute % OPS_MINUTES, second=0)
+    return "ops/" + start.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def series_name(kind: str, request_type: str) -> str:
+    return f"{kind}:{request_type}"
+
+
+def split_series(name: str) -> tuple[str, str]:
+    kind, _, request_type = name.partition(":")
+    return kind, request_type
+
+
+def new_writer_id() -> str:
+    """A writer id unique to this process's life: a restart is a new writer."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:10]}"
+
+
+def spread_of(writer: str) -> int:
+    return hashlib.sha256(writer.encode()).digest()[0] % SHARD_SPREAD
+
+
+def partition_keys(bucket: str) -> list[str]:
+    """Every partition key a bucket's shards may sit under."""
+    return [f"{bucket}#{n}" for n in range(SHARD_SPREAD)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One writer's absolute totals for one bucket, as of its flush number ``seq``."""
+
+    bucket: str
+    writer: str
+    seq: int
+    series: Mapping[str, Totals]
+    updated_at: str
+
+    def to_item(self) -> dict[str, Any]:
+        expires = _bucket_day(self.bucket) + SHARD_TTL
+        return {
+            "shard_key": f"{self.bucket}#{spread_of(self.writer)}",
+            "writer": self.writer,
+            "bucket": self.bucket,
+            "seq": self.seq,
+            "series": {name: totals.to_list() for name, totals in sorted(self.series.items())},
+            "updated_at": self.updated_at,
+            "ttl": int(expires.timestamp()),
+        }
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Shard:
+        series = {str(k): Totals.from_list(v) for k, v in (item.get("series") or {}).items()}
+        return cls(
+            str(item["bucket"]),
+            str(item["writer"]),
+            int(item["seq"]),
+            series,
+            str(item.get("updated_at", "")),
+        )
+
+
+def _bucket_day(bucket: str) -> datetime:
+    day = bucket.split("/", 1)[-1][:10]
+    try:
+        return datetime.fromisoformat(day).replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def merge_shards(shards: Iterable[Shard]) -> dict[str, Totals]:
+    """The sum over writers of every series in these shards (of one bucket)."""
+    merged: dict[str, Totals] = {}
+    for shard in shards:
+        for name, totals in shard.series.items():
+            merged.setdefault(name, Totals()).merge(totals)
+    return merged
+
+
+def dynamodb_value(value: Any) -> dict[str, Any]:
+    """A plain value as DynamoDB's JSON (numbers in their exact decimal text)."""
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} cannot be stored")
+        return {"N": repr(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, Mapping):
+        return {"M": {str(k): dynamodb_value(v) for k, v in value.items()}}
+    if isinstance(value, list | tuple):
+        return {"L": [dynamodb_value(v) for v in value]}
+    raise TypeError(f"cannot store a {type(value).__name__}")
+
+
+def dynamodb_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: dynamodb_value(value) for key, value in item.items()}
