@@ -170,6 +170,9 @@ def test_bootstrap_creates_on_demand_tables_with_recovery_and_ttl(dynamo: Dynamo
     keys = {dynamo.table(kind): [(kind.key, "HASH")] for kind in RecordKind}
     keys[dynamo.audit_table] = [("record", "HASH"), ("audit_id", "RANGE")]
     keys[dynamo.control_table] = [("record_id", "HASH")]
+    keys[dynamo.telemetry_table] = [("shard_key", "HASH"), ("writer", "RANGE")]
+    keys[dynamo.cost_metrics_table] = [("date", "HASH"), ("request_type", "RANGE")]
+    keys[dynamo.cost_alerts_table] = [("alert_id", "HASH")]
     assert set(keys) == set(dynamo.tables.values())
     for name, expected in keys.items():
         table = client.describe_table(TableName=name)["Table"]
@@ -182,7 +185,7 @@ def test_bootstrap_creates_on_demand_tables_with_recovery_and_ttl(dynamo: Dynamo
         backups = client.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
         assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
         ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-        if name == dynamo.control_table:
+        if name in (dynamo.control_table, dynamo.telemetry_table):
             assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
         else:
             assert ttl.get("TimeToLiveStatus") == "DISABLED"
@@ -192,8 +195,8 @@ def test_bootstrap_reports_what_it_did_and_is_idempotent() -> None:
     with mock_aws():
         store = DynamoDBStore(tables=unique_tables(), region="eu-central-1")
         first = store.bootstrap()
-        assert sum(line.startswith("created table ") for line in first) == 6
-        assert sum(line.startswith("enabled point-in-time recovery") for line in first) == 6
+        assert sum(line.startswith("created table ") for line in first) == 9
+        assert sum(line.startswith("enabled point-in-time recovery") for line in first) == 9
         assert f"enabled TTL (attribute ttl) on {store.control_table}" in first
 
         before = store.calls.copy()
@@ -219,7 +222,7 @@ def test_bootstrap_completes_what_is_missing_and_leaves_existing_tables_as_they_
         lines = store.bootstrap()
         assert f"table {flags_table} exists (provisioned capacity, left as is)" in lines
         assert f"enabled point-in-time recovery on {flags_table}" in lines
-        assert sum(line.startswith("created table ") for line in lines) == 5
+        assert sum(line.startswith("created table ") for line in lines) == 8
         table = store.client.describe_table(TableName=flags_table)["Table"]
         assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
         store.close()
@@ -232,9 +235,9 @@ def test_bootstrap_waits_for_backups_of_a_new_table_to_become_available() -> Non
         unavailable = error("ContinuousBackupsUnavailableException")
         faults = Faults(store, "UpdateContinuousBackups", [unavailable] * 10)
         lines = store.bootstrap()
-        assert faults.attempts == 10 + 6, "the first table's ten refusals, then one per table"
+        assert faults.attempts == 10 + 9, "the first table's ten refusals, then one per table"
         assert len(sleeps) == 10
-        assert sum(line.startswith("enabled point-in-time recovery") for line in lines) == 6
+        assert sum(line.startswith("enabled point-in-time recovery") for line in lines) == 9
         store.close()
 
 

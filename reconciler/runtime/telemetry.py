@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from reconciler.runtime.budgets import UTC_ZONE
@@ -194,6 +195,8 @@ def dynamodb_value(value: Any) -> dict[str, Any]:
         if not math.isfinite(value):
             raise ValueError(f"{value!r} cannot be stored")
         return {"N": repr(value)}
+    if isinstance(value, Decimal):
+        return {"N": format(value, "f")}
     if isinstance(value, str):
         return {"S": value}
     if isinstance(value, Mapping):

@@ -34,10 +34,13 @@ from botocore.exceptions import (
 )
 
 from reconciler.runtime.attributes import plain_item
-from reconciler.runtime.sources import OVERRIDES_ID
+from reconciler.runtime.sources import OVERRIDES_ID, TELEMETRY_TABLE
+from reconciler.state.dynamodb_telemetry import DynamoDBTelemetry
 from reconciler.state.records import (
     AUDIT_TABLE,
     CONTROL_TABLE,
+    COST_ALERTS_TABLE,
+    COST_METRICS_TABLE,
     MANAGED_BY,
     OVERRIDES_RECORD,
     AuditEntry,
@@ -168,7 +171,7 @@ def _transient(exc: ClientError, extra_codes: Collection[str]) -> bool:
     return isinstance(status, int) and status >= 500
 
 
-class DynamoDBStore:
+class DynamoDBStore(DynamoDBTelemetry):
     """A StateStore in DynamoDB tables."""
 
     max_group_size = 50  # each write also puts its audit entry; TransactWriteItems takes 100
@@ -333,6 +336,17 @@ class DynamoDBStore:
             {"AttributeName": "audit_id", "KeyType": "RANGE"},
         ]
         schemas[self.control_table] = [{"AttributeName": "record_id", "KeyType": "HASH"}]
+        schemas[self.tables[TELEMETRY_TABLE[0]]] = [
+            {"AttributeName": "shard_key", "KeyType": "HASH"},
+            {"AttributeName": "writer", "KeyType": "RANGE"},
+        ]
+        schemas[self.tables[COST_METRICS_TABLE[0]]] = [
+            {"AttributeName": "date", "KeyType": "HASH"},
+            {"AttributeName": "request_type", "KeyType": "RANGE"},
+        ]
+        schemas[self.tables[COST_ALERTS_TABLE[0]]] = [
+            {"AttributeName": "alert_id", "KeyType": "HASH"}
+        ]
         return schemas
 
     def bootstrap(self) -> list[str]:
@@ -364,6 +378,7 @@ class DynamoDBStore:
             self._wait_active(name)
         settings = [self._ensure_recovery(name) for name in self._key_schemas()]
         settings.append(self._ensure_ttl(self.control_table))
+        settings.append(self._ensure_ttl(self.tables[TELEMETRY_TABLE[0]]))
         for line in filter(None, settings):
             done.append(line)
             changed = changed or line.startswith("enabled ")
@@ -686,22 +701,8 @@ class DynamoDBStore:
             return False
         return True
 
-    def _control_record(self, record_id: str) -> Item | None:
-        """One record of the control table (the lock, the overrides), read consistently."""
-        answer = self._call(
-            "GetItem",
-            lambda: self.client.get_item(
-                TableName=self.control_table,
-                Key={"record_id": {"S": record_id}},
-                ConsistentRead=True,
-            ),
-            tables=[self.control_table],
-        )
-        raw = answer.get("Item")
-        return from_dynamodb(raw) if raw else None
-
     def read_lock(self) -> Lock | None:
-        item = self._control_record(LOCK_ID)
+        item = self.read_control(LOCK_ID)
         return Lock.from_item(item) if item else None
 
     def force_unlock(self, by: str, reason: str, now: datetime) -> Lock | None:
@@ -737,46 +738,13 @@ class DynamoDBStore:
     # -- the operators' overrides -----------------------------------------------------------
 
     def read_overrides(self) -> Item | None:
-        return self._control_record(OVERRIDES_ID)
+        return self.read_control(OVERRIDES_ID)
 
     def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
-        audit_id = f"{audit.at}#{uuid.uuid4().hex}"
-        condition = (
-            "attribute_not_exists(record_id) OR #version = :expected"
-            if expected_version == 0
-            else "#version = :expected"
-        )
-        actions: list[Any] = [
-            {
-                "Put": {
-                    "TableName": self.control_table,
-                    "Item": to_dynamodb({**record, "record_id": OVERRIDES_ID}),
-                    "ConditionExpression": condition,
-                    "ExpressionAttributeNames": {"#version": "version"},
-                    "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
-                }
-            },
-            {
-                "Put": {
-                    "TableName": self.audit_table,
-                    "Item": to_dynamodb(audit.to_item(audit_id)),
-                    "ConditionExpression": "attribute_not_exists(audit_id)",
-                }
-            },
-        ]
         try:
-            self._call(
-                "TransactWriteItems",
-                lambda: self.client.transact_write_items(TransactItems=actions),
-                handled={"TransactionCanceledException"},
-                tables=[self.control_table, self.audit_table],
-            )
-        except ClientError as exc:
-            reasons = exc.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                raise WriteConflictError([OVERRIDES_RECORD], "changed meanwhile") from None
-            detail = "; ".join(str(r.get("Code")) for r in reasons) or str(exc)
-            raise DynamoDBRequestError(f"DynamoDB refused the overrides write: {detail}") from None
+            self.write_control(OVERRIDES_ID, record, expected_version, audit)
+        except WriteConflictError:
+            raise WriteConflictError([OVERRIDES_RECORD], "changed meanwhile") from None
 
     # -- the audit trail --------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from reconciler.runtime.sources import OVERRIDES_ID
+from reconciler.state.local_telemetry import TELEMETRY_SCHEMA, LocalTelemetry
 from reconciler.state.records import (
     MANAGED_BY,
     OVERRIDES_RECORD,
@@ -30,13 +30,15 @@ from reconciler.state.records import (
     Write,
     format_time,
 )
+from reconciler.state.sqlite import dump, transaction
 from reconciler.state.store import LockHeldError, StoreUnavailableError, WriteConflictError
 
 DEFAULT_PATH = Path(".reconciler") / "state.db"
 SCHEMA_VERSION = 1
 LOCK_ID = "lock#reconcile"
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, name TEXT NOT NULL, item TEXT NOT NULL, PRIMARY KEY (kind, name)
 );
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS control (record_id TEXT PRIMARY KEY, item TEXT NOT NU
 CREATE TABLE IF NOT EXISTS applied_groups (token TEXT PRIMARY KEY, applied_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+    + TELEMETRY_SCHEMA
+)
 
 
 P = ParamSpec("P")
@@ -66,7 +70,7 @@ def _serialized(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class LocalStore:
+class LocalStore(LocalTelemetry):
     """A StateStore in one SQLite file, safe to share between threads."""
 
     max_group_size = 500
@@ -94,7 +98,7 @@ class LocalStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=30000")
-            with _transaction(connection):
+            with transaction(connection):
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     connection.execute(statement)
                 connection.execute(
@@ -139,7 +143,7 @@ class LocalStore:
         connection = self._connect(create=True)
         assert connection is not None
         now = format_time(datetime.now().astimezone())
-        with _transaction(connection):
+        with transaction(connection):
             done = connection.execute(
                 "SELECT 1 FROM applied_groups WHERE token = ?", (token,)
             ).fetchone()
@@ -156,7 +160,7 @@ class LocalStore:
                     audit_id = f"{write.audit.at}#{uuid.uuid4().hex}"
                     connection.execute(
                         "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
-                        (write.audit.record, audit_id, _dump(write.audit.to_item(audit_id))),
+                        (write.audit.record, audit_id, dump(write.audit.to_item(audit_id))),
                     )
             connection.execute(
                 "INSERT INTO applied_groups (token, applied_at) VALUES (?, ?)", (token, now)
@@ -169,13 +173,13 @@ class LocalStore:
         lock = Lock(
             holder, format_time(now), format_time(now + timedelta(seconds=ttl_seconds)), reason
         )
-        with _transaction(connection):
+        with transaction(connection):
             current = _read_lock(connection)
             if current is not None and current.expires_at >= format_time(now):
                 raise LockHeldError(current)
             connection.execute(
                 "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
-                (LOCK_ID, _dump(lock.to_item())),
+                (LOCK_ID, dump(lock.to_item())),
             )
         return lock
 
@@ -184,7 +188,7 @@ class LocalStore:
         connection = self._connect(create=False)
         if connection is None:
             return False
-        with _transaction(connection):
+        with transaction(connection):
             current = _read_lock(connection)
             if current is None or current.holder != holder:
                 return False
@@ -201,7 +205,7 @@ class LocalStore:
         connection = self._connect(create=True)
         assert connection is not None
         at = format_time(now)
-        with _transaction(connection):
+        with transaction(connection):
             current = _read_lock(connection)
             connection.execute("DELETE FROM control WHERE record_id = ?", (LOCK_ID,))
             audit_id = f"{at}#{uuid.uuid4().hex}"
@@ -219,41 +223,19 @@ class LocalStore:
                 (
                     "lock/reconcile",
                     audit_id,
-                    _dump({k: v for k, v in item.items() if v is not None}),
+                    dump({k: v for k, v in item.items() if v is not None}),
                 ),
             )
         return current
 
-    @_serialized
     def read_overrides(self) -> Item | None:
-        connection = self._connect(create=False)
-        if connection is None:
-            return None
-        row = connection.execute(
-            "SELECT item FROM control WHERE record_id = ?", (OVERRIDES_ID,)
-        ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return self.read_control(OVERRIDES_ID)
 
-    @_serialized
     def write_overrides(self, record: Item, expected_version: int, audit: AuditEntry) -> None:
-        connection = self._connect(create=True)
-        assert connection is not None
-        with _transaction(connection):
-            row = connection.execute(
-                "SELECT item FROM control WHERE record_id = ?", (OVERRIDES_ID,)
-            ).fetchone()
-            current = int(json.loads(row[0]).get("version", 0)) if row else 0
-            if current != expected_version:
-                raise WriteConflictError([OVERRIDES_RECORD], f"at version {current}")
-            connection.execute(
-                "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
-                (OVERRIDES_ID, _dump({**record, "record_id": OVERRIDES_ID})),
-            )
-            audit_id = f"{audit.at}#{uuid.uuid4().hex}"
-            connection.execute(
-                "INSERT INTO audit (record, audit_id, item) VALUES (?, ?, ?)",
-                (audit.record, audit_id, _dump(audit.to_item(audit_id))),
-            )
+        try:
+            self.write_control(OVERRIDES_ID, record, expected_version, audit)
+        except WriteConflictError as exc:
+            raise WriteConflictError([OVERRIDES_RECORD], str(exc)) from None
 
     @_serialized
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
@@ -270,17 +252,6 @@ class LocalStore:
                 (record, limit),
             )
         return [json.loads(item) for (item,) in rows]
-
-
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def _current(connection: sqlite3.Connection, write: Write) -> Item | None:
@@ -318,7 +289,7 @@ def _write(connection: sqlite3.Connection, write: Write) -> None:
     item[write.kind.key] = write.name
     connection.execute(
         "INSERT OR REPLACE INTO records (kind, name, item) VALUES (?, ?, ?)",
-        (write.kind.label, write.name, _dump(item)),
+        (write.kind.label, write.name, dump(item)),
     )
 
 
@@ -327,7 +298,3 @@ def _read_lock(connection: sqlite3.Connection) -> Lock | None:
     if row is None:
         return None
     return Lock.from_item(json.loads(row[0]))
-
-
-def _dump(item: Any) -> str:
-    return json.dumps(item, sort_keys=True, separators=(",", ":"))

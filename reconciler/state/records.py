@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from reconciler.runtime.sources import TELEMETRY_TABLE
+
 Item = dict[str, Any]
 
 MANAGED_BY = "reconciler"
@@ -82,16 +84,20 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-# Tables beside the four record tables: audit trail, and control records (lock, overrides).
+# Tables beside the four record tables: audit trail, control records (lock, overrides, the
+# controllers' state), the telemetry shards, and the original cost-metrics and cost-alerts tables.
 AUDIT_TABLE = ("AUDIT_TABLE", "bedrock-flag-audit")
 CONTROL_TABLE = ("CONTROL_TABLE", "bedrock-flag-control")
+COST_METRICS_TABLE = ("COST_METRICS_TABLE", "bedrock-cost-metrics")
+COST_ALERTS_TABLE = ("COST_ALERTS_TABLE", "bedrock-cost-alerts")
+OTHER_TABLES = (AUDIT_TABLE, CONTROL_TABLE, TELEMETRY_TABLE, COST_METRICS_TABLE, COST_ALERTS_TABLE)
 
 
 def table_names(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every table's name: the environment variable's value, else the original default."""
     env = os.environ if environ is None else environ
     names = {kind.table_env: env.get(kind.table_env, kind.default_table) for kind in RecordKind}
-    for variable, default in (AUDIT_TABLE, CONTROL_TABLE):
+    for variable, default in OTHER_TABLES:
         names[variable] = env.get(variable, default)
     return names
 
