@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from reconciler.manifests.common import Manifest, Name, NameList, Percentage, StrictModel
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: give an IANA name such as UTC or Europe/Berlin"
+        ) from None
+    return name
+
+
+TimeZone = Annotated[
+    str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$"), AfterValidator(_known_zone)
+]
 
 
 class ThrottleLimit(StrictModel):
@@ -69,7 +85,14 @@ class CostThreshold(Manifest):
         description="The threshold's name, equal to the file name.", examples=["ai_daily_budget"]
     )
     period: Literal["daily", "monthly"] = Field(
-        default="daily", description="The spend window: the UTC day or the UTC month."
+        default="daily",
+        description="The spend window: the day or the month, in time_zone; it starts from "
+        "nothing at midnight, which lifts the throttle and the shutdown by themselves.",
+    )
+    time_zone: TimeZone = Field(
+        default="UTC",
+        description="The IANA time zone whose midnight starts a period, e.g. Europe/Berlin.",
+        examples=["UTC", "Europe/Berlin", "America/New_York"],
     )
     applies_to: Literal["all"] | CostScope = Field(
         description="all: every AI feature's spend counts and every AI feature is acted on; "
@@ -81,7 +104,9 @@ class CostThreshold(Manifest):
     emergency: EmergencyLimit | None = Field(
         default=None, description="Shut the features in scope down at this spend."
     )
-    alert_at_percentage: Percentage | None = Field(
-        default=None, description="Alert when spend reaches this percentage of each limit."
+    alert_at_percentage: Percentage = Field(
+        default=80,
+        description="Alert when spend reaches this percentage of each limit (and at each "
+        "limit); 100 alerts at the limits only.",
     )
     enabled: bool = Field(default=True, description="false keeps the threshold but ignores it.")

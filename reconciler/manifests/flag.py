@@ -78,8 +78,9 @@ class Flag(Manifest):
     cost_threshold: float | None = Field(
         default=None,
         gt=0,
-        description="Daily spend in USD for this flag's request type at or over which the "
-        "flag shuts off for the rest of the day (COST_EMERGENCY).",
+        description="Daily (UTC) spend in USD of this flag's request type at or over which the "
+        "cost guard halves this flag's rollout for the rest of the day (COST_THROTTLED), as "
+        "the original system's cost_threshold did; needs request_type.",
     )
     request_type: Name | None = Field(
         default=None,

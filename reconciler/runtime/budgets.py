@@ -1,7 +1,8 @@
 """Cost budgets as the runtime and the cost guard both read them: one definition for both.
 
 A budget comes from a ``CostThreshold`` record, or from a flag's own ``cost_threshold`` (a daily
-UTC emergency limit on the spend of the flag's request type). Money is integer micro-dollars
+UTC throttle on the spend of the flag's request type: the flag keeps half its users, as the
+original system's cost_threshold did). Money is integer micro-dollars
 here, never a binary float: ``to_micros`` reads an amount through its decimal text.
 """
 
@@ -72,6 +73,7 @@ class Budget:
     rollout_factor: float
     emergency_micros: int | None
     alert_percentage: float = DEFAULT_ALERT_PERCENTAGE
+    alerting: bool = True
 
     def counts_type(self, request_type: str) -> bool:
         return self.counts is None or request_type in self.counts
@@ -137,7 +139,7 @@ def budgets_from_items(
         if limit is None or not request_type:
             continue
         try:
-            emergency = to_micros(limit)
+            limit_micros = to_micros(limit)
         except (TypeError, ValueError):
             continue
         name = str(flag.get("flag_name"))
@@ -148,9 +150,10 @@ def budgets_from_items(
                 UTC_ZONE,
                 frozenset({str(request_type)}),
                 frozenset({name}),
-                None,
-                1.0,
-                emergency,
+                throttle_micros=limit_micros,
+                rollout_factor=0.5,
+                emergency_micros=None,
+                alerting=False,  # a flag's own limit is audited, not alerted: the budget alerts
             )
         )
     return budgets

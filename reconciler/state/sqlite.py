@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 
@@ -22,4 +23,11 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
 
 
 def dump(item: Any) -> str:
-    return json.dumps(item, sort_keys=True, separators=(",", ":"))
+    """Compact, sorted JSON; exact decimals (money) as their text."""
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), default=_exact)
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError, UserError
+from reconciler.runtime.telemetry import Shard
 from reconciler.state.records import AuditEntry, Item, Lock, RecordKind, StoredRecord, Write
 
 
@@ -96,6 +97,37 @@ class StateStore(Protocol):
 
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
         """Audit entries, newest first; for one record (``flag/name``) or all."""
+
+    def read_control(self, record_id: str) -> Item | None:
+        """A control-table record (lock, overrides, a controller's state), read consistently."""
+
+    def write_control(
+        self, record_id: str, record: Item, expected_version: int, audit: AuditEntry | None
+    ) -> None:
+        """Replace a control record only if its version is still ``expected_version`` (0: no
+        record yet), with its audit entry atomically; ``WriteConflictError`` otherwise."""
+
+    def write_shards(self, shards: Sequence[Shard]) -> None:
+        """Store telemetry shards; one already stored at the same or a later ``seq`` stays."""
+
+    def read_shards(self, bucket: str) -> list[Shard]:
+        """Every writer's shard of a telemetry bucket."""
+
+    def write_cost_metrics(self, rows: Sequence[Item]) -> None:
+        """Set cost-metrics rows (per date and request type) to their totals; a stored row
+        that is ahead of the new one stays."""
+
+    def read_cost_metrics(self, date: str) -> list[Item]:
+        """The cost-metrics rows of one ``date`` key."""
+
+    def put_alert(self, alert: Item) -> bool:
+        """Record a cost alert unless its ``alert_id`` exists; True when this call made it."""
+
+    def mark_alert_published(self, alert_id: str, at: str) -> None:
+        """Note that an alert went out."""
+
+    def read_alerts(self) -> list[Item]:
+        """Every cost alert, by id."""
 
     def close(self) -> None:
         """Release connections and files."""

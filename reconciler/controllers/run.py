@@ -1,0 +1,161 @@
+"""The controllers' shell: read what they need, decide (pure), write state with its audit entry,
+alert. ``run_once`` runs every controller once; the CLI loops it for ``--watch``.
+
+Safe when two run at once: the state is written conditionally on the version read, and a run
+whose telemetry reading is older than the stored state's writes nothing (a newer run decided);
+alerts are recorded with a conditional put, and only the run that recorded one publishes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from reconciler.controllers.cost_guard import Alert, Outcome, decide
+from reconciler.controllers.spend import SpendReading, read_spend
+from reconciler.errors import UserError
+from reconciler.runtime.budgets import Budget, budgets_from_items
+from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item
+from reconciler.state.records import AuditEntry, RecordKind, format_time
+from reconciler.state.store import StateStore, WriteConflictError
+
+ATTEMPTS = 5
+REPUBLISH_AFTER = timedelta(minutes=5)  # an alert its recorder did not publish by then
+GUARD_RECORD = "controller/cost_guard"  # its name in the audit trail
+
+
+class Publisher(Protocol):
+    def describe(self) -> str: ...
+
+    def publish(self, alert: Alert) -> None: ...
+
+
+@dataclass
+class GuardRun:
+    budgets: list[Budget]
+    reading: SpendReading
+    outcome: Outcome
+    written: bool = False
+    superseded: bool = False  # a run with a newer reading had written already
+    alerts_recorded: list[Alert] = field(default_factory=list)
+    alerts_published: list[str] = field(default_factory=list)
+    publish_errors: list[str] = field(default_factory=list)
+
+
+def load_budgets(store: StateStore) -> tuple[list[Budget], list[str]]:
+    """The budgets the stored records declare, and every stored flag's name."""
+    flags = store.read_records(RecordKind.FLAG)
+    thresholds = store.read_records(RecordKind.COST_THRESHOLD)
+    items = [r.item for r in flags.values()]
+    return budgets_from_items([r.item for r in thresholds.values()], items), sorted(flags)
+
+
+def run_cost_guard(
+    store: StateStore,
+    *,
+    now: datetime,
+    publisher: Publisher | None = None,
+    actor: str = "cost-guard",
+) -> GuardRun:
+    budgets, flags = load_budgets(store)
+    reading = read_spend(store, budgets, now)
+    spend = {b.name: reading.budget_spend(b, now) for b in budgets}
+    # The rows of the original cost-metrics table, from the shards just summed.
+    store.write_cost_metrics([day.to_row(now) for day in reading.live])
+    for _ in range(ATTEMPTS):
+        previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
+        outcome = decide(budgets, flags, spend, previous, now=now, read_at=reading.read_at)
+        run = GuardRun(budgets, reading, outcome)
+        stored_read = previous.read_time
+        if stored_read is not None and stored_read > reading.read_at:
+            run.superseded = True
+            return run
+        if not outcome.changed:
+            break
+        try:
+            store.write_control(
+                COST_GUARD_ID,
+                outcome.state.to_item(),
+                previous.version,
+                _audit(outcome, previous, actor, now),
+            )
+        except WriteConflictError:
+            continue  # another guard wrote meanwhile: decide again on top of its state
+        run.written = True
+        break
+    else:
+        raise UserError("the cost guard's state kept changing under this run; run it again")
+    _alert(store, run, publisher, now)
+    return run
+
+
+def _audit(outcome: Outcome, previous: CostState, actor: str, now: datetime) -> AuditEntry | None:
+    if not outcome.transitions:
+        return None  # the spend moved, no level did: not a change of state worth an entry
+    return AuditEntry(
+        record=GUARD_RECORD,
+        action="cost-state",
+        actor=actor,
+        at=format_time(now),
+        reason="; ".join(t.describe() for t in outcome.transitions),
+        before=_levels(previous),
+        after=_levels(outcome.state),
+    )
+
+
+def _levels(state: CostState) -> dict[str, object]:
+    return {
+        "budgets": {n: {"level": b.level, "period": b.period} for n, b in state.budgets.items()},
+        "flags": {n: {"state": f.state, "budget": f.budget} for n, f in state.flags.items()},
+    }
+
+
+def _alert(store: StateStore, run: GuardRun, publisher: Publisher | None, now: datetime) -> None:
+    stamp = format_time(now)
+    for alert in run.outcome.alerts:
+        if not store.put_alert(alert.to_item()):
+            continue  # recorded already, by this guard's last run or another guard
+        run.alerts_recorded.append(alert)
+        _publish(store, run, publisher, alert, stamp)
+    if publisher is None:
+        return
+    cutoff = format_time(now - REPUBLISH_AFTER)
+    for item in store.read_alerts():
+        if item.get("published") or str(item.get("at", "")) > cutoff:
+            continue  # out already, or its recorder may still be publishing it
+        _publish(store, run, publisher, _from_item(item), stamp)
+
+
+def _publish(
+    store: StateStore, run: GuardRun, publisher: Publisher | None, alert: Alert, stamp: str
+) -> None:
+    if publisher is None:
+        return
+    try:
+        publisher.publish(alert)
+    except Exception as exc:  # recorded but not out: the next run publishes it again
+        run.publish_errors.append(f"{alert.alert_id}: {type(exc).__name__}: {exc}")
+        return
+    store.mark_alert_published(alert.alert_id, stamp)
+    run.alerts_published.append(alert.alert_id)
+
+
+def _from_item(item: dict[str, object]) -> Alert:
+    return Alert(
+        str(item["threshold_name"]),
+        str(item["period"]),
+        str(item["time_zone"]),
+        str(item["level"]),
+        int(str(item["limit_micros"])),
+        int(str(item["spent_micros"])),
+        str(item["at"]),
+    )
+
+
+def run_once(
+    store: StateStore, *, now: datetime, publisher: Publisher | None = None
+) -> Sequence[GuardRun]:
+    """Every controller, once (the experiment analyser and rollout controller join here)."""
+    return [run_cost_guard(store, now=now, publisher=publisher)]

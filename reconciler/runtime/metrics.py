@@ -1,0 +1,319 @@
+"""The original system's CloudWatch metrics of AI calls, published off the request path.
+
+The recorder hands each flush's changes (series name -> totals) to a metrics sink; this module
+turns them into the original system's metrics, per request type (dimension ``RequestType``, plus
+any fixed dimensions a service names, such as ``{"Service": "vc-api"}``):
+
+- ``BedrockAI/Costs``: ``RequestCost`` (US dollars per request, unit None) and ``TokenUsage``
+  (tokens per request, unit Count);
+- ``BedrockAI/Operations``: ``ErrorRate`` (unit Percent: each outcome is a sample of 0 or 100,
+  so the Average is the error rate) and ``ResponseTime`` (unit Milliseconds).
+
+Each metric of a flush is an exact statistic set: sample count, sum, minimum and maximum of the
+requests in it. Money stays integer micro-dollars everywhere else; it becomes a float of dollars
+only here, because CloudWatch takes doubles. Series this module does not know (quality scores),
+empty ones and ones CloudWatch would refuse (a request type that is no valid dimension value, a
+value out of range) are left out; transport errors are the caller's (the recorder counts them).
+
+Two sinks, chosen by where the service runs:
+
+``CloudWatchMetrics`` calls ``PutMetricData`` with ``StatisticValues``: CloudWatch stores the
+statistic sets as they are, so every statistic but percentiles is exact. One call per namespace
+per flush, split into calls of at most 1,000 data items and under the request-size limit.
+
+``EmbeddedMetrics`` writes CloudWatch Embedded Metric Format (EMF) log lines, which Lambda ships
+to CloudWatch without an API call: one line per namespace and request type per flush. The
+published EMF specification lets a metric be a number or an array of at most 100 numbers, each a
+sample; it has no statistic set, and no Values/Counts pairs as ``PutMetricData`` has. (Some of
+AWS's own emitters write objects, ``{"Values": [..], "Counts": [..]}`` or ``{"Count", "Sum",
+"Min", "Max"}``, in their place; the specification does not describe them, so a line that used
+them could have its metrics refused, silently.) A flush of hundreds of requests cannot be an
+array of its samples either. So each line states, as the specification allows:
+
+- each metric's per-flush mean (``RequestCost`` is the mean cost of the flush's requests,
+  ``ErrorRate`` the percentage of its outcomes that failed): one sample per flush;
+- the flush's counts, as metrics of their own: ``RequestCount`` (requests costed) and
+  ``OutcomeCount`` (outcomes), unit Count; their Sum is exact;
+- the exact statistic sets, under ``Statistics`` (not a metric: a plain member, which the
+  specification allows), for Logs Insights (``stats sum(Statistics.RequestCost.Sum)``).
+
+The trade-off: in CloudWatch Metrics the means are samples of flushes, not of requests. Their
+SampleCount counts flushes, their Average weighs every flush alike (exact per request only when
+flushes carry similar numbers of requests), their Minimum and Maximum are of flush means, and
+their Sum means nothing. What is exact there is volume: the Sum of ``RequestCount`` and of
+``OutcomeCount``. Exact spend, error rate and extremes are read from the lines themselves (mean
+times count, or the ``Statistics`` member), or from the ``PutMetricData`` sink.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler.runtime.telemetry import COST, LATENCY, OUTCOME, TOKENS, Totals, split_series
+
+COSTS_NAMESPACE = "BedrockAI/Costs"
+OPERATIONS_NAMESPACE = "BedrockAI/Operations"
+REQUEST_TYPE = "RequestType"
+MAX_DIMENSIONS = 30  # CloudWatch's limit per metric, RequestType included
+MAX_ITEMS = 1_000  # metric data items in one PutMetricData call
+MAX_REQUEST_BYTES = 900_000  # of the API's 1 MB a request, the rest kept for what is not data
+MAX_VALUE = 2.0**360  # CloudWatch refuses values of greater magnitude
+MICROS_PER_DOLLAR = 1_000_000
+STATISTICS = "Statistics"  # the EMF member carrying the exact statistic sets
+# Each namespace's count metric in EMF lines, and the metric whose sample count it states.
+COUNTS = {
+    COSTS_NAMESPACE: ("RequestCount", "RequestCost"),
+    OPERATIONS_NAMESPACE: ("OutcomeCount", "ErrorRate"),
+}
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One metric of one request type over one flush: an exact statistic set."""
+
+    namespace: str
+    metric: str
+    unit: str
+    request_type: str
+    count: int
+    total: float
+    lo: float
+    hi: float
+
+    def statistic_values(self) -> dict[str, float]:
+        """As CloudWatch's StatisticSet."""
+        return {
+            "SampleCount": float(self.count),
+            "Sum": self.total,
+            "Minimum": self.lo,
+            "Maximum": self.hi,
+        }
+
+
+@dataclass(frozen=True)
+class _Metric:
+    namespace: str
+    name: str
+    unit: str
+    values: Callable[[Totals], tuple[float, float, float]]  # sum, minimum, maximum
+
+
+def _dollars(totals: Totals) -> tuple[float, float, float]:
+    return (
+        totals.sum / MICROS_PER_DOLLAR,
+        (totals.lo or 0) / MICROS_PER_DOLLAR,
+        (totals.hi or 0) / MICROS_PER_DOLLAR,
+    )
+
+
+def _as_recorded(totals: Totals) -> tuple[float, float, float]:
+    return float(totals.sum), float(totals.lo or 0), float(totals.hi or 0)
+
+
+def _percent_failed(totals: Totals) -> tuple[float, float, float]:
+    """Outcomes as samples of 0 (succeeded) and 100 (failed): the sum counts failures."""
+    failures = float(totals.sum)
+    return (
+        100.0 * failures,
+        0.0 if failures < totals.count else 100.0,
+        100.0 if failures > 0 else 0.0,
+    )
+
+
+METRICS = {
+    COST: _Metric(COSTS_NAMESPACE, "RequestCost", "None", _dollars),
+    TOKENS: _Metric(COSTS_NAMESPACE, "TokenUsage", "Count", _as_recorded),
+    OUTCOME: _Metric(OPERATIONS_NAMESPACE, "ErrorRate", "Percent", _percent_failed),
+    LATENCY: _Metric(OPERATIONS_NAMESPACE, "ResponseTime", "Milliseconds", _as_recorded),
+}
+
+
+def aggregates(changes: Mapping[str, Totals]) -> list[Aggregate]:
+    """The metrics of a flush's changes, by namespace, request type and metric. Series of no
+    metric, empty ones and ones CloudWatch would refuse are left out."""
+    found = []
+    for name, totals in changes.items():
+        kind, request_type = split_series(name)
+        metric = METRICS.get(kind)
+        if metric is None or totals.count <= 0 or not _dimension_value(request_type):
+            continue
+        total, lo, hi = metric.values(totals)
+        if all(math.isfinite(v) and abs(v) <= MAX_VALUE for v in (total, lo, hi)):
+            found.append(
+                Aggregate(
+                    metric.namespace,
+                    metric.name,
+                    metric.unit,
+                    request_type,
+                    totals.count,
+                    total,
+                    lo,
+                    hi,
+                )
+            )
+    return sorted(found, key=lambda a: (a.namespace, a.request_type, a.metric))
+
+
+def _dimension_value(value: str) -> bool:
+    """What CloudWatch takes as a dimension value: 1 to 1,024 ASCII characters, not all blank."""
+    return 0 < len(value) <= 1024 and value.isascii() and not value.isspace()
+
+
+def _fixed_dimensions(
+    dimensions: Mapping[str, str] | None, reserved: Sequence[str] = (REQUEST_TYPE,)
+) -> dict[str, str]:
+    """A service's own dimensions, added to every metric; checked once, at construction, so a
+    mistake fails at start-up rather than at every flush."""
+    found = dict(dimensions or {})
+    if len(found) + 1 > MAX_DIMENSIONS:
+        raise ValueError(f"at most {MAX_DIMENSIONS - 1} dimensions besides {REQUEST_TYPE}")
+    for name, value in found.items():
+        if name in reserved:
+            raise ValueError(f"dimension name {name!r} is taken")
+        if not (0 < len(name) <= 255 and name.isascii() and not name.isspace()):
+            raise ValueError(f"dimension name {name!r} is not 1 to 255 ASCII characters")
+        if not isinstance(value, str) or not _dimension_value(value):
+            raise ValueError(f"dimension {name!r}: {value!r} is not 1 to 1,024 ASCII characters")
+    return found
+
+
+# -- PutMetricData --------------------------------------------------------------------------
+
+
+class CloudWatchMetrics:
+    """Statistic sets by ``PutMetricData``: exact aggregates, one call per namespace a flush."""
+
+    def __init__(self, client: Any = None, *, dimensions: Mapping[str, str] | None = None) -> None:
+        self.client = client
+        self.dimensions = _fixed_dimensions(dimensions)
+
+    def emit(self, changes: Mapping[str, Totals], at: datetime) -> None:
+        by_namespace: dict[str, list[dict[str, Any]]] = {}
+        for aggregate in aggregates(changes):
+            by_namespace.setdefault(aggregate.namespace, []).append(self._datum(aggregate, at))
+        if not by_namespace:
+            return
+        client = self._connect()
+        for namespace, data in by_namespace.items():
+            for chunk in _chunks(data):
+                client.put_metric_data(Namespace=namespace, MetricData=chunk)
+
+    def _datum(self, aggregate: Aggregate, at: datetime) -> dict[str, Any]:
+        dimensions = {REQUEST_TYPE: aggregate.request_type, **self.dimensions}
+        return {
+            "MetricName": aggregate.metric,
+            "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+            "Timestamp": _aware(at),
+            "Unit": aggregate.unit,
+            "StatisticValues": aggregate.statistic_values(),
+        }
+
+    def _connect(self) -> Any:
+        if self.client is None:
+            import boto3  # noqa: PLC0415 - only services publishing to CloudWatch need boto3
+            from botocore.config import Config  # noqa: PLC0415
+
+            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
+            self.client = boto3.client("cloudwatch", config=config)
+        return self.client
+
+
+def _chunks(data: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The data in order, in requests of at most ``MAX_ITEMS`` items and ``MAX_REQUEST_BYTES``."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for datum in data:
+        grows = _datum_bytes(datum)
+        if chunk and (len(chunk) == MAX_ITEMS or size + grows > MAX_REQUEST_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(datum)
+        size += grows
+    if chunk:
+        yield chunk
+
+
+_DATUM_BYTES = 500  # a datum's keys, unit, timestamp and four numbers in the query protocol
+_DIMENSION_BYTES = 120  # the keys of one dimension (MetricData.member.N.Dimensions.member.M.Name)
+
+
+def _datum_bytes(datum: Mapping[str, Any]) -> int:
+    """An upper bound of a datum's size in a request, in whichever protocol the client speaks:
+    the query protocol is the largest, and its percent-encoding at most triples a string."""
+    strings = [str(datum["MetricName"])]
+    for dimension in datum.get("Dimensions", ()):
+        strings += [str(dimension["Name"]), str(dimension["Value"])]
+    text = sum(3 * len(s.encode()) for s in strings)
+    return _DATUM_BYTES + _DIMENSION_BYTES * len(datum.get("Dimensions", ())) + text
+
+
+# -- Embedded Metric Format -----------------------------------------------------------------
+
+
+def _print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")  # one write: a line is one log event, not split by others
+    sys.stdout.flush()
+
+
+class EmbeddedMetrics:
+    """EMF log lines (one per namespace and request type a flush) for CloudWatch Logs to turn
+    into metrics: per-flush means and counts, with the exact statistic sets alongside."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None] | None = None,
+        *,
+        dimensions: Mapping[str, str] | None = None,
+    ) -> None:
+        self.write = write or _print_line
+        members = [
+            *(m.name for m in METRICS.values()),
+            *(count for count, _ in COUNTS.values()),
+            REQUEST_TYPE,
+            STATISTICS,
+            "_aws",
+        ]
+        self.dimensions = _fixed_dimensions(dimensions, reserved=members)
+
+    def emit(self, changes: Mapping[str, Totals], at: datetime) -> None:
+        lines: dict[tuple[str, str], list[Aggregate]] = {}
+        for aggregate in aggregates(changes):
+            lines.setdefault((aggregate.namespace, aggregate.request_type), []).append(aggregate)
+        timestamp = _epoch_millis(at)
+        for (namespace, request_type), found in lines.items():
+            document = self._document(namespace, request_type, found, timestamp)
+            self.write(json.dumps(document, separators=(",", ":"), allow_nan=False))
+
+    def _document(
+        self, namespace: str, request_type: str, found: Sequence[Aggregate], timestamp: int
+    ) -> dict[str, Any]:
+        """One EMF document: the metrics of one namespace and request type over one flush."""
+        dimensions = {REQUEST_TYPE: request_type, **self.dimensions}
+        metrics = [{"Name": a.metric, "Unit": a.unit} for a in found]
+        values: dict[str, Any] = {a.metric: a.total / a.count for a in found}
+        count_metric, of = COUNTS[namespace]
+        for counted in (a.count for a in found if a.metric == of):
+            metrics.append({"Name": count_metric, "Unit": "Count"})
+            values[count_metric] = counted
+        directive = {"Namespace": namespace, "Dimensions": [list(dimensions)], "Metrics": metrics}
+        return {
+            "_aws": {"Timestamp": timestamp, "CloudWatchMetrics": [directive]},
+            **dimensions,
+            **values,
+            STATISTICS: {a.metric: a.statistic_values() for a in found},
+        }
+
+
+def _epoch_millis(at: datetime) -> int:
+    """Milliseconds since 1970-01-01T00:00:00Z (a naive time is taken as UTC)."""
+    return (_aware(at) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
