@@ -1,0 +1,233 @@
+"""``controller``: the feedback loops. ``run`` runs every controller once (or ``--watch``es);
+``cost`` prints the cost report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+
+from reconciler import __version__
+from reconciler.cli.boundary import run
+from reconciler.commands.common import make_context
+from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
+from reconciler.controllers.report import as_json, collect
+from reconciler.controllers.run import GuardRun, Publisher, run_once
+from reconciler.errors import ExitCode
+from reconciler.render.cost import render_markdown, render_text
+from reconciler.runtime.budgets import format_usd
+from reconciler.runtime.client import utc_now
+from reconciler.state.store import StoreUnavailableError
+
+_store_option = click.option(
+    "--store",
+    "backend",
+    type=click.Choice(["local", "dynamodb"]),
+    help="The backend (default: as reconcile chooses it).",
+)
+_root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The repository (for reconciler.toml and the local store).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.version_option(__version__, prog_name="controller")
+@click.pass_context
+def controller(ctx: click.Context) -> None:
+    """The controllers that close the feedback loops: today, the cost guard.
+
+    They read the services' telemetry and write controller state that every runtime client
+    honours within its override poll: above git, below break-glass.
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _summary(result: GuardRun) -> list[str]:
+    lines = []
+    for state in result.outcome.state.budgets.values():
+        lines.append(
+            f"cost guard: {state.name} {state.period} ({state.time_zone}): "
+            f"{format_usd(state.spent_micros)} spent, {state.level}"
+        )
+    for change in result.outcome.transitions:
+        lines.append(f"cost guard: {change.describe()}")
+    for alert in result.alerts_recorded:
+        lines.append(f"cost guard: alert {alert.alert_id}: {alert.message}")
+    for published in result.alerts_published:
+        lines.append(f"cost guard: alert {published} published")
+    for error in result.publish_errors:
+        lines.append(f"cost guard: alert not published, retried next run: {error}")
+    if result.superseded:
+        lines.append("cost guard: a run with a newer reading wrote first; nothing written")
+    elif result.written:
+        lines.append(f"cost guard: state written (version {result.outcome.state.version})")
+    else:
+        lines.append("cost guard: state unchanged")
+    return lines
+
+
+def _json(result: GuardRun) -> dict[str, object]:
+    return {
+        "controller": "cost_guard",
+        "written": result.written,
+        "superseded": result.superseded,
+        "state": result.outcome.state.to_item(),
+        "transitions": [t.describe() for t in result.outcome.transitions],
+        "alerts_recorded": [a.alert_id for a in result.alerts_recorded],
+        "alerts_published": result.alerts_published,
+        "publish_errors": result.publish_errors,
+    }
+
+
+@controller.command(
+    "run",
+    epilog="""\b
+Examples:
+  controller run                         # once: for cron, EventBridge, a CI schedule
+  controller run --watch --interval 15   # a loop, every 15 seconds
+  COST_ALERTS_TOPIC_ARN=arn:aws:sns:... controller run
+""",
+)
+@click.option("--watch", is_flag=True, help="Run again every --interval seconds until stopped.")
+@click.option(
+    "--interval", type=click.FloatRange(min=1), default=15.0, show_default=True, help="Seconds."
+)
+@click.option(
+    "--sns-topic-arn",
+    envvar=TOPIC_VARIABLE,
+    help=f"Publish alerts to this SNS topic too (default: ${TOPIC_VARIABLE}).",
+)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
+@_store_option
+@_root_option
+def run_command(
+    watch: bool,
+    interval: float,
+    sns_topic_arn: str | None,
+    output_format: str,
+    backend: str | None,
+    root: Path,
+) -> int:
+    """Run every controller once: read telemetry, decide, write state, alert."""
+    context = make_context(root, backend, "")
+    store = context.open_store()
+    publisher: Publisher | None = SnsPublisher(sns_topic_arn) if sns_topic_arn else None
+    try:
+        while True:
+            try:
+                results = run_once(store, now=utc_now(), publisher=publisher)
+            except StoreUnavailableError as exc:
+                if not watch:
+                    raise
+                click.echo(f"error: {exc}; trying again in {interval:g} s", err=True)
+            else:
+                for result in results:
+                    if output_format == "json":
+                        click.echo(json.dumps(_json(result), sort_keys=True))
+                    else:
+                        for line in _summary(result):
+                            click.echo(line)
+            if not watch:
+                return ExitCode.CLEAN
+            time.sleep(interval)
+    finally:
+        store.close()
+
+
+def _decimal(text: str | None, option: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=option) from None
+    if not value.is_finite() or value < 0:
+        raise click.BadParameter("give a finite number, 0 or more", param_hint=option)
+    return value
+
+
+@controller.command(
+    "cost",
+    epilog="""\b
+Examples:
+  controller cost                          # today, live
+  controller cost --date 2026-11-30        # a past day, from the cost-metrics rows
+  controller cost --format markdown        # for a pull request or a wiki
+  controller cost --processes 200 --rate 5 --max-request-cost 0.08
+""",
+)
+@click.option("--date", "day", help="A past UTC date (YYYY-MM-DD); default: today, live.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+)
+@click.option("--processes", type=click.IntRange(min=1), help="For the bound (default: seen).")
+@click.option("--rate", help="Requests per second per process (default: today's average).")
+@click.option("--max-request-cost", help="USD of the dearest request (default: seen today).")
+@click.option("--flush-interval", type=float, default=10.0, show_default=True)
+@click.option("--guard-interval", type=float, default=60.0, show_default=True)
+@click.option("--poll-interval", type=float, default=5.0, show_default=True)
+@_store_option
+@_root_option
+def cost_command(
+    day: str | None,
+    output_format: str,
+    processes: int | None,
+    rate: str | None,
+    max_request_cost: str | None,
+    flush_interval: float,
+    guard_interval: float,
+    poll_interval: float,
+    backend: str | None,
+    root: Path,
+) -> int:
+    """Spend per request type against every budget, the guard's state and the overshoot
+    bound."""
+    chosen: date | None = None
+    if day is not None:
+        try:
+            chosen = date.fromisoformat(day)
+        except ValueError:
+            raise click.BadParameter(f"{day!r}: give YYYY-MM-DD", param_hint="--date") from None
+    now: datetime = utc_now()
+    store = make_context(root, backend, "").open_store()
+    try:
+        report = collect(
+            store,
+            now=now,
+            day=chosen,
+            processes=processes,
+            rate=_decimal(rate, "--rate"),
+            dearest=_decimal(max_request_cost, "--max-request-cost"),
+            intervals={
+                "flush_seconds": flush_interval,
+                "guard_seconds": guard_interval,
+                "poll_seconds": poll_interval,
+            },
+        )
+    finally:
+        store.close()
+    if output_format == "json":
+        click.echo(json.dumps(as_json(report), indent=2))
+    elif output_format == "markdown":
+        click.echo(render_markdown(report), nl=False)
+    else:
+        for line in render_text(report):
+            click.echo(line)
+    return ExitCode.CLEAN
+
+
+def main() -> None:
+    sys.exit(run(controller))
