@@ -31,6 +31,7 @@ class Alert:
     limit_micros: int
     spent_micros: int
     at: str
+    percentage: float = 100.0  # of the limit, where the alert point is
 
     @property
     def alert_id(self) -> str:
@@ -38,10 +39,11 @@ class Alert:
 
     @property
     def message(self) -> str:
+        share = f"{self.percentage:g}%"
         what = {
-            "throttle-warning": "is nearing its throttle limit",
+            "throttle-warning": f"reached {share} of its throttle limit",
             "throttle": "reached its throttle limit: AI rollouts in scope are reduced",
-            "emergency-warning": "is nearing its emergency limit",
+            "emergency-warning": f"reached {share} of its emergency limit",
             "emergency": "reached its emergency limit: AI features in scope are shut down",
         }[self.point]
         return (
@@ -59,6 +61,7 @@ class Alert:
             "limit_micros": self.limit_micros,
             "spent_micros": self.spent_micros,
             "message": self.message,
+            "percentage": self.percentage,
             "at": self.at,
             "published": False,
         }
@@ -151,8 +154,11 @@ def decide(
                     else budget.emergency_micros
                 )
                 assert limit is not None
+                share = budget.alert_percentage if point.endswith("-warning") else 100.0
                 alerts.append(
-                    Alert(budget.name, period.key, budget.time_zone, point, limit, spent, stamp)
+                    Alert(
+                        budget.name, period.key, budget.time_zone, point, limit, spent, stamp, share
+                    )
                 )
     held = _flag_states(
         budgets, flags, states=states, periods=periods, previous=previous, stamp=stamp

@@ -151,6 +151,7 @@ def _from_item(item: dict[str, object]) -> Alert:
         int(str(item["limit_micros"])),
         int(str(item["spent_micros"])),
         str(item["at"]),
+        float(str(item.get("percentage", 100))),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from deepdiff import DeepDiff
@@ -12,6 +13,7 @@ from reconciler.codec import DesiredState, content_hash, git_owned
 from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
 from reconciler.plan.risk import risks_of
+from reconciler.runtime.cost_state import CostState
 from reconciler.runtime.sources import Overrides
 from reconciler.state.records import Item, RecordKind, StoredRecord
 
@@ -185,3 +187,20 @@ def hold_overridden(
             )
         result.append(replace(change, holds=(*change.holds, hold), blocked=blocked))
     return result, notes
+
+
+def hold_by_cost_guard(changes: list[Change], state: CostState, now: datetime) -> list[Change]:
+    """Show the flags the cost guard throttles or shuts down as held by a controller: git's
+    change applies, and the guard's state still outranks it until the period ends."""
+    result = []
+    for change in changes:
+        held = state.flags.get(change.name) if change.kind is RecordKind.FLAG else None
+        if held is None or not held.in_force(now):
+            result.append(change)
+            continue
+        what = "shut down" if held.state == "emergency" else f"rollout x {held.factor:g}"
+        detail = f"cost guard: {what} until {held.until} ({held.detail})"
+        result.append(
+            replace(change, holds=(*change.holds, Hold("controller", detail, held.since)))
+        )
+    return result
