@@ -165,10 +165,15 @@ def decide(
     )
     for name in sorted(set(held) | set(previous.flags)):
         old, new = previous.flags.get(name), held.get(name)
-        old_text = old.state if old is not None and old.in_force(now) else "normal"
+        old_text = old.state if old is not None else "normal"
         new_text = new.state if new is not None else "normal"
         if old_text != new_text:
-            detail = new.detail if new is not None else "spend back under every limit"
+            ended = old is not None and not old.in_force(now)
+            detail = (
+                new.detail
+                if new is not None
+                else ("the period ended" if ended else "spend back under every limit")
+            )
             transitions.append(Transition(f"flag/{name}", old_text, new_text, detail))
     state = CostState(previous.version + 1, format_time(read_at), stamp, states, held)
     changed = _content(state) != _content(previous)

@@ -1,0 +1,163 @@
+"""Cost control end to end, as the README walks it: apply, record spend through the client,
+`controller run`, decisions and `controller cost` at $80, $100 and $500, and the next day's
+period clearing it; on the local store and on DynamoDB through moto's HTTP server."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from reconciler.cli.boundary import run
+from reconciler.cli.breakglass import breakglass
+from reconciler.cli.controller import controller
+from reconciler.controllers.report import collect
+from reconciler.controllers.run import run_cost_guard
+from reconciler.runtime.admission import AdmissionReason
+from reconciler.runtime.client import FlagClient
+from reconciler.runtime.decision import Reason
+from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
+from reconciler.state.local import LocalStore
+from reconciler.state.store import StateStore
+from tests.test_cli import invoke
+
+USERS = [{"user_id": f"user-{i}", "country": "DE", "plan": "pro"} for i in range(2000)]
+
+
+@dataclass
+class Deployment:
+    root: Path
+    store: StateStore
+    source: SnapshotSource
+
+
+def cli(command: Any, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    with runner.isolation() as (out, _err, _):
+        code = run(command, list(args))
+        return code, out.getvalue().decode()
+
+
+@pytest.fixture(params=["local", "moto-server"])
+def deployment(
+    request: pytest.FixtureRequest, example_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    if request.param == "local":
+        path = example_tree / "state.db"
+        monkeypatch.setenv("RECONCILER_STATE_PATH", str(path))
+        assert invoke("--apply", str(example_tree), "--yes")[0] == 0
+        store = LocalStore(path)
+        yield Deployment(example_tree, store, SQLiteSource(path))
+        store.close()
+        return
+    dynamo = request.getfixturevalue("moto_server_store")
+    monkeypatch.setenv("RECONCILER_STORE", "dynamodb")
+    for variable, table in dynamo.tables.items():
+        monkeypatch.setenv(variable, table)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint_url)
+    assert invoke("--apply", str(example_tree), "--yes")[0] == 0
+    client = boto3.client("dynamodb", endpoint_url=dynamo.endpoint_url, region_name="eu-central-1")
+    yield Deployment(example_tree, dynamo, DynamoDBSource(client, tables=dynamo.tables))
+
+
+def spend(flags: FlagClient, usd: int) -> None:
+    """Record ``usd`` dollars of vc_analysis calls at $0.08 each, then flush."""
+    for n in range(usd * 100 // 8):
+        flags.record_request_cost("vc_analysis", 1500, 0.08, {"user_id": f"caller-{n % 50}"})
+    assert flags.flush()
+
+
+def guard(root: Path) -> str:
+    code, out = cli(controller, "run", "--root", str(root))
+    assert code == 0, out
+    return out
+
+
+def report(root: Path) -> dict[str, Any]:
+    code, out = cli(controller, "cost", "--root", str(root), "--format", "json")
+    assert code == 0, out
+    return dict(json.loads(out))
+
+
+def reasons(flags: FlagClient, flag: str) -> Counter[Reason]:
+    return Counter(flags.decide(flag, user).reason for user in USERS)
+
+
+def test_spend_alerts_then_throttles_then_shuts_down_then_lifts_next_day(
+    deployment: Deployment,
+) -> None:
+    root, store = deployment.root, deployment.store
+    flags = FlagClient(deployment.source, background=False)
+    before = reasons(flags, "vc_bedrock_live")
+    assert before == {Reason.TARGETING_MATCH: 2000}
+
+    spend(flags, 84)  # past $80: one alert, nothing throttled yet
+    out = guard(root)
+    assert "ai_daily_budget/" in out and "throttle-warning" in out
+    assert len(store.read_alerts()) == 1
+    flags.refresh_overrides()
+    assert reasons(flags, "vc_bedrock_live") == before
+    shown = report(root)
+    assert shown["total"] == {"usd": "84", "micros": 84_000_000}
+    daily = next(b for b in shown["budgets"] if b["name"] == "ai_daily_budget")
+    assert (daily["level"], daily["remaining"]["usd"]) == ("warning", "416")
+    guard(root)  # again: the same alert is not sent twice
+    assert len(store.read_alerts()) == 1
+
+    spend(flags, 20)  # $104: past the $100 throttle
+    guard(root)
+    flags.refresh_overrides()
+    assert reasons(flags, "vc_bedrock_live") == {Reason.COST_THROTTLED: 2000}
+    kept = sum(flags.is_enabled("vc_bedrock_live", user) for user in USERS)
+    assert kept / len(USERS) == pytest.approx(0.5, abs=0.04)  # about half lose the feature
+    assert {a["level"] for a in store.read_alerts()} == {"throttle-warning", "throttle"}
+    assert report(root)["held_flags"][0]["state"] == "throttled"
+
+    spend(flags, 400)  # $504: past the $500 emergency limit
+    guard(root)
+    flags.refresh_overrides()
+    assert reasons(flags, "vc_bedrock_live") == {Reason.COST_EMERGENCY: 2000}
+    assert reasons(flags, "ai_model_selection") == {Reason.COST_EMERGENCY: 2000}
+    check = flags.should_allow_request("vc_analysis", 0.05, USERS[0])
+    assert (check.allowed, check.reason) == (False, AdmissionReason.COST_EMERGENCY)
+    assert len(store.read_alerts()) == 4
+    levels = {b["name"]: b["level"] for b in report(root)["budgets"]}
+    assert levels == {"ai_daily_budget": "emergency", "flag:vc_bedrock_live": "throttled"}
+    assert store.read_cost_metrics(datetime.now(UTC).date().isoformat())[0]["cost_micros"] == (
+        504_000_000
+    )
+
+    # Git and break-glass are other owners: neither lifts a cost shutdown.
+    manifest = root / "flags.d" / "vc_bedrock_live.yaml"
+    manifest.write_text(
+        manifest.read_text().replace("rollout_percentage: 100", "rollout_percentage: 90")
+    )
+    code, applied, _ = invoke("--apply", str(root), "--yes")
+    assert code == 0
+    assert "1 written" in applied
+    code, _ = cli(breakglass, "restore", "--all", "--reason", "drill", "--root", str(root))
+    assert code == 0
+    flags.refresh_configuration()
+    flags.refresh_overrides()
+    assert reasons(flags, "vc_bedrock_live") == {Reason.COST_EMERGENCY: 2000}
+    _, plan, _ = invoke("--plan", str(root))
+    assert "held by cost guard: shut down until" in plan
+
+    # The next day of the budget's time zone (UTC) starts from nothing.
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=5) + timedelta(days=1)
+    later = FlagClient(deployment.source, background=False, clock=lambda: tomorrow)
+    assert reasons(later, "vc_bedrock_live") == {Reason.TARGETING_MATCH: 2000}  # by itself
+    result = run_cost_guard(store, now=tomorrow)
+    assert {t.after for t in result.outcome.transitions} == {"ok", "normal"}
+    assert collect(store, now=tomorrow).total_micros == 0
+    flags.close()
+    later.close()
