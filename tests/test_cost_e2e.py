@@ -102,7 +102,8 @@ def test_spend_alerts_then_throttles_then_shuts_down_then_lifts_next_day(
 
     spend(flags, 84)  # past $80: one alert, nothing throttled yet
     out = guard(root)
-    assert "ai_daily_budget/" in out and "throttle-warning" in out
+    assert "ai_daily_budget/" in out
+    assert "throttle-warning" in out
     assert len(store.read_alerts()) == 1
     flags.refresh_overrides()
     assert reasons(flags, "vc_bedrock_live") == before

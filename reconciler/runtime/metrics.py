@@ -24,11 +24,12 @@ per flush, split into calls of at most 1,000 data items and under the request-si
 ``EmbeddedMetrics`` writes CloudWatch Embedded Metric Format (EMF) log lines, which Lambda ships
 to CloudWatch without an API call: one line per namespace and request type per flush. The
 published EMF specification lets a metric be a number or an array of at most 100 numbers, each a
-sample; it has no statistic set, and no Values/Counts pairs as ``PutMetricData`` has. (Some of
-AWS's own emitters write objects, ``{"Values": [..], "Counts": [..]}`` or ``{"Count", "Sum",
-"Min", "Max"}``, in their place; the specification does not describe them, so a line that used
-them could have its metrics refused, silently.) A flush of hundreds of requests cannot be an
-array of its samples either. So each line states, as the specification allows:
+sample; it has no statistic set, and no Values/Counts pairs as ``PutMetricData`` has. (Emitters
+AWS publishes, awslabs' metrique and the OpenTelemetry Collector's awsemfexporter, write objects
+such as ``{"Values": [..], "Counts": [..]}`` or ``{"Count", "Sum", "Min", "Max"}`` in a metric's
+place; the specification does not describe them, and a document it does not describe may have its
+metrics dropped without a word.) Nor can a flush of hundreds of requests be an array of its
+samples. So each line states, as the specification allows:
 
 - each metric's per-flush mean (``RequestCost`` is the mean cost of the flush's requests,
   ``ErrorRate`` the percentage of its outcomes that failed): one sample per flush;
@@ -298,7 +299,8 @@ class EmbeddedMetrics:
         metrics = [{"Name": a.metric, "Unit": a.unit} for a in found]
         values: dict[str, Any] = {a.metric: a.total / a.count for a in found}
         count_metric, of = COUNTS[namespace]
-        for counted in (a.count for a in found if a.metric == of):
+        counted = next((a.count for a in found if a.metric == of), None)
+        if counted is not None:
             metrics.append({"Name": count_metric, "Unit": "Count"})
             values[count_metric] = counted
         directive = {"Namespace": namespace, "Dimensions": [list(dimensions)], "Metrics": metrics}
