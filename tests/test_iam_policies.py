@@ -121,10 +121,20 @@ def granted(role: str) -> set[str]:
     actions: set[str] = set()
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
+        if not all(a.startswith("dynamodb:") for a in statement["Action"]):
+            continue  # another service's grant (CloudWatch metrics): not a table's
         assert statement["Resource"], "every grant names its tables"
         assert all(r.startswith("arn:aws:dynamodb:") for r in statement["Resource"])
         actions |= set(statement["Action"])
     return actions
+
+
+def test_the_runtime_may_publish_only_its_own_metrics() -> None:
+    policy = json.loads((POLICIES / "runtime.json").read_text())
+    metrics = [s for s in policy["Statement"] if s["Action"] == ["cloudwatch:PutMetricData"]]
+    assert len(metrics) == 1
+    namespaces = metrics[0]["Condition"]["StringEquals"]["cloudwatch:namespace"]
+    assert sorted(namespaces) == ["BedrockAI/Costs", "BedrockAI/Operations"]
 
 
 @pytest.mark.parametrize("role", list(ROLES))

@@ -94,13 +94,17 @@ class FlagClient:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The time as epoch seconds, for recording: the fast clock unless a test set its own.
+        self._epoch: Callable[[], float] = (
+            time.time if clock is utc_now else lambda: self.clock().timestamp()
+        )
         if telemetry is _FROM_SOURCE:
             telemetry = source if hasattr(source, "write_shards") else None  # type: ignore[assignment]
         self.recorder = Recorder(
             telemetry,
             flush_interval=flush_interval,
             metrics=metrics,
-            clock=lambda: self.clock().timestamp(),
+            clock=self._epoch,
             background=background,
         )
         self._known_types: frozenset[str] = frozenset()
@@ -221,7 +225,7 @@ class FlagClient:
         budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
         if not budgets:
             return []
-        now = time.time()
+        now = self._epoch()
         views = []
         for budget in budgets:
             cached = self._views.get(budget.name)
