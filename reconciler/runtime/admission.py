@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from reconciler.runtime.bucketing import bucket
 from reconciler.runtime.budgets import Budget, usd
@@ -33,14 +34,23 @@ class AdmissionReason(enum.StrEnum):
     ERROR = "ERROR"
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(NamedTuple):
+    """The answer: allowed or not, why, and the budget closest to its limit (exact money)."""
+
     allowed: bool
     reason: AdmissionReason
-    spent_usd: Decimal  # known spend of the budget closest to its limit, this period
-    remaining_usd: Decimal | None  # before that budget's hard limit; None: no budget
+    spent_micros: int = 0  # known spend of that budget this period
+    remaining_micros: int | None = None  # before its hard limit; None: no budget counts it
     budget: str | None = None
     detail: str = ""
+
+    @property
+    def spent_usd(self) -> Decimal:
+        return usd(self.spent_micros)
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        return None if self.remaining_micros is None else usd(self.remaining_micros)
 
 
 @dataclass
@@ -52,12 +62,15 @@ class BudgetView:
     bucket: str
     period: str
     ends: float  # epoch seconds
-    state: BudgetState | None  # the guard's, if it is for this period
+    counted: int  # the guard's count for this period (0 when its state is of another one)
+    emergency: bool  # the guard has shut this budget's flags down
+    throttled: bool  # the guard has throttled them
     baseline: int  # own spend the guard had counted already
-    limit: int | None  # the hard limit (emergency, else throttle)
-
-
-OwnSpend = Callable[[str, tuple[str, ...] | None], int]
+    hard: int | None  # the hard limit: emergency, else throttle
+    emergency_limit: int | None
+    throttle_limit: int | None
+    factor: float
+    salt: str  # the bucketing salt of the throttle's share: cost:<request type>
 
 
 def view(
@@ -65,79 +78,85 @@ def view(
     state: CostState,
     now: datetime,
     flushed_before: Callable[[float, str, tuple[str, ...] | None], int],
+    request_type: str = "",
 ) -> BudgetView:
     period = budget.period_at(now)
-    held = state.budgets.get(budget.name)
+    held: BudgetState | None = state.budgets.get(budget.name)
     if held is not None and held.period != period.key:
         held = None  # a past period's count: this one starts from nothing
     bucket_id = cost_bucket(period.today, period.time_zone)
     read = state.read_time
     series = None if budget.counts is None else tuple(f"{COST}:{t}" for t in budget.counts)
     baseline = flushed_before(read.timestamp(), bucket_id, series) if held and read else 0
-    limit = budget.emergency_micros if budget.emergency_micros is not None else None
+    level = held.level if held is not None else "ok"
+    hard = (
+        budget.emergency_micros if budget.emergency_micros is not None else budget.throttle_micros
+    )
     return BudgetView(
-        budget, series, bucket_id, period.key, period.end.timestamp(), held, baseline, limit
+        budget,
+        series,
+        bucket_id,
+        period.key,
+        period.end.timestamp(),
+        held.spent_micros if held is not None else 0,
+        level == "emergency",
+        level == "throttled",
+        baseline,
+        hard,
+        budget.emergency_micros,
+        budget.throttle_micros,
+        budget.rollout_factor,
+        f"cost:{request_type}",
     )
 
 
 def admit(
-    views: list[BudgetView],
+    views: Sequence[BudgetView],
     estimate: int,
     unit: str | None,
-    request_type: str,
-    own_spend: OwnSpend,
+    own: Callable[[str, tuple[str, ...] | None], int],
 ) -> Admission:
     """The answer from the budgets that count ``request_type`` (already up to date)."""
     if not views:
-        return Admission(True, AdmissionReason.NO_BUDGET, Decimal(0), None)
-    tightest: tuple[int, int, BudgetView] | None = None
+        return _NO_BUDGET
+    tightest: BudgetView | None = None
+    tightest_known = left = 0
     throttled: BudgetView | None = None
+    throttled_known = 0
     for current in views:
-        budget = current.budget
-        own = own_spend(current.bucket, current.series) - current.baseline
-        known = (current.state.spent_micros if current.state else 0) + max(own, 0)
-        level = current.state.level if current.state else "ok"
-        if level == "emergency":
+        known = current.counted + max(own(current.bucket, current.series) - current.baseline, 0)
+        if current.emergency:
             return _deny(AdmissionReason.COST_EMERGENCY, known, current, "shut down by the guard")
-        limit = current.limit
+        limit = current.emergency_limit
         if limit is not None and known + estimate > limit:
-            return _deny(
-                AdmissionReason.BUDGET_EXCEEDED,
-                known,
-                current,
-                f"known spend {usd(known)} + estimate {usd(estimate)} > limit {usd(limit)}",
-            )
-        over = budget.throttle_micros is not None and known >= budget.throttle_micros
-        tighter = throttled is None or budget.rollout_factor < throttled.budget.rollout_factor
-        if (level == "throttled" or over) and tighter:
-            throttled = current
-        hard = limit if limit is not None else budget.throttle_micros
-        if hard is not None and (tightest is None or hard - known < tightest[0] - tightest[1]):
-            tightest = (hard, known, current)
+            return _deny(AdmissionReason.BUDGET_EXCEEDED, known, current, "would cross the limit")
+        if (
+            current.throttled
+            or (current.throttle_limit is not None and known >= current.throttle_limit)
+        ) and (throttled is None or current.factor < throttled.factor):
+            throttled, throttled_known = current, known
+        hard = current.hard
+        if hard is not None and (tightest is None or hard - known < left):
+            tightest, tightest_known, left = current, known, hard - known
     if throttled is not None:
-        factor = throttled.budget.rollout_factor
-        position = bucket(f"cost:{request_type}", unit) if unit else random.random()
-        if position >= factor:
-            own = own_spend(throttled.bucket, throttled.series) - throttled.baseline
-            spent = (throttled.state.spent_micros if throttled.state else 0) + max(own, 0)
-            return _deny(
-                AdmissionReason.COST_THROTTLED,
-                spent,
-                throttled,
-                f"throttled to {factor:.0%} of users",
-            )
+        position = bucket(throttled.salt, unit) if unit else random.random()
+        if position >= throttled.factor:
+            return _deny(AdmissionReason.COST_THROTTLED, throttled_known, throttled, "throttled")
     if tightest is None:
-        return Admission(True, AdmissionReason.WITHIN_BUDGET, Decimal(0), None)
-    hard, known, current = tightest
+        return _WITHIN
     return Admission(
-        True, AdmissionReason.WITHIN_BUDGET, usd(known), usd(hard - known), current.budget.name
+        True, AdmissionReason.WITHIN_BUDGET, tightest_known, max(left, 0), tightest.budget.name
     )
 
 
 def _deny(reason: AdmissionReason, known: int, current: BudgetView, detail: str) -> Admission:
-    hard = current.limit if current.limit is not None else current.budget.throttle_micros
-    remaining = usd(max(hard - known, 0)) if hard is not None else None
-    return Admission(False, reason, usd(known), remaining, current.budget.name, detail)
+    hard = current.hard
+    remaining = max(hard - known, 0) if hard is not None else None
+    return Admission(False, reason, known, remaining, current.budget.name, detail)
+
+
+_NO_BUDGET = Admission(True, AdmissionReason.NO_BUDGET)
+_WITHIN = Admission(True, AdmissionReason.WITHIN_BUDGET)
 
 
 def budgets_by_type(budgets: tuple[Budget, ...]) -> Mapping[str | None, list[Budget]]:
@@ -147,7 +166,3 @@ def budgets_by_type(budgets: tuple[Budget, ...]) -> Mapping[str | None, list[Bud
         for key in budget.counts if budget.counts is not None else (None,):
             found.setdefault(key, []).append(budget)
     return found
-
-
-def utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)

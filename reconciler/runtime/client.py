@@ -47,7 +47,10 @@ from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
 log = logging.getLogger("reconciler.runtime")
 
 _NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
-_FROM_SOURCE: Any = object()  # telemetry goes where the snapshot comes from, if it can
+_FROM_SOURCE: Any = object()
+_NO_BUDGET = Admission(
+    True, AdmissionReason.NO_BUDGET
+)  # telemetry goes where the snapshot comes from, if it can
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -109,7 +112,8 @@ class FlagClient:
         )
         self._known_types: frozenset[str] = frozenset()
         self._by_type: Mapping[str | None, list[Budget]] = {}
-        self._views: dict[str, BudgetView] = {}
+        self._admission: dict[str, list[BudgetView]] = {}
+        self._admission_until = math.inf
         if bootstrap is not None:
             self._load_bootstrap(bootstrap)
         self.refresh_configuration()
@@ -202,42 +206,40 @@ class FlagClient:
         try:
             snapshot = self._snapshot
             if snapshot is None:
-                return Admission(True, AdmissionReason.NO_BUDGET, Decimal(0), None)
-            if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(
-                self.clock()
-            ):
-                return Admission(
-                    False, AdmissionReason.EMERGENCY_SHUTDOWN, Decimal(0), None, detail="global"
-                )
+                return _NO_BUDGET
+            shutdown = snapshot.global_shutdown
+            if shutdown is not None and shutdown.active(self.clock()):
+                return Admission(False, AdmissionReason.EMERGENCY_SHUTDOWN, detail="global")
             estimate = _micros(estimated_cost_usd)
             if estimate is None:
                 self.recorder.reject("invalid_estimate")
                 estimate = 0
-            views = self._views_for(request_type)
-            unit = (user_context or {}).get("user_id")
-            return admit(
-                views, estimate, str(unit) if unit else None, request_type, self.recorder.own_cost
-            )
+            views = self._admission.get(request_type)
+            if views is None or self._epoch() >= self._admission_until:
+                views = self._views_for(request_type)
+            unit = user_context.get("user_id") if user_context else None
+            return admit(views, estimate, str(unit) if unit else None, self.recorder.own_cost)
         except Exception as exc:
-            return Admission(True, AdmissionReason.ERROR, Decimal(0), None, detail=repr(exc))
+            return Admission(True, AdmissionReason.ERROR, detail=repr(exc))
 
     def _views_for(self, request_type: str) -> list[BudgetView]:
-        budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
-        if not budgets:
+        """The budgets counting ``request_type``, as admission reads them, cached until the
+        first of their periods ends or the guard's state or the configuration changes."""
+        snapshot = self._snapshot
+        if snapshot is None:
             return []
         now = self._epoch()
-        views = []
-        for budget in budgets:
-            cached = self._views.get(budget.name)
-            if cached is None or now >= cached.ends:
-                snapshot = self._snapshot
-                state = snapshot.cost_state if snapshot is not None else None
-                if state is None:
-                    continue
-                cached = self._views[budget.name] = view(
-                    budget, state, self.clock(), self.recorder.flushed_before
-                )
-            views.append(cached)
+        if now >= self._admission_until:
+            self._admission, self._admission_until = {}, math.inf
+        budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
+        moment = self.clock()
+        views = [
+            view(b, snapshot.cost_state, moment, self.recorder.flushed_before, request_type)
+            for b in budgets
+        ]
+        for current in views:
+            self._admission_until = min(self._admission_until, current.ends)
+        self._admission[request_type] = views
         return views
 
     def record_ai_success(
@@ -314,7 +316,7 @@ class FlagClient:
             if self._snapshot is not None:
                 self._snapshot = _with_overrides(self._snapshot, overrides)
             if changed:
-                self._views = {}
+                self._admission = {}
         return True
 
     def _install_configuration(self, configuration: Configuration) -> None:
@@ -330,7 +332,7 @@ class FlagClient:
             self._snapshot = _with_overrides(built, self._overrides)
             self._known_types = frozenset(known)
             self._by_type = budgets_by_type(built.budgets)
-            self._views = {}
+            self._admission = {}
         self.recorder.set_zones(b.time_zone for b in built.budgets)
 
     def _failed(self, what: str, exc: Exception) -> bool:
