@@ -476,3 +476,21 @@ def test_importing_the_metrics_imports_no_boto3() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("cloudwatch", "CloudWatchMetrics"), ("EMF", "EmbeddedMetrics"), ("", None), ("off", None)],
+)
+def test_the_sink_is_chosen_by_configuration(value: str, kind: str | None) -> None:
+    from reconciler.runtime.metrics import metrics_from_environment
+
+    sink = metrics_from_environment({"RECONCILER_METRICS": value})
+    assert (type(sink).__name__ if sink is not None else None) == kind
+
+
+def test_an_unknown_choice_sends_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from reconciler.runtime.metrics import metrics_from_environment
+
+    assert metrics_from_environment({"RECONCILER_METRICS": "statsd"}) is None
+    assert "expected cloudwatch, emf or off" in caplog.text

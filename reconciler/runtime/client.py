@@ -84,7 +84,7 @@ class FlagClient:
         background: bool = True,
         telemetry: TelemetrySink | None = _FROM_SOURCE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
-        metrics: MetricsSink | None = None,
+        metrics: MetricsSink | None = _FROM_SOURCE,
     ) -> None:
         self.source = source
         self.config_interval = config_interval
@@ -101,6 +101,10 @@ class FlagClient:
         self._epoch: Callable[[], float] = (
             time.time if clock is utc_now else lambda: self.clock().timestamp()
         )
+        if metrics is _FROM_SOURCE:  # not given: as $RECONCILER_METRICS says (default none)
+            from reconciler.runtime.metrics import metrics_from_environment  # noqa: PLC0415
+
+            metrics = metrics_from_environment()
         if telemetry is _FROM_SOURCE:
             telemetry = source if hasattr(source, "write_shards") else None  # type: ignore[assignment]
         self.recorder = Recorder(

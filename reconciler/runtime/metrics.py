@@ -49,7 +49,9 @@ times count, or the ``Statistics`` member), or from the ``PutMetricData`` sink.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -319,3 +321,26 @@ def _epoch_millis(at: datetime) -> int:
 
 def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+METRICS_VARIABLE = "RECONCILER_METRICS"
+
+
+def metrics_from_environment(environ: Mapping[str, str] | None = None) -> Any:
+    """The sink ``$RECONCILER_METRICS`` names: ``cloudwatch`` (PutMetricData), ``emf`` (log
+    lines, for Lambda), or none when unset or ``off``; ``RECONCILER_METRICS_SERVICE`` adds a
+    ``Service`` dimension. An unknown value is no sink (and logged), never an error in a
+    service's start-up."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(METRICS_VARIABLE, "").strip().lower()
+    service = env.get("RECONCILER_METRICS_SERVICE")
+    dimensions = {"Service": service} if service else None
+    if chosen == "cloudwatch":
+        return CloudWatchMetrics(dimensions=dimensions)
+    if chosen == "emf":
+        return EmbeddedMetrics(dimensions=dimensions)
+    if chosen not in ("", "off", "none"):
+        logging.getLogger("reconciler.runtime").warning(
+            "%s=%r: expected cloudwatch, emf or off; no metrics are sent", METRICS_VARIABLE, chosen
+        )
+    return None
