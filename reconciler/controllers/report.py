@@ -147,7 +147,16 @@ def build(
         if day is None and f.in_force(now)
     )
     periods = {(r.name, r.period) for r in rows}
-    shown_alerts = tuple(a for a in alerts if (a.get("threshold_name"), a.get("period")) in periods)
+    order = ["throttle-warning", "throttle", "emergency-warning", "emergency"]
+    shown_alerts = tuple(
+        sorted(
+            (a for a in alerts if (a.get("threshold_name"), a.get("period")) in periods),
+            key=lambda a: (
+                str(a.get("threshold_name")),
+                order.index(str(a["level"])) if a.get("level") in order else len(order),
+            ),
+        )
+    )
     return CostReport(
         shown,
         day is None,

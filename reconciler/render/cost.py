@@ -60,7 +60,7 @@ def render_text(report: CostReport) -> Iterator[str]:
     if report.alerts:
         yield "Alerts this period:"
         for alert in report.alerts:
-            out = "published" if alert.get("published") else "recorded, not published"
+            out = "sent to SNS" if alert.get("published") else "not sent to SNS"
             yield f"  {alert.get('at')}  {alert.get('message')} [{out}]"
         yield ""
     if report.overshoot is not None:
