@@ -47,10 +47,9 @@ from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
 log = logging.getLogger("reconciler.runtime")
 
 _NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
-_FROM_SOURCE: Any = object()
-_NO_BUDGET = Admission(
-    True, AdmissionReason.NO_BUDGET
-)  # telemetry goes where the snapshot comes from, if it can
+_FROM_SOURCE: Any = object()  # telemetry goes where the snapshot comes from, if it can
+_NO_BUDGET = Admission(True, AdmissionReason.NO_BUDGET)
+_MAX_USD = 1e9  # one call's cost; beyond it, the exact path decides
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -184,21 +183,33 @@ class FlagClient:
     ) -> None:
         """Record what one AI call cost. Bad values are counted in ``health()``, not recorded."""
         try:
-            micros = _micros(cost_usd)
-            if not isinstance(request_type, str) or not request_type:
-                self.recorder.reject("missing_request_type")
-            elif micros is None:
+            if type(cost_usd) is float and 0 <= cost_usd < _MAX_USD:  # the common case, fast
+                micros: int | None = round(cost_usd * 1_000_000)
+            else:
+                micros = _micros(cost_usd)
+            if micros is None:
                 self.recorder.reject("invalid_cost")
-            elif isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            elif type(tokens) is not int or tokens < 0:
                 self.recorder.reject("invalid_tokens")
-            elif self._known_types and request_type not in self._known_types:
-                self.recorder.reject(f"unknown_request_type:{request_type[:64]}")
+            elif request_type not in self._known_types and not self._may_record(request_type):
+                pass  # counted by _may_record
             else:
                 if user_context is None:
                     self.recorder.reject("missing_context")  # counted; the spend is real
                 self.recorder.record_cost(request_type, tokens, micros)
         except Exception:  # the promise: nothing reaches the caller
             self.recorder.reject("internal")
+
+    def _may_record(self, request_type: Any) -> bool:
+        """A request type no flag or budget names: refused (and counted) as a typo would be,
+        unless there is no configuration yet to tell a typo from."""
+        if not isinstance(request_type, str) or not request_type:
+            self.recorder.reject("missing_request_type")
+            return False
+        if self._known_types:
+            self.recorder.reject(f"unknown_request_type:{request_type[:64]}")
+            return False
+        return True
 
     def should_allow_request(
         self,

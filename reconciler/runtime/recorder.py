@@ -95,6 +95,7 @@ class Recorder:
         self._buckets: dict[str, dict[str, Totals]] = {}
         self._series_count = 0
         self._bucket_cost: dict[str, int] = {}
+        self._names: dict[str, tuple[str, ...]] = {}
         self._dirty: set[str] = set()
         self._changes: dict[str, Totals] = {}
         self._seq = 0
@@ -117,14 +118,17 @@ class Recorder:
         now = self.clock()
         if now >= self._next_cost_roll:
             self._roll_cost(now)
+        names = self._names.get(request_type) or self._names_of(request_type)
+        cost, token = names[0], names[1]
         with self._lock:
             for bucket in self._cost_buckets:
-                if not self._add(bucket, series_name(COST, request_type), micros):
+                if not self._add(bucket, cost, micros):
                     return
-                self._add(bucket, series_name(TOKENS, request_type), tokens)
+                self._add(bucket, token, tokens)
                 self._bucket_cost[bucket] = self._bucket_cost.get(bucket, 0) + micros
-            self._change(series_name(COST, request_type), micros)
-            self._change(series_name(TOKENS, request_type), tokens)
+            if self.metrics is not None:
+                self._change(cost, micros)
+                self._change(token, tokens)
             self.health.recorded += 1
             self.health.unflushed += 1
 
@@ -139,18 +143,34 @@ class Recorder:
         if now >= self._next_ops_roll:
             self._roll_ops(now)
         bucket = self._ops_bucket
+        names = self._names.get(request_type) or self._names_of(request_type)
+        outcome, latency, score = names[2], names[3], names[4]
+        failure = 1 if failed else 0
+        changes = self.metrics is not None
         with self._lock:
-            if not self._add(bucket, series_name(OUTCOME, request_type), 1 if failed else 0):
+            if not self._add(bucket, outcome, failure):
                 return
-            self._change(series_name(OUTCOME, request_type), 1 if failed else 0)
             if response_time_ms is not None:
-                self._add(bucket, series_name(LATENCY, request_type), response_time_ms)
-                self._change(series_name(LATENCY, request_type), response_time_ms)
+                self._add(bucket, latency, response_time_ms)
             if quality is not None:
-                self._add(bucket, series_name(QUALITY, request_type), quality)
-                self._change(series_name(QUALITY, request_type), quality)
+                self._add(bucket, score, quality)
+            if changes:
+                self._change(outcome, failure)
+                if response_time_ms is not None:
+                    self._change(latency, response_time_ms)
+                if quality is not None:
+                    self._change(score, quality)
             self.health.recorded += 1
             self.health.unflushed += 1
+
+    def _names_of(self, request_type: str) -> tuple[str, ...]:
+        """The series names of a request type, made once (at most ``max_series`` of them)."""
+        names = tuple(
+            series_name(kind, request_type) for kind in (COST, TOKENS, OUTCOME, LATENCY, QUALITY)
+        )
+        if len(self._names) < self.max_series:
+            self._names[request_type] = names
+        return names
 
     def reject(self, why: str) -> None:
         """Count a value that was not recorded (bad input), by why (at most 100 kinds)."""
@@ -176,8 +196,6 @@ class Recorder:
         return True
 
     def _change(self, name: str, value: int | float) -> None:
-        if self.metrics is None:
-            return
         totals = self._changes.get(name)
         if totals is None:
             totals = self._changes[name] = Totals()
