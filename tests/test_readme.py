@@ -99,3 +99,47 @@ def test_runtime_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) ->
         exec(compile(code, "README.md", "exec"), {})
     marker = "True TARGETING_MATCH supported_markets"
     assert printed.getvalue().splitlines() == [marker, *_block_after(marker)]
+
+
+def _times(text: str) -> str:
+    """Times and dates as placeholders: the example ran on another day."""
+    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "<time>", text)
+    return re.sub(r"\d{4}-\d\d-\d\d", "<date>", text)
+
+
+def test_cost_example_and_report(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's cost-control example prints what it says; after the spend the README's
+    report shows (1,300 calls at $0.08), `controller cost` prints the README's report."""
+    import contextlib
+    import io
+
+    from reconciler.cli.boundary import run
+    from reconciler.cli.controller import controller
+    from reconciler.runtime.client import FlagClient
+    from reconciler.runtime.sources import SQLiteSource
+
+    monkeypatch.chdir(example_tree)
+    assert invoke("--apply", ".", "--yes")[0] == 0
+    marker = "from reconciler.runtime.client import FlagClient"
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    example = next(b for b in blocks if "should_allow_request" in b and b.startswith(marker))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(example, "README.md", "exec"), {})
+    assert printed.getvalue() == "True WITHIN_BUDGET 0 100\n"
+    assert "prints `True WITHIN_BUDGET 0 100`" in README
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        assert run(controller, ["run"]) == 0  # the README's next step
+
+    with FlagClient(SQLiteSource(".reconciler/state.db")) as flags:
+        for n in range(1299):
+            flags.record_request_cost("vc_analysis", 1500, 0.08, {"user_id": f"u{n}"})
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        assert run(controller, ["run"]) == 0
+    command = "$ controller cost --processes 200 --rate 5 --max-request-cost 0.08"
+    shown = _block_after(command)
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report), contextlib.redirect_stderr(io.StringIO()):
+        assert run(controller, command.split()[2:]) == 0
+    assert _times(report.getvalue()).splitlines() == _times("\n".join(shown)).splitlines()
