@@ -62,16 +62,24 @@ def run_cost_guard(
     budgets, flags = load_budgets(store)
     reading = read_spend(store, budgets, now)
     spend = {b.name: reading.budget_spend(b, now) for b in budgets}
-    # The rows of the original cost-metrics table, from the shards just summed.
-    store.write_cost_metrics([day.to_row(now) for day in reading.live])
+    ours = format_time(reading.read_at)
+    recorded: dict[str, Alert] = {}
     for _ in range(ATTEMPTS):
         previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
         outcome = decide(budgets, flags, spend, previous, now=now, read_at=reading.read_at)
-        run = GuardRun(budgets, reading, outcome)
+        run = GuardRun(budgets, reading, outcome, alerts_recorded=list(recorded.values()))
         stored_read = previous.read_time
         if stored_read is not None and stored_read > reading.read_at:
-            run.superseded = True
+            run.superseded = True  # a newer reading decided: its run writes, alerts and rolls up
             return run
+        # Alerts before the state: a crash or a lost answer between the two loses no alert
+        # (they are recorded once whoever tries, and a later run publishes what is left).
+        for alert in outcome.alerts:
+            if alert.alert_id not in recorded and store.put_alert(alert.to_item()):
+                recorded[alert.alert_id] = alert
+        run.alerts_recorded = list(recorded.values())
+        if previous.read_at == ours:
+            run.written = True  # this run's write landed, and only its answer was lost
         if not outcome.changed:
             break
         try:
@@ -82,12 +90,14 @@ def run_cost_guard(
                 _audit(outcome, previous, actor, now),
             )
         except WriteConflictError:
-            continue  # another guard wrote meanwhile: decide again on top of its state
+            continue  # another guard wrote meanwhile (or this one did): decide again on top
         run.written = True
         break
     else:
         raise UserError("the cost guard's state kept changing under this run; run it again")
-    _alert(store, run, publisher, now)
+    # The rows of the original cost-metrics table, from the shards just summed.
+    store.write_cost_metrics([day.to_row(now) for day in reading.live])
+    _publish_all(store, run, publisher, now)
     return run
 
 
@@ -112,27 +122,26 @@ def _levels(state: CostState) -> dict[str, object]:
     }
 
 
-def _alert(store: StateStore, run: GuardRun, publisher: Publisher | None, now: datetime) -> None:
-    stamp = format_time(now)
-    for alert in run.outcome.alerts:
-        if not store.put_alert(alert.to_item()):
-            continue  # recorded already, by this guard's last run or another guard
-        run.alerts_recorded.append(alert)
-        _publish(store, run, publisher, alert, stamp)
+def _publish_all(
+    store: StateStore, run: GuardRun, publisher: Publisher | None, now: datetime
+) -> None:
+    """Publish what this run recorded, and what an earlier run recorded but did not get out."""
     if publisher is None:
         return
+    stamp = format_time(now)
+    for alert in run.alerts_recorded:
+        _publish(store, run, publisher, alert, stamp)
     cutoff = format_time(now - REPUBLISH_AFTER)
+    mine = {a.alert_id for a in run.alerts_recorded}
     for item in store.read_alerts():
-        if item.get("published") or str(item.get("at", "")) > cutoff:
+        if item.get("published") or item["alert_id"] in mine or str(item.get("at", "")) > cutoff:
             continue  # out already, or its recorder may still be publishing it
         _publish(store, run, publisher, _from_item(item), stamp)
 
 
 def _publish(
-    store: StateStore, run: GuardRun, publisher: Publisher | None, alert: Alert, stamp: str
+    store: StateStore, run: GuardRun, publisher: Publisher, alert: Alert, stamp: str
 ) -> None:
-    if publisher is None:
-        return
     try:
         publisher.publish(alert)
     except Exception as exc:  # recorded but not out: the next run publishes it again

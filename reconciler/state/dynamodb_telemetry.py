@@ -22,6 +22,7 @@ from reconciler.state.records import (
     COST_METRICS_TABLE,
     AuditEntry,
     Item,
+    exact_cost,
 )
 from reconciler.state.store import StoreUnavailableError, WriteConflictError
 
@@ -204,8 +205,9 @@ class DynamoDBTelemetry:
                                 "request_type": {"S": str(row["request_type"])},
                             },
                             UpdateExpression=expression,
-                            ConditionExpression=(
-                                "attribute_not_exists(#c) OR (#c <= :c AND #n <= :n)"
+                            ConditionExpression=(  # forward only; equal totals keep their time
+                                "attribute_not_exists(#c) OR "
+                                "(#c <= :c AND #n <= :n AND (#c < :c OR #n < :n))"
                             ),
                             ExpressionAttributeNames={
                                 **names,
@@ -226,7 +228,7 @@ class DynamoDBTelemetry:
                 continue  # a newer count is stored already
 
     def read_cost_metrics(self, date: str) -> list[Item]:
-        rows = self._query(self.cost_metrics_table, "date", date)
+        rows = [exact_cost(r) for r in self._query(self.cost_metrics_table, "date", date)]
         return sorted(rows, key=lambda r: str(r.get("request_type")))
 
     # -- the original cost-alerts table -----------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.runtime.sources import TELEMETRY_DDL
 from reconciler.runtime.telemetry import Shard
-from reconciler.state.records import AuditEntry, Item
+from reconciler.state.records import AuditEntry, Item, exact_cost
 from reconciler.state.sqlite import dump, transaction
 from reconciler.state.store import WriteConflictError
 
@@ -130,7 +130,7 @@ class LocalTelemetry:
             rows = connection.execute(
                 "SELECT item FROM cost_metrics WHERE date = ? ORDER BY request_type", (date,)
             )
-            return [json.loads(item) for (item,) in rows]
+            return [exact_cost(json.loads(item)) for (item,) in rows]
 
     # -- the original cost-alerts table --------------------------------------------------------
 
@@ -169,8 +169,10 @@ class LocalTelemetry:
 
 
 def _ahead(stored: Item, row: Item) -> bool:
-    """True when the stored totals are past the new ones (a newer guard run wrote them)."""
-    return bool(
-        int(stored.get("cost_micros", 0)) > int(row["cost_micros"])
-        or int(stored.get("total_requests", 0)) > int(row["total_requests"])
+    """True when the stored totals are the new ones or past them (a newer guard run wrote
+    them): the row then keeps its ``last_updated``, the time its totals last changed."""
+    cost, requests = int(stored.get("cost_micros", 0)), int(stored.get("total_requests", 0))
+    new_cost, new_requests = int(row["cost_micros"]), int(row["total_requests"])
+    return (
+        cost > new_cost or requests > new_requests or (cost, requests) == (new_cost, new_requests)
     )

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from reconciler.runtime.sources import TELEMETRY_TABLE
@@ -206,3 +207,11 @@ class Lock:
     @classmethod
     def from_item(cls, item: Item) -> Lock:
         return cls(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
+
+
+def exact_cost(row: Item) -> Item:
+    """A cost-metrics row with ``daily_cost`` as an exact Decimal (from ``cost_micros``),
+    whichever way the store kept it."""
+    if "cost_micros" in row:
+        row["daily_cost"] = Decimal(int(row["cost_micros"])) / 1_000_000
+    return row
