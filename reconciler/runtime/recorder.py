@@ -107,7 +107,7 @@ class Recorder:
         self._history: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=HISTORY)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if background and sink is not None:
+        if background and (sink is not None or metrics is not None):
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
             self._thread.start()
         _open.add(self)
