@@ -49,7 +49,11 @@ log = logging.getLogger("reconciler.runtime")
 _NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
 _FROM_SOURCE: Any = object()  # telemetry goes where the snapshot comes from, if it can
 _NO_BUDGET = Admission(True, AdmissionReason.NO_BUDGET)
-_MAX_USD = 1e9  # one call's cost; beyond it, the exact path decides
+# The most one call may cost or use, and the largest response time: beyond them a value is a
+# bug, and recording it would overflow the sums or what DynamoDB's numbers hold.
+MAX_CALL_USD = 1_000_000
+MAX_CALL_TOKENS = 10**12
+MAX_MEASURE = 1e12
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -183,14 +187,16 @@ class FlagClient:
     ) -> None:
         """Record what one AI call cost. Bad values are counted in ``health()``, not recorded."""
         try:
-            if type(cost_usd) is float and 0 <= cost_usd < _MAX_USD:  # the common case, fast
+            if type(cost_usd) is float and 0 <= cost_usd <= MAX_CALL_USD:  # the common case
                 micros: int | None = round(cost_usd * 1_000_000)
             else:
                 micros = _micros(cost_usd)
             if micros is None:
                 self.recorder.reject("invalid_cost")
-            elif type(tokens) is not int or tokens < 0:
+            elif type(tokens) is not int or not 0 <= tokens <= MAX_CALL_TOKENS:
                 self.recorder.reject("invalid_tokens")
+            elif type(request_type) is not str:
+                self.recorder.reject("missing_request_type")
             elif request_type not in self._known_types and not self._may_record(request_type):
                 pass  # counted by _may_record
             else:
@@ -267,9 +273,8 @@ class FlagClient:
     ) -> None:
         """Record a successful AI call: its cost, response time and quality."""
         try:
-            request_type = _request_type(request_context)
+            request_type = self._known_type(request_context)
             if request_type is None:
-                self.recorder.reject("missing_request_type")
                 return
             self.record_request_cost(request_type, tokens or 0, cost_usd, request_context)
             self._outcome(request_type, False, response_time_ms, quality_score)
@@ -284,13 +289,22 @@ class FlagClient:
     ) -> None:
         """Record a failed AI call (counted in the error rate)."""
         try:
-            request_type = _request_type(request_context)
+            request_type = self._known_type(request_context)
             if request_type is None:
-                self.recorder.reject("missing_request_type")
                 return
             self._outcome(request_type, True, response_time_ms, None)
         except Exception:
             self.recorder.reject("internal")
+
+    def _known_type(self, request_context: Any) -> str | None:
+        """The context's request type, if it may be recorded (else counted, and None)."""
+        request_type = _request_type(request_context)
+        if request_type is None:
+            self.recorder.reject("missing_request_type")
+            return None
+        if request_type not in self._known_types and not self._may_record(request_type):
+            return None
+        return request_type
 
     def _outcome(
         self, request_type: str, failed: bool, response_time_ms: Any, quality: Any
@@ -402,24 +416,28 @@ def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
 
 
 def _micros(amount: Any) -> int | None:
-    """USD as micro-dollars; None for what is not a finite, non-negative amount."""
+    """USD as micro-dollars; None for what is not an amount from 0 to ``MAX_CALL_USD``."""
     if isinstance(amount, float):
-        return round(amount * 1_000_000) if math.isfinite(amount) and amount >= 0 else None
+        ok = math.isfinite(amount) and 0 <= amount <= MAX_CALL_USD
+        return round(amount * 1_000_000) if ok else None
     if isinstance(amount, bool):
         return None
     if isinstance(amount, int):
-        return amount * 1_000_000 if amount >= 0 else None
+        return amount * 1_000_000 if 0 <= amount <= MAX_CALL_USD else None
     if isinstance(amount, Decimal):
-        if not amount.is_finite() or amount < 0:
+        if not amount.is_finite() or not 0 <= amount <= MAX_CALL_USD:
             return None
         return int((amount * 1_000_000).to_integral_value())
     return None
 
 
 def _finite(value: Any, minimum: float | None = None) -> bool:
+    """A number a measure may be: finite, at most ``MAX_MEASURE`` in size, over ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value) and (minimum is None or value >= minimum)
+    return (
+        math.isfinite(value) and abs(value) <= MAX_MEASURE and (minimum is None or value >= minimum)
+    )
 
 
 def _request_type(context: Mapping[str, Any]) -> str | None:

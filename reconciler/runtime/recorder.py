@@ -14,7 +14,6 @@ import atexit
 import logging
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,9 +120,10 @@ class Recorder:
         names = self._names.get(request_type) or self._names_of(request_type)
         cost, token = names[0], names[1]
         with self._lock:
+            if not self._room(self._cost_buckets, (cost, token)):
+                return
             for bucket in self._cost_buckets:
-                if not self._add(bucket, cost, micros):
-                    return
+                self._add(bucket, cost, micros)
                 self._add(bucket, token, tokens)
                 self._bucket_cost[bucket] = self._bucket_cost.get(bucket, 0) + micros
             if self.metrics is not None:
@@ -147,9 +147,15 @@ class Recorder:
         outcome, latency, score = names[2], names[3], names[4]
         failure = 1 if failed else 0
         changes = self.metrics is not None
+        wanted = (
+            (outcome,)
+            + ((latency,) if response_time_ms is not None else ())
+            + ((score,) if quality is not None else ())
+        )
         with self._lock:
-            if not self._add(bucket, outcome, failure):
+            if not self._room((bucket,), wanted):
                 return
+            self._add(bucket, outcome, failure)
             if response_time_ms is not None:
                 self._add(bucket, latency, response_time_ms)
             if quality is not None:
@@ -180,20 +186,28 @@ class Recorder:
         else:
             rejected["other"] += 1
 
-    def _add(self, bucket: str, name: str, value: int | float) -> bool:
+    def _room(self, buckets: Iterable[str], names: Sequence[str]) -> bool:
+        """Whether the series a record needs exist or fit under ``max_series``: a record goes
+        in whole or not at all (counted as ``too_many_series``)."""
+        missing = 0
+        for bucket in buckets:
+            series = self._buckets.get(bucket) or {}
+            missing += sum(1 for name in names if name not in series)
+        if missing and self._series_count + missing > self.max_series:
+            self.health.rejected["too_many_series"] += 1
+            return False
+        return True
+
+    def _add(self, bucket: str, name: str, value: int | float) -> None:
         series = self._buckets.get(bucket)
         if series is None:
             series = self._buckets[bucket] = {}
         totals = series.get(name)
         if totals is None:
-            if self._series_count >= self.max_series:
-                self.health.rejected["too_many_series"] += 1
-                return False
             totals = series[name] = Totals()
             self._series_count += 1
         totals.add(value)
         self._dirty.add(bucket)
-        return True
 
     def _change(self, name: str, value: int | float) -> None:
         totals = self._changes.get(name)
@@ -260,6 +274,7 @@ class Recorder:
             pending = self.health.unflushed
             changes, self._changes = self._changes, {}
             if not dirty and not changes:
+                self._release()
                 return True
             self._seq += 1
             seq = self._seq
@@ -300,10 +315,14 @@ class Recorder:
             }
             previous = self._history[-1][1] if self._history else {}
             self._history.append((self.clock(), {**previous, **spend}))
-            current = {*self._cost_buckets, self._ops_bucket}
-            for bucket in [b for b in self._buckets if b not in current and b not in self._dirty]:
-                self._series_count -= len(self._buckets.pop(bucket))
-                self._bucket_cost.pop(bucket, None)
+            self._release()
+
+    def _release(self) -> None:
+        """Forget the buckets whose time is over once they are written (under the lock)."""
+        current = {*self._cost_buckets, self._ops_bucket}
+        for bucket in [b for b in self._buckets if b not in current and b not in self._dirty]:
+            self._series_count -= len(self._buckets.pop(bucket))
+            self._bucket_cost.pop(bucket, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
@@ -330,7 +349,7 @@ def _copy(series: Mapping[str, Totals]) -> dict[str, Totals]:
     return {name: totals.copy() for name, totals in series.items()}
 
 
-_open: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_open: set[Recorder] = set()  # held until closed, so that exit flushes every one
 
 
 @atexit.register
