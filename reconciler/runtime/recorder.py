@@ -120,8 +120,12 @@ class Recorder:
         names = self._names.get(request_type) or self._names_of(request_type)
         cost, token = names[0], names[1]
         with self._lock:
-            if not self._room(self._cost_buckets, (cost, token)):
-                return
+            for bucket in self._cost_buckets:
+                series = self._buckets.get(bucket)
+                if series is None or cost not in series or token not in series:
+                    if not self._room(self._cost_buckets, (cost, token)):
+                        return
+                    break  # new series, and room for them
             for bucket in self._cost_buckets:
                 self._add(bucket, cost, micros)
                 self._add(bucket, token, tokens)
