@@ -152,10 +152,22 @@ def test_cost_throttle_halves_the_rollout() -> None:
         cost_state=held("ai_model_selection", "throttled", 0.5),
     )
     assert share_enabled(snap, "ai_model_selection") == pytest.approx(0.5, abs=0.015)
-    reasons = Counter(
-        evaluate(snap, "ai_model_selection", {"user_id": u}, NOW).reason for u in USERS[:500]
+    decisions = [evaluate(snap, "ai_model_selection", {"user_id": u}, NOW) for u in USERS[:500]]
+    assert {d.reason for d in decisions if not d.enabled} == {Reason.COST_THROTTLED}
+    assert {d.reason for d in decisions if d.enabled} == {Reason.DEFAULT}  # kept: as before
+
+
+def test_a_throttle_keeps_the_users_admission_admits() -> None:
+    """Decisions and should_allow_request bucket the throttle by request type alike."""
+    from reconciler.runtime.bucketing import bucket
+
+    snap = snapshot(
+        {"ai_model_selection": {"ab_test_config": None}},
+        cost_state=held("ai_model_selection", "throttled", 0.5),
     )
-    assert set(reasons) == {Reason.COST_THROTTLED}
+    for user in USERS[:2000]:
+        kept = evaluate(snap, "ai_model_selection", {"user_id": user}, NOW).enabled
+        assert kept == (bucket("cost:vc_analysis", user) < 0.5)
 
 
 def test_a_cost_state_lifts_itself_when_its_period_ends() -> None:

@@ -3,9 +3,10 @@
 Known spend is the cost guard's count (as of when it read the telemetry) plus what this process
 recorded that the guard could not have seen yet. A request is denied when known spend plus its
 estimate would cross a budget's emergency limit; while a budget is throttled, only the share of
-users its rollout factor keeps may go ahead (by the bucketing contract, salted by request type,
-so the same users keep the feature). Spend the guard has not seen from *other* processes is the
-overshoot this admits; ``reconciler.controllers.overshoot`` bounds it.
+users its rollout factor keeps may go ahead: by the bucketing contract, salted by request type,
+the same users whom the throttled flags of that request type keep. Spend the guard has not seen
+from *other* processes is the overshoot this admits; ``reconciler.controllers.overshoot`` bounds
+it.
 """
 
 from __future__ import annotations

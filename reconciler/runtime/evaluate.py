@@ -94,11 +94,11 @@ def _evaluate(
             return _off(flag, Reason.TARGETING_NO_MATCH, version)
 
     if rule_percentage is None and flag.schedule is None and not flag.controller:
-        percentage = flag.rollout_percentage * factor  # the common case, without a call
+        percentage = flag.rollout_percentage  # the common case, without a call
     else:
-        percentage = _percentage(flag, rule_percentage, _time(now)) * factor
+        percentage = _percentage(flag, rule_percentage, _time(now))
     unit = context.get(UNIT_ATTRIBUTE)
-    if percentage < 100:
+    if percentage < 100 or throttled:
         if unit is None or unit == "":
             return _off(
                 flag,
@@ -107,9 +107,12 @@ def _evaluate(
                 rule=matched,
                 error=ErrorCode.TARGETING_KEY_MISSING,
             )
-        if bucket(flag.name, str(unit)) * 100 >= percentage:
-            reason = Reason.COST_THROTTLED if throttled else Reason.ROLLOUT_OUT
-            return _off(flag, reason, version, rule=matched)
+        if percentage < 100 and bucket(flag.name, str(unit)) * 100 >= percentage:
+            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched)
+        # The throttle keeps the units of the lowest cost buckets, salted by request type:
+        # the same units should_allow_request admits, whichever flag they come through.
+        if throttled and bucket(flag.cost_salt, str(unit)) >= factor:
+            return _off(flag, Reason.COST_THROTTLED, version, rule=matched)
 
     experiment = flag.experiment
     if experiment is not None and unit not in (None, ""):
@@ -136,9 +139,7 @@ def _evaluate(
                 variant=chosen,
                 experiment=experiment,
             )
-    if throttled:
-        reason = Reason.COST_THROTTLED
-    elif matched is not None:
+    if matched is not None:
         reason = Reason.TARGETING_MATCH
     elif percentage < 100:
         reason = Reason.ROLLOUT_IN

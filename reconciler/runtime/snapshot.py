@@ -107,6 +107,7 @@ class Flag:
     shutdown: Shutdown | None = None
     controller: Mapping[str, Any] = field(default_factory=dict)
     broken: str | None = None  # why the item could not be understood
+    cost_salt: str = ""  # the cost throttle's bucketing salt: cost:<request type or flag name>
     # Decisions that are the same for every user (off by kill switch, no match, ...) are made
     # once per flag and snapshot and shared: decisions are immutable.
     decisions: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
@@ -214,6 +215,7 @@ def _flag(name: str, item: Item) -> Flag:
         if item.get("cost_threshold") is not None
         else None,
         request_type=item.get("request_type"),
+        cost_salt=f"cost:{item.get('request_type') or name}",
         shutdown=shutdown,
         controller=item.get("controller_state") or {},
     )
