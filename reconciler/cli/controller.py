@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import date, datetime
@@ -17,11 +18,11 @@ from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
 from reconciler.controllers.report import as_json, collect
-from reconciler.controllers.run import GuardRun, Publisher, run_once
+from reconciler.controllers.run import GUARD_RECORD, GuardRun, Publisher, run_once
 from reconciler.errors import ExitCode
 from reconciler.render.cost import render_markdown, render_text
 from reconciler.runtime.budgets import format_usd
-from reconciler.runtime.client import utc_now
+from reconciler.runtime.client import MAX_CALL_USD, utc_now
 from reconciler.state.store import StoreUnavailableError
 
 _store_option = click.option(
@@ -53,6 +54,11 @@ def controller(ctx: click.Context) -> None:
 
 
 def _summary(result: GuardRun) -> list[str]:
+    if not result.budgets:
+        return [
+            "cost guard: no budgets in the store (no CostThreshold, no flag with a "
+            "cost_threshold): nothing to guard; run `reconcile --apply` first?"
+        ]
     lines = []
     for state in result.outcome.state.budgets.values():
         lines.append(
@@ -70,9 +76,9 @@ def _summary(result: GuardRun) -> list[str]:
     if result.superseded:
         lines.append("cost guard: a run with a newer reading wrote first; nothing written")
     elif result.written:
-        lines.append(f"cost guard: state written (version {result.outcome.state.version})")
+        lines.append(f"cost guard: state written (version {result.state.version})")
     else:
-        lines.append("cost guard: state unchanged")
+        lines.append(f"cost guard: state unchanged (version {result.state.version})")
     return lines
 
 
@@ -81,7 +87,7 @@ def _json(result: GuardRun) -> dict[str, object]:
         "controller": "cost_guard",
         "written": result.written,
         "superseded": result.superseded,
-        "state": result.outcome.state.to_item(),
+        "state": result.state.to_item(),
         "transitions": [t.describe() for t in result.outcome.transitions],
         "alerts_recorded": [a.alert_id for a in result.alerts_recorded],
         "alerts_published": result.alerts_published,
@@ -131,12 +137,13 @@ def run_command(
                     raise
                 click.echo(f"error: {exc}; trying again in {interval:g} s", err=True)
             else:
+                stamp = f"{utc_now():%Y-%m-%dT%H:%M:%SZ} " if watch else ""
                 for result in results:
                     if output_format == "json":
                         click.echo(json.dumps(_json(result), sort_keys=True))
                     else:
                         for line in _summary(result):
-                            click.echo(line)
+                            click.echo(stamp + line)
             if not watch:
                 return ExitCode.CLEAN
             time.sleep(interval)
@@ -144,16 +151,36 @@ def run_command(
         store.close()
 
 
-def _decimal(text: str | None, option: str) -> Decimal | None:
+MAX_RATE = Decimal(1_000_000)  # requests per second per process
+
+
+def _decimal(text: str | None, option: str, maximum: Decimal) -> Decimal | None:
     if text is None:
         return None
     try:
         value = Decimal(text)
     except InvalidOperation:
         raise click.BadParameter(f"{text!r} is not a number", param_hint=option) from None
-    if not value.is_finite() or value < 0:
-        raise click.BadParameter("give a finite number, 0 or more", param_hint=option)
+    if not value.is_finite() or not 0 <= value <= maximum:
+        raise click.BadParameter(f"give a number from 0 to {maximum:,}", param_hint=option)
     return value
+
+
+def _day(text: str | None, now: datetime) -> date | None:
+    """``--date``: a UTC date up to today (today is the live report, as without it)."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise click.BadParameter(f"{text!r}: give a date as YYYY-MM-DD", param_hint="--date")
+    try:
+        chosen = date.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is no date: {exc}", param_hint="--date") from None
+    if chosen > now.date():
+        raise click.BadParameter(
+            f"{text} is in the future (today is {now.date()})", param_hint="--date"
+        )
+    return None if chosen == now.date() else chosen
 
 
 @controller.command(
@@ -195,13 +222,10 @@ def cost_command(
 ) -> int:
     """Spend per request type against every budget, the guard's state and the overshoot
     bound."""
-    chosen: date | None = None
-    if day is not None:
-        try:
-            chosen = date.fromisoformat(day)
-        except ValueError:
-            raise click.BadParameter(f"{day!r}: give YYYY-MM-DD", param_hint="--date") from None
     now: datetime = utc_now()
+    chosen = _day(day, now)
+    given_rate = _decimal(rate, "--rate", MAX_RATE)
+    given_dearest = _decimal(max_request_cost, "--max-request-cost", Decimal(MAX_CALL_USD))
     store = make_context(root, backend, "").open_store()
     try:
         report = collect(
@@ -209,8 +233,8 @@ def cost_command(
             now=now,
             day=chosen,
             processes=processes,
-            rate=_decimal(rate, "--rate"),
-            dearest=_decimal(max_request_cost, "--max-request-cost"),
+            rate=given_rate,
+            dearest=given_dearest,
             intervals={
                 "flush_seconds": flush_interval,
                 "guard_seconds": guard_interval,
@@ -226,6 +250,33 @@ def cost_command(
     else:
         for line in render_text(report):
             click.echo(line)
+    return ExitCode.CLEAN
+
+
+@controller.command("history")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
+@_store_option
+@_root_option
+def history_command(limit: int, output_format: str, backend: str | None, root: Path) -> int:
+    """The controllers' state changes, newest first: who went from what to what, and why."""
+    store = make_context(root, backend, "").open_store()
+    try:
+        entries = store.read_audit(GUARD_RECORD, limit=limit)
+    finally:
+        store.close()
+    if output_format == "json":
+        shown = [
+            {k: e.get(k) for k in ("at", "actor", "reason", "before", "after")} for e in entries
+        ]
+        click.echo(json.dumps(shown, indent=2))
+        return ExitCode.CLEAN
+    if not entries:
+        click.echo("No controller state changes yet.")
+    for entry in entries:
+        click.echo(f"{entry.get('at')}  {entry.get('actor')}:")
+        for change in str(entry.get("reason", "")).split("; "):
+            click.echo(f"  {change}")
     return ExitCode.CLEAN
 
 

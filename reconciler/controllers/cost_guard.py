@@ -213,7 +213,7 @@ def _flag_states(
             if not budget.acts_on_flag(flag) or state.level not in ("throttled", "emergency"):
                 continue
             kind = "emergency" if state.level == "emergency" else "throttled"
-            factor = 1.0 if kind == "emergency" else budget.rollout_factor
+            factor = 0.0 if kind == "emergency" else budget.rollout_factor
             candidate = FlagCost(
                 flag,
                 kind,

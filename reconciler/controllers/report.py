@@ -53,10 +53,9 @@ class BudgetRow:
 
     @property
     def remaining_micros(self) -> int | None:
-        """What is left before the hard limit (emergency, else throttle)."""
-        if not self.limits:
-            return None
-        return max(self.limits[-1].limit_micros - self.spent_micros, 0)
+        """What is left before the hard limit (the emergency limit, which denies), if any."""
+        hard = [lim for lim in self.limits if lim.name == "emergency"]
+        return max(hard[0].limit_micros - self.spent_micros, 0) if hard else None
 
 
 @dataclass(frozen=True)
@@ -194,15 +193,37 @@ def collect(
     reading = read_spend(store, budgets, now) if day is None else _stored(store, budgets, day, now)
     overshoot = None
     if day is None:
-        seen, seen_rate, seen_dearest = observed_rate(reading, now)
+        seen, burn, seen_dearest = observed_rate(
+            reading, now, _recent_burn(budgets, reading, state, now)
+        )
+        given = rate is not None
         overshoot = bound(
             processes if processes is not None else seen,
-            rate if rate is not None else seen_rate,
+            rate if rate is not None else Decimal(0),
             dearest if dearest is not None else seen_dearest,
+            burn_usd_per_second=None if given else burn,
+            source="given" if given else "observed",
             **dict(intervals or {}),
         )
     alerts = store.read_alerts()
     return build(budgets, reading, state, alerts, now=now, day=day, overshoot=overshoot)
+
+
+def _recent_burn(
+    budgets: Sequence[Budget], reading: SpendReading, state: CostState, now: datetime
+) -> Decimal:
+    """Micro-dollars a second since the guard last read the spend, by the budget that moved
+    most."""
+    read = state.read_time
+    seconds = (now - read).total_seconds() if read is not None else 0
+    if seconds <= 0:
+        return Decimal(0)
+    fastest = 0
+    for budget in budgets:
+        held = state.budgets.get(budget.name)
+        if held is not None and held.period == budget.period_at(now).key:
+            fastest = max(fastest, reading.budget_spend(budget, now) - held.spent_micros)
+    return Decimal(fastest) / Decimal(str(seconds))
 
 
 def _stored(store: StateStore, budgets: Sequence[Budget], day: date, now: datetime) -> SpendReading:
@@ -282,7 +303,8 @@ def as_json(report: CostReport) -> dict[str, Any]:
         else {
             "bound_usd": str(overshoot.bound_usd),
             "processes": overshoot.processes,
-            "requests_per_second_per_process": str(overshoot.rate.quantize(Decimal("0.001"))),
+            "spend_usd_per_second": str(overshoot.burn_usd_per_second.quantize(Decimal("0.0001"))),
+            "source": overshoot.source,
             "dearest_request_usd": str(overshoot.dearest_usd),
             "delay_seconds": str(overshoot.delay_seconds),
         },

@@ -34,14 +34,22 @@ class Publisher(Protocol):
 
 @dataclass
 class GuardRun:
+    """What one run of the cost guard read, decided and did."""
+
     budgets: list[Budget]
     reading: SpendReading
     outcome: Outcome
+    previous: CostState = field(default_factory=CostState)  # the state as this run read it
     written: bool = False
     superseded: bool = False  # a run with a newer reading had written already
     alerts_recorded: list[Alert] = field(default_factory=list)
     alerts_published: list[str] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> CostState:
+        """The state in the store after this run: its own if it wrote one."""
+        return self.outcome.state if self.written else self.previous
 
 
 def load_budgets(store: StateStore) -> tuple[list[Budget], list[str]]:
@@ -67,7 +75,7 @@ def run_cost_guard(
     for _ in range(ATTEMPTS):
         previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
         outcome = decide(budgets, flags, spend, previous, now=now, read_at=reading.read_at)
-        run = GuardRun(budgets, reading, outcome, alerts_recorded=list(recorded.values()))
+        run = GuardRun(budgets, reading, outcome, previous, alerts_recorded=list(recorded.values()))
         stored_read = previous.read_time
         if stored_read is not None and stored_read > reading.read_at:
             run.superseded = True  # a newer reading decided: its run writes, alerts and rolls up

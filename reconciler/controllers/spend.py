@@ -136,14 +136,18 @@ def read_spend(store: StateStore, budgets: Sequence[Budget], now: datetime) -> S
     return SpendReading(read_at, [*older, *live], live, writers)
 
 
-def observed_rate(reading: SpendReading, now: datetime) -> tuple[int, Decimal, Decimal]:
-    """Writers seen today, requests per second per writer and the dearest request (USD), from
-    today's UTC spend: the inputs of the overshoot bound when none are given."""
+def observed_rate(
+    reading: SpendReading, now: datetime, recent_burn_micros: Decimal = Decimal(0)
+) -> tuple[int, Decimal, Decimal]:
+    """From the telemetry: the processes that flushed in the last five minutes, the fleet's
+    spend in USD per second, and the dearest request today (USD). The spend rate is the higher
+    of today's average and ``recent_burn_micros`` (micro-dollars a second since the guard's
+    last reading), so a burst is not averaged away."""
     today = period_at("daily", UTC_ZONE, now)
     rows = [d for d in reading.live if d.time_zone == UTC_ZONE and d.date == today.today]
-    requests = sum(d.requests for d in rows)
     elapsed = max((now - today.start).total_seconds(), 1.0)
-    processes = max(len(reading.writers), 1)
-    rate = Decimal(requests) / Decimal(elapsed) / processes
+    average = Decimal(sum(d.cost_micros for d in rows)) / Decimal(str(elapsed))
+    recent = format_time(now - timedelta(minutes=5))
+    active = sum(1 for stamp in reading.writers.values() if stamp >= recent)
     dearest = usd(max((d.max_request_micros for d in rows), default=0))
-    return len(reading.writers), rate, dearest
+    return max(active, 1), max(average, recent_burn_micros) / 1_000_000, dearest

@@ -30,14 +30,19 @@ def _per_request(micros: int, requests: int) -> str:
 
 
 def render_text(report: CostReport) -> Iterator[str]:
-    source = "live, from the services' flushed totals" if report.live else "stored daily rows"
-    yield f"AI spend on {report.date} (UTC), {source}; read {report.read_at}"
-    state = (
-        f"version {report.state_version}, updated {report.state_updated_at}"
-        if report.state_version
-        else "none yet: run `controller run`"
-    )
-    yield f"Cost guard state: {state}"
+    if report.live:
+        yield (
+            f"AI spend on {report.date} (UTC), live, from the services' flushed totals; "
+            f"read {report.read_at}"
+        )
+        state = (
+            f"version {report.state_version}, updated {report.state_updated_at}"
+            if report.state_version
+            else "none yet: run `controller run`"
+        )
+        yield f"Cost guard state: {state}"
+    else:
+        yield f"AI spend on {report.date} (UTC), from the cost-metrics rows the guard wrote"
     yield ""
     yield f"{'request type':<24} {'spend':>14} {'requests':>10} {'tokens':>12} {'per request':>12}"
     for row in report.types:
@@ -46,7 +51,7 @@ def render_text(report: CostReport) -> Iterator[str]:
             f"{row.tokens:>12,} {_per_request(row.cost_micros, row.requests):>12}"
         )
     if not report.types:
-        yield "(no spend recorded)"
+        yield "(no spend recorded)" if report.live else "(no spend recorded on that day)"
     yield f"{'total':<24} {format_usd(report.total_micros):>14}"
     yield ""
     for budget in report.budgets:
@@ -65,7 +70,7 @@ def render_text(report: CostReport) -> Iterator[str]:
         yield ""
     if report.overshoot is not None:
         o = report.overshoot
-        yield f"Overshoot bound: spend can pass a limit by at most ${o.bound_usd}:"
+        yield f"Overshoot bound: spend can pass a limit by at most {o.bound_text}:"
         yield f"  {o.explain()}."
 
 
@@ -78,7 +83,10 @@ def _budget_text(budget: BudgetRow) -> Iterator[str]:
     )
     for limit in budget.limits:
         over = budget.spent_micros - limit.limit_micros
-        note = f"over by {format_usd(over)}" if over >= 0 else f"{format_usd(-over)} left"
+        if over > 0:
+            note = f"over by {format_usd(over)}"
+        else:
+            note = "limit reached" if over == 0 else f"{format_usd(-over)} left"
         yield (
             f"  {limit.name:<9} {format_usd(limit.limit_micros):>12} {bar(limit.share)} "
             f"{limit.share:>5.0%}  {note}"
@@ -91,8 +99,11 @@ def _budget_text(budget: BudgetRow) -> Iterator[str]:
 
 
 def render_markdown(report: CostReport) -> str:
+    source = f"live, read {report.read_at}" if report.live else "from the stored daily rows"
     lines = [
         f"### AI spend on {report.date} (UTC)",
+        "",
+        f"_{source}_",
         "",
         "| request type | spend | requests | tokens | per request |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -122,7 +133,12 @@ def render_markdown(report: CostReport) -> str:
         for held in report.held:
             what = "off" if held.state == "emergency" else f"rollout x {held.factor:g}"
             lines.append(f"- `{held.flag}`: {what} (`{held.budget}`) until {held.until}")
+    if report.alerts:
+        lines += ["", "Alerts this period:", ""]
+        for alert in report.alerts:
+            out = "sent to SNS" if alert.get("published") else "not sent to SNS"
+            lines.append(f"- {alert.get('at')}: {alert.get('message')} ({out})")
     if report.overshoot is not None:
         o = report.overshoot
-        lines += ["", f"Overshoot bound: **${o.bound_usd}** ({o.explain()})."]
+        lines += ["", f"Overshoot bound: **{o.bound_text}** ({o.explain()})."]
     return "\n".join(lines) + "\n"

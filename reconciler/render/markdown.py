@@ -55,7 +55,9 @@ def _head(plan: Plan) -> Iterator[str]:
         yield ""
     if held:
         yield "> [!IMPORTANT]"
-        yield "> **Outranked by another owner** (git's change waits)"
+        waits = any(h.owner == "override" for c in held for h in c.holds)
+        note = "git's change waits" if waits else "git's change applies; the controller outranks it"
+        yield f"> **Outranked by another owner** ({note})"
         for change in held:
             for hold in change.holds:
                 since = f" since {hold.since}" if hold.since else ""

@@ -50,7 +50,13 @@ def _change(change: Change, paint: Any) -> Iterator[str]:
         )
     for hold in change.holds:
         since = f" since {hold.since}" if hold.since else ""
-        waits = " - this change waits until it is lifted" if change.pending else ""
+        waits = ""
+        if change.pending:
+            waits = (
+                " - this change waits until it is lifted"
+                if hold.owner == "override"
+                else " - git's change applies; the controller's state still outranks it"
+            )
         yield paint(f"    | held by {hold.detail}{since}{waits}", "hold")
     for risk in change.risks:
         yield paint(f"    ! {risk.message}", "risk")

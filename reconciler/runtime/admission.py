@@ -67,7 +67,7 @@ class BudgetView:
     emergency: bool  # the guard has shut this budget's flags down
     throttled: bool  # the guard has throttled them
     baseline: int  # own spend the guard had counted already
-    hard: int | None  # the hard limit: emergency, else throttle
+    hard: int | None  # the hard limit, which denies: the emergency limit
     emergency_limit: int | None
     throttle_limit: int | None
     factor: float

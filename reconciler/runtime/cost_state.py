@@ -54,7 +54,7 @@ class FlagCost:
     flag: str
     state: str  # throttled | emergency
     budget: str
-    factor: float
+    factor: float  # the share of users kept: 0 when shut down
     until: str
     detail: str
     since: str
