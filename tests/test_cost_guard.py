@@ -33,7 +33,7 @@ from reconciler.runtime.budgets import (
     period_at,
     to_micros,
 )
-from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item
+from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item, with_flags
 from reconciler.runtime.telemetry import Shard, Totals, cost_bucket
 from reconciler.state.dynamodb import DynamoDBStore
 from reconciler.state.local import LocalStore
@@ -115,6 +115,7 @@ SCOPED_FLAGS: list[Item] = [
     {"flag_name": "plain"},
 ]
 SCOPED_NAMES = ["fx", "fx2", "fy", "plain"]
+AI_FLAG: list[Item] = [{"flag_name": "f", "request_type": "x"}]  # an AI feature: it has a type
 
 
 def test_the_example_manifests_give_the_two_budgets() -> None:
@@ -125,7 +126,7 @@ def test_the_example_manifests_give_the_two_budgets() -> None:
         "daily",
         "UTC",
         None,
-        None,
+        frozenset({"ai_model_selection", "vc_bedrock_live"}),  # every flag with a request type
     )
     assert (daily.throttle_micros, daily.rollout_factor, daily.emergency_micros) == (
         100_000_000,
@@ -336,7 +337,7 @@ def test_a_berlin_budget_rolls_over_at_berlin_midnight(
     last_local_instant: datetime, rollover: datetime, day: str, next_day: str
 ) -> None:
     berlin, utc = budgets_from_items(
-        [threshold("berlin", time_zone="Europe/Berlin"), threshold("utc")], []
+        [threshold("berlin", time_zone="Europe/Berlin"), threshold("utc")], AI_FLAG
     )
     assert berlin.time_zone == "Europe/Berlin"
     assert berlin.period_at(last_local_instant).key == day
@@ -379,7 +380,7 @@ def test_a_monthly_budget_sums_the_month_so_far_and_rolls_over_on_the_first() ->
                 emergency=3000,
             )
         ],
-        [],
+        AI_FLAG,
     )
     mid = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
     period = monthly.period_at(mid)
@@ -634,8 +635,10 @@ def test_alerts_are_recorded_once_when_two_guards_run_at_once(store: StateStore)
     assert state.budgets[BUDGET].level == "emergency"
     last = NOW + timedelta(seconds=20)
     assert state.read_at in (format_time(last), format_time(last + timedelta(microseconds=1)))
-    assert {f.state for f in state.flags.values()} == {"emergency"}
-    assert sorted(state.flags) == FLAGS
+    assert state.flags == {}, "the stored state names no flag: the budgets' scopes do"
+    held = with_flags(state, example_budgets(), last).flags
+    assert {f.state for f in held.values()} == {"emergency"}
+    assert sorted(held) == FLAGS
     entries = store.read_audit(GUARD_RECORD)
     assert [e["after"]["budgets"][BUDGET]["level"] for e in reversed(entries)] == [
         "warning",

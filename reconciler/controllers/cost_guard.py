@@ -11,12 +11,13 @@ Alerts fire once per budget, period and alert point; the transitions are what th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from reconciler.runtime.budgets import Budget, Period, format_usd
-from reconciler.runtime.cost_state import LEVELS, BudgetState, CostState, FlagCost
+from reconciler.runtime.budgets import Budget, format_usd
+from reconciler.runtime.cost_state import BudgetState, CostState, describe, with_flags
 from reconciler.state.records import format_time
 
 
@@ -89,17 +90,17 @@ class Outcome:
 
 
 def alert_points(budget: Budget) -> list[tuple[str, int]]:
-    """(point, spend at which it fires), lowest first."""
+    """(point, spend at which it fires), lowest first; exact integer micro-dollars."""
     points: list[tuple[str, int]] = []
-    share = budget.alert_percentage / 100
+    share = Decimal(str(budget.alert_percentage))
     for name, limit in (
         ("throttle", budget.throttle_micros),
         ("emergency", budget.emergency_micros),
     ):
         if limit is None:
             continue
-        if share < 1:
-            points.append((f"{name}-warning", int(limit * share)))
+        if share < 100:
+            points.append((f"{name}-warning", int(limit * share // 100)))
         points.append((name, limit))
     return sorted(points, key=lambda p: p[1])
 
@@ -123,133 +124,79 @@ def decide(
     now: datetime,
     read_at: datetime,
 ) -> Outcome:
-    """The new state from the spend each budget counts this period (``spend`` by budget name)."""
+    """The new state from the spend each budget counts this period (``spend`` by budget name);
+    ``flags`` are the flags that exist (a budget may name one that is gone)."""
     stamp = format_time(now)
     states: dict[str, BudgetState] = {}
-    periods: dict[str, Period] = {}
     transitions: list[Transition] = []
     alerts: list[Alert] = []
     for budget in budgets:
-        period = periods[budget.name] = budget.period_at(now)
+        period = budget.period_at(now)
         spent = spend.get(budget.name, 0)
         level = level_of(budget, spent)
         before = previous.budgets.get(budget.name)
         same_period = before is not None and before.period == period.key
-        old_level = before.level if before is not None and same_period else "ok"
-        since = before.since if before is not None and same_period and old_level == level else stamp
-        states[budget.name] = BudgetState(
-            budget.name, period.key, budget.time_zone, format_time(period.end), spent, level, since
+        kept = before is not None and same_period and before.level == level
+        fired = set(before.alerted) if before is not None and same_period else set()
+        crossed = [(p, at) for p, at in alert_points(budget) if budget.alerting and spent >= at]
+        for point, _ in crossed:
+            if point in fired:
+                continue  # once per period, even when a limit moves below the spend
+            limit = (
+                budget.throttle_micros if point.startswith("throttle") else budget.emergency_micros
+            )
+            assert limit is not None
+            share = budget.alert_percentage if point.endswith("-warning") else 100.0
+            alerts.append(
+                Alert(budget.name, period.key, budget.time_zone, point, limit, spent, stamp, share)
+            )
+        current = BudgetState(
+            budget.name,
+            period.key,
+            budget.time_zone,
+            format_time(period.end),
+            spent,
+            level,
+            before.since if kept and before is not None else stamp,
+            tuple(sorted(fired | {p for p, _ in crossed})),
         )
+        states[budget.name] = current
         was = before.level if before is not None else "ok"
-        if was != level:
-            new_period = before is not None and not same_period
-            why = "a new period" if new_period else describe(budget, spent, period)
+        if was != level or (not same_period and before is not None and level != "ok"):
+            why = describe(budget, current)
+            if before is not None and not same_period:
+                why = f"a new period: {why}" if level != "ok" else "a new period"
             transitions.append(Transition(f"budget/{budget.name}", was, level, why))
-        previously = before.spent_micros if same_period and before is not None else -1
-        for point, at in alert_points(budget) if budget.alerting else ():
-            if spent >= at > previously:  # crossed since the last run
-                limit = (
-                    budget.throttle_micros
-                    if point.startswith("throttle")
-                    else budget.emergency_micros
-                )
-                assert limit is not None
-                share = budget.alert_percentage if point.endswith("-warning") else 100.0
-                alerts.append(
-                    Alert(
-                        budget.name, period.key, budget.time_zone, point, limit, spent, stamp, share
-                    )
-                )
-    held = _flag_states(
-        budgets, flags, states=states, periods=periods, previous=previous, stamp=stamp
+    state = CostState(
+        previous.version + 1, format_time(read_at), stamp, states, rolled_up=previous.rolled_up
     )
-    for name in sorted(set(held) | set(previous.flags)):
-        old, new = previous.flags.get(name), held.get(name)
-        old_text = old.state if old is not None else "normal"
-        new_text = new.state if new is not None else "normal"
-        if old_text != new_text:
-            ended = old is not None and not old.in_force(now)
-            detail = (
-                new.detail
-                if new is not None
-                else ("the period ended" if ended else "spend back under every limit")
-            )
-            transitions.append(Transition(f"flag/{name}", old_text, new_text, detail))
-    state = CostState(previous.version + 1, format_time(read_at), stamp, states, held)
-    changed = _content(state) != _content(previous)
-    return Outcome(state, tuple(transitions), tuple(alerts), changed)
-
-
-def describe(budget: Budget, spent: int, period: Period) -> str:
-    limits = [
-        f"{name} {format_usd(limit)}"
-        for name, limit in (
-            ("throttle", budget.throttle_micros),
-            ("emergency", budget.emergency_micros),
+    exists = set(flags)
+    scoped = [replace(b, acts_on=b.acts_on & exists) for b in budgets]
+    old = with_flags(previous, scoped, now=previous.read_time or now).flags
+    new = with_flags(state, scoped, now).flags
+    for name in sorted(set(old) | set(new)):
+        before_flag, after_flag = old.get(name), new.get(name)
+        old_text = before_flag.state if before_flag is not None else "normal"
+        new_text = after_flag.state if after_flag is not None else "normal"
+        renewed = (
+            before_flag is not None
+            and after_flag is not None
+            and before_flag.until != after_flag.until
         )
-        if limit is not None
-    ]
-    kind = "monthly" if budget.period == "monthly" else "daily"
-    return (
-        f"{budget.name}: {format_usd(spent)} spent ({', '.join(limits)}; {kind} "
-        f"{period.key} {period.time_zone})"
-    )
-
-
-def _flag_states(
-    budgets: Sequence[Budget],
-    flags: Sequence[str],
-    *,
-    states: Mapping[str, BudgetState],
-    periods: Mapping[str, Period],
-    previous: CostState,
-    stamp: str,
-) -> dict[str, FlagCost]:
-    held: dict[str, FlagCost] = {}
-    for flag in flags:
-        worst: FlagCost | None = None
-        for budget in budgets:
-            state = states[budget.name]
-            if not budget.acts_on_flag(flag) or state.level not in ("throttled", "emergency"):
-                continue
-            kind = "emergency" if state.level == "emergency" else "throttled"
-            factor = 0.0 if kind == "emergency" else budget.rollout_factor
-            candidate = FlagCost(
-                flag,
-                kind,
-                budget.name,
-                factor,
-                state.period_end,
-                describe(budget, state.spent_micros, periods[budget.name]),
-                stamp,
-            )
-            if worst is None or _rank(candidate) > _rank(worst):
-                worst = candidate
-        if worst is not None:
-            before = previous.flags.get(flag)
-            if before is not None and (before.state, before.budget) == (worst.state, worst.budget):
-                worst = FlagCost(
-                    flag,
-                    worst.state,
-                    worst.budget,
-                    worst.factor,
-                    worst.until,
-                    worst.detail,
-                    before.since,
-                )
-            held[flag] = worst
-    return held
-
-
-def _rank(held: FlagCost) -> tuple[int, float]:
-    """Emergency over throttle; of two throttles, the one that keeps fewer users."""
-    return (LEVELS.index(held.state), -held.factor)
+        if old_text != new_text or renewed:
+            if after_flag is not None:
+                detail = after_flag.detail
+            elif before_flag is not None and not before_flag.in_force(now):
+                detail = "the period ended"
+            else:
+                detail = "spend back under every limit"
+            transitions.append(Transition(f"flag/{name}", old_text, new_text, detail))
+    changed = _content(state) != _content(previous)
+    return Outcome(replace(state, flags=new), tuple(transitions), tuple(alerts), changed)
 
 
 def _content(state: CostState) -> Any:
     item = state.to_item()
     for key in ("version", "read_at", "updated_at"):
         item.pop(key, None)
-    for flag in item["flags"].values():
-        flag.pop("detail", None)  # the spend in the text changes every run; the state does not
     return item

@@ -15,7 +15,12 @@ from reconciler.controllers.overshoot import Overshoot, bound
 from reconciler.controllers.run import load_budgets
 from reconciler.controllers.spend import DaySpend, SpendReading, observed_rate, read_spend
 from reconciler.runtime.budgets import UTC_ZONE, Budget, period_at
-from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item
+from reconciler.runtime.cost_state import (
+    COST_GUARD_ID,
+    CostState,
+    cost_state_from_item,
+    with_flags,
+)
 from reconciler.state.records import Item, format_time
 from reconciler.state.store import StateStore
 
@@ -172,7 +177,9 @@ def build(
 
 def _scope(budget: Budget) -> str:
     counts = "all request types" if budget.counts is None else ", ".join(sorted(budget.counts))
-    acts = "every flag" if budget.acts_on is None else ", ".join(sorted(budget.acts_on))
+    acts = ", ".join(sorted(budget.acts_on)) or "no flag"
+    if budget.every_feature:
+        acts = f"every AI flag ({acts})"
     return f"counts {counts}; acts on {acts}"
 
 
@@ -189,7 +196,7 @@ def collect(
     """Read everything the report shows. Today's spend comes from the shards (exact, current);
     a past day's from the stored cost-metrics rows."""
     budgets, _ = load_budgets(store)
-    state = cost_state_from_item(store.read_control(COST_GUARD_ID))
+    state = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), budgets, now)
     reading = read_spend(store, budgets, now) if day is None else _stored(store, budgets, day, now)
     overshoot = None
     if day is None:

@@ -68,18 +68,19 @@ class Budget:
     period: str  # daily | monthly
     time_zone: str
     counts: frozenset[str] | None  # request types whose spend counts; None: every one
-    acts_on: frozenset[str] | None  # flags it throttles or shuts down; None: every flag
+    acts_on: frozenset[str]  # the flags it throttles or shuts down
     throttle_micros: int | None
     rollout_factor: float
     emergency_micros: int | None
     alert_percentage: float = DEFAULT_ALERT_PERCENTAGE
     alerting: bool = True
+    every_feature: bool = False  # applies_to: all (acts_on is then every flag with a type)
 
     def counts_type(self, request_type: str) -> bool:
         return self.counts is None or request_type in self.counts
 
     def acts_on_flag(self, flag: str) -> bool:
-        return self.acts_on is None or flag in self.acts_on
+        return flag in self.acts_on
 
     def spent(self, by_type: Mapping[str, int]) -> int:
         """What this budget counts of a spend by request type."""
@@ -120,6 +121,8 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
 def budgets_from_items(
     threshold_items: Iterable[Mapping[str, Any]], flag_items: Sequence[Mapping[str, Any]]
 ) -> list[Budget]:
+    """``applies_to: all`` acts on every AI feature: every flag that declares the request type
+    its spend is counted under. A flag without one (``auth_mfa_required``) is no AI feature."""
     """Every budget the stored records declare; items that cannot be understood are skipped
     (the reconciler validated them; the runtime must not fail on a hand-edited one)."""
     types_of = {
@@ -166,7 +169,7 @@ def _threshold_budget(item: Mapping[str, Any], types_of: Mapping[str, str]) -> B
     throttle = item.get("throttle") or {}
     emergency = item.get("emergency") or {}
     counts: frozenset[str] | None = None
-    acts_on: frozenset[str] | None = None
+    acts_on = frozenset(types_of)  # all: every AI feature, i.e. every flag with a request type
     if scope != "all":
         flags = {str(f) for f in scope.get("flags", [])}
         types = {str(t) for t in scope.get("request_types", [])}
@@ -185,4 +188,5 @@ def _threshold_budget(item: Mapping[str, Any], types_of: Mapping[str, str]) -> B
         rollout_factor=float(throttle.get("rollout_factor", 0.5)),
         emergency_micros=to_micros(emergency["amount_usd"]) if "amount_usd" in emergency else None,
         alert_percentage=float(alert) if alert is not None else DEFAULT_ALERT_PERCENTAGE,
+        every_feature=scope == "all",
     )

@@ -2,16 +2,20 @@
 
 One record of the control table (``cost_guard``), written only by the cost guard, read by every
 runtime client on its short poll. Per budget: the period, the spend the guard counted and when it
-read it, the level reached. Per flag: throttled (by a factor) or shut down, until the period
-ends: a client lifts an expired state by itself at midnight, before the guard's next run.
+read it, the level reached and the alert points fired. The record stays small however many flags
+there are: what it means for each flag (throttled by a factor, or shut down, until the period
+ends) is derived from the budgets' scopes, here, by the guard and the clients alike; a client
+lifts an expired state by itself at midnight, before the guard's next run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+from reconciler.runtime.budgets import Budget, format_usd
 
 COST_GUARD_ID = "cost_guard"
 LEVELS = ("ok", "warning", "throttled", "emergency")  # in rising order
@@ -35,6 +39,7 @@ class BudgetState:
     spent_micros: int
     level: str  # one of LEVELS
     since: str  # when this level was reached
+    alerted: tuple[str, ...] = ()  # the alert points fired this period
 
     def to_item(self) -> dict[str, Any]:
         return {
@@ -44,6 +49,7 @@ class BudgetState:
             "spent_micros": self.spent_micros,
             "level": self.level,
             "since": self.since,
+            "alerted": list(self.alerted),
         }
 
 
@@ -80,7 +86,9 @@ class CostState:
     read_at: str = ""  # when the guard read the telemetry these figures come from
     updated_at: str = ""
     budgets: Mapping[str, BudgetState] = field(default_factory=dict)
+    # Derived, never stored: the worst verdict on each flag (``with_flags``).
     flags: Mapping[str, FlagCost] = field(default_factory=dict)
+    rolled_up: Mapping[str, str] = field(default_factory=dict)  # zone -> last day summed whole
 
     def to_item(self) -> dict[str, Any]:
         return {
@@ -88,7 +96,7 @@ class CostState:
             "read_at": self.read_at,
             "updated_at": self.updated_at,
             "budgets": {name: b.to_item() for name, b in sorted(self.budgets.items())},
-            "flags": {name: f.to_item() for name, f in sorted(self.flags.items())},
+            "rolled_up": dict(sorted(self.rolled_up.items())),
         }
 
     @property
@@ -111,27 +119,61 @@ def cost_state_from_item(item: Mapping[str, Any] | None) -> CostState:
                 int(entry.get("spent_micros", 0)),
                 str(entry.get("level", "ok")),
                 str(entry.get("since", "")),
+                tuple(str(a) for a in entry.get("alerted") or ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
-    flags = {}
-    for name, entry in (item.get("flags") or {}).items():
-        try:
-            flags[str(name)] = FlagCost(
-                str(name),
-                str(entry["state"]),
-                str(entry.get("budget", "")),
-                float(entry.get("factor", 1.0)),
-                str(entry.get("until", "")),
-                str(entry.get("detail", "")),
-                str(entry.get("since", "")),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
+    rolled = item.get("rolled_up") if isinstance(item.get("rolled_up"), Mapping) else {}
     return CostState(
         int(item.get("version", 0)),
         str(item.get("read_at", "")),
         str(item.get("updated_at", "")),
         budgets,
-        flags,
+        rolled_up={str(k): str(v) for k, v in (rolled or {}).items()},
     )
+
+
+def describe(budget: Budget, state: BudgetState) -> str:
+    """``ai_daily_budget: $104.00 spent (throttle $100.00, emergency $500.00; daily ...)``."""
+    limits = [
+        f"{name} {format_usd(limit)}"
+        for name, limit in (
+            ("throttle", budget.throttle_micros),
+            ("emergency", budget.emergency_micros),
+        )
+        if limit is not None
+    ]
+    return (
+        f"{budget.name}: {format_usd(state.spent_micros)} spent ({', '.join(limits)}; "
+        f"{budget.period} {state.period} {state.time_zone})"
+    )
+
+
+def flag_verdicts(budgets: Sequence[Budget], state: CostState) -> dict[str, list[FlagCost]]:
+    """Every verdict on every flag a throttled or shut-down budget acts on, worst first."""
+    held: dict[str, list[FlagCost]] = {}
+    for budget in budgets:
+        current = state.budgets.get(budget.name)
+        if current is None or current.level not in ("throttled", "emergency"):
+            continue
+        kind = "emergency" if current.level == "emergency" else "throttled"
+        factor = 0.0 if kind == "emergency" else budget.rollout_factor
+        detail = describe(budget, current)
+        for flag in sorted(budget.acts_on):
+            verdict = FlagCost(
+                flag, kind, budget.name, factor, current.period_end, detail, current.since
+            )
+            held.setdefault(flag, []).append(verdict)
+    for verdicts in held.values():
+        verdicts.sort(key=lambda v: (LEVELS.index(v.state), -v.factor), reverse=True)
+    return held
+
+
+def with_flags(state: CostState, budgets: Sequence[Budget], now: datetime) -> CostState:
+    """The state with each flag's worst verdict in force at ``now``."""
+    worst = {}
+    for flag, verdicts in flag_verdicts(budgets, state).items():
+        live = [v for v in verdicts if v.in_force(now)]
+        if live:
+            worst[flag] = live[0]
+    return replace(state, flags=worst)

@@ -77,7 +77,9 @@ def _evaluate(
 
     factor, throttled = 1.0, False
     verdict = snapshot.cost.get(name) if snapshot.cost else None  # the cost guard's
-    if verdict is not None and (verdict.until is None or _time(now) < verdict.until):
+    while verdict is not None and verdict.until is not None and _time(now) >= verdict.until:
+        verdict = verdict.then  # its period is over: the next verdict, if one still holds
+    if verdict is not None:
         if verdict.emergency is not None:
             return _off(flag, Reason.COST_EMERGENCY, version, detail=verdict.emergency)
         factor, throttled = verdict.factor, True

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.runtime.bucketing import variant_ranges
 from reconciler.runtime.budgets import Budget, budgets_from_items
-from reconciler.runtime.cost_state import CostState
+from reconciler.runtime.cost_state import CostState, flag_verdicts
 from reconciler.runtime.rules import Predicate, compile_condition
 
 Item = Mapping[str, Any]
@@ -121,6 +121,7 @@ class CostVerdict:
     emergency: str | None
     factor: float = 1.0
     until: datetime | None = None
+    then: CostVerdict | None = None  # the next-worst verdict, for when this one ends
 
 
 @dataclass(frozen=True)
@@ -153,16 +154,26 @@ def build_snapshot(
 
 
 def with_cost_state(snapshot: Snapshot, state: CostState) -> Snapshot:
-    """The snapshot with the cost guard's state: the verdict for each flag it holds."""
+    """The snapshot with the cost guard's state: for each flag a throttled or shut-down budget
+    acts on, its verdicts, worst first, each until its budget's period ends."""
+    if state.flags:  # a state that names its flags (as the guard holds it in memory)
+        verdicts = {name: [held] for name, held in state.flags.items()}
+    else:
+        verdicts = flag_verdicts(snapshot.budgets, state)
     cost = {}
-    for name, held in state.flags.items():
+    for name, chain in verdicts.items():
         if name not in snapshot.flags:
             continue
-        until = _parse_time(held.until)
-        if held.state == "emergency":
-            cost[name] = CostVerdict(held.detail or f"cost budget {held.budget}", 1.0, until)
-        elif held.state == "throttled" and 0 < held.factor < 1:
-            cost[name] = CostVerdict(None, held.factor, until)
+        verdict: CostVerdict | None = None
+        for held in reversed(chain):  # the mildest last, so each verdict's successor is known
+            until = _parse_time(held.until)
+            if held.state == "emergency":
+                detail = held.detail or f"cost budget {held.budget}"
+                verdict = CostVerdict(detail, 0.0, until, verdict)
+            elif held.state == "throttled" and 0 < held.factor < 1:
+                verdict = CostVerdict(None, held.factor, until, verdict)
+        if verdict is not None:
+            cost[name] = verdict
     return dataclasses.replace(snapshot, cost_state=state, cost=cost)
 
 
