@@ -82,3 +82,23 @@ def test_a_monthly_budget_counts_the_days_before_yesterday_from_the_stored_rows(
     lifted = run_cost_guard(store, now=next_month).outcome.state.budgets["monthly"]
     assert (lifted.period, lifted.spent_micros) == ("2027-01", 0)
     store.close()
+
+
+def test_a_day_no_guard_saw_while_it_was_recent_still_counts(
+    example_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$1,500 flushed on 1 December, the guard's first run on 3 December (a late schedule, an
+    outage): the month still counts it, from the shards, and the day is then kept as rows."""
+    path = applied(example_tree, monkeypatch, name="monthly", period="monthly", zone="UTC")
+    store = LocalStore(path)
+    first = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    record(path, first, 1500.0)
+    third = first + timedelta(days=2)
+    result = run_cost_guard(store, now=third)
+    assert result.outcome.state.budgets["monthly"].spent_micros == 1_500_000_000
+    assert result.outcome.state.budgets["monthly"].level == "emergency"
+    assert store.read_cost_metrics("2026-12-01")[0]["cost_micros"] == 1_500_000_000
+    assert result.outcome.state.rolled_up == {"UTC": "2026-12-01"}
+    again = run_cost_guard(store, now=third + timedelta(minutes=1))
+    assert again.outcome.state.budgets["monthly"].spent_micros == 1_500_000_000
+    store.close()

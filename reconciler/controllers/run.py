@@ -9,7 +9,7 @@ alerts are recorded with a conditional put, and only the run that recorded one p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -68,13 +68,17 @@ def run_cost_guard(
     actor: str = "cost-guard",
 ) -> GuardRun:
     budgets, flags = load_budgets(store)
-    reading = read_spend(store, budgets, now)
+    known = cost_state_from_item(store.read_control(COST_GUARD_ID))
+    reading = read_spend(store, budgets, now, known.rolled_up)
     spend = {b.name: reading.budget_spend(b, now) for b in budgets}
     ours = format_time(reading.read_at)
     recorded: dict[str, Alert] = {}
     for _ in range(ATTEMPTS):
         previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
         outcome = decide(budgets, flags, spend, previous, now=now, read_at=reading.read_at)
+        if dict(reading.rolled_up) != dict(previous.rolled_up):
+            rolled = replace(outcome.state, rolled_up=reading.rolled_up)
+            outcome = replace(outcome, state=rolled, changed=True)
         run = GuardRun(budgets, reading, outcome, previous, alerts_recorded=list(recorded.values()))
         stored_read = previous.read_time
         if stored_read is not None and stored_read > reading.read_at:

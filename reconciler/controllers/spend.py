@@ -77,6 +77,7 @@ class SpendReading:
     days: Sequence[DaySpend]  # every (zone, date, request type) read
     live: Sequence[DaySpend]  # those summed from shards just now (the rows to write)
     writers: Mapping[str, str] = field(default_factory=dict)  # writer -> last flush, today UTC
+    rolled_up: Mapping[str, str] = field(default_factory=dict)  # zone -> last day summed whole
 
     def by_type(self, time_zone: str, dates: Iterable[str]) -> dict[str, int]:
         wanted = set(dates)
@@ -112,8 +113,18 @@ def day_spend(date: str, time_zone: str, shards: Sequence[Shard]) -> list[DaySpe
     return days
 
 
-def read_spend(store: StateStore, budgets: Sequence[Budget], now: datetime) -> SpendReading:
-    """Everything the budgets need at ``now``, read from ``store`` (a StateStore)."""
+def read_spend(
+    store: StateStore,
+    budgets: Sequence[Budget],
+    now: datetime,
+    rolled_up: Mapping[str, str] | None = None,
+) -> SpendReading:
+    """Everything the budgets need at ``now``, read from ``store`` (a StateStore).
+
+    Today and yesterday come from the shards; an older day of a period from its stored rows
+    once the guard has summed it whole (``rolled_up``: per zone, the last such day), and from
+    its shards until then, so a day no guard saw while it was recent is still counted."""
+    done = dict(rolled_up or {})
     read_at = now
     zones = sorted({UTC_ZONE, *(b.time_zone for b in budgets)})
     live: list[DaySpend] = []
@@ -130,10 +141,15 @@ def read_spend(store: StateStore, budgets: Sequence[Budget], now: datetime) -> S
                 writers = {s.writer: s.updated_at for s in shards}
     older: list[DaySpend] = []
     wanted = {(b.time_zone, d) for b in budgets for d in b.period_at(now).days} - recent
+    marks = dict(done)
     for zone, date in sorted(wanted):
-        key = date if zone == UTC_ZONE else f"{date}@{zone}"
-        older.extend(DaySpend.from_row(r) for r in store.read_cost_metrics(key))
-    return SpendReading(read_at, [*older, *live], live, writers)
+        if date <= done.get(zone, ""):
+            key = date if zone == UTC_ZONE else f"{date}@{zone}"
+            older.extend(DaySpend.from_row(r) for r in store.read_cost_metrics(key))
+            continue
+        live.extend(day_spend(date, zone, store.read_shards(cost_bucket(date, zone))))
+        marks[zone] = max(marks.get(zone, ""), date)  # summed whole: its rows are final
+    return SpendReading(read_at, [*older, *live], live, writers, marks)
 
 
 def observed_rate(
