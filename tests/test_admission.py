@@ -164,3 +164,26 @@ def test_overshoot_under_simulated_load_stays_inside_the_bound(applied: Path) ->
     for flags in clients:
         flags.close()
     store.close()
+
+
+def test_known_spend_stays_right_long_after_the_guards_reading(applied: Path) -> None:
+    """The guard counted $60; then a hundred flushes (past the recorder's flush history) and a
+    configuration refresh: admission still knows $60, not $120."""
+    clock = Clock()
+    flags = client(applied, clock)
+    store = LocalStore(applied)
+    flags.record_request_cost("vc_analysis", 0, 60.0, {"user_id": "a"})
+    assert flags.flush()
+    clock.advance(1)
+    run_cost_guard(store, now=clock())
+    flags.refresh_overrides()
+    for _ in range(100):
+        clock.advance(1)
+        flags.record_request_cost("vc_analysis", 0, 0.000001, {"user_id": "a"})
+        assert flags.flush()
+    assert flags.health().flushes == 101
+    flags.refresh_configuration()  # drops the admission cache
+    check = flags.should_allow_request("vc_analysis", 0.01, {"user_id": "a"})
+    assert check.spent_usd == Decimal("60.0001")  # the guard's $60 and a hundred micro-dollars
+    flags.close()
+    store.close()

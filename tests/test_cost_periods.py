@@ -102,3 +102,31 @@ def test_a_day_no_guard_saw_while_it_was_recent_still_counts(
     again = run_cost_guard(store, now=third + timedelta(minutes=1))
     assert again.outcome.state.budgets["monthly"].spent_micros == 1_500_000_000
     store.close()
+
+
+def test_a_zone_that_leaves_and_comes_back_keeps_its_days_totals(tmp_path: Path) -> None:
+    """A budget's zone dropped from the configuration and restored the same day: the process's
+    totals for that day go on from where they were (written as absolute totals, a restart
+    from nothing would replace the stored spend with less)."""
+    from reconciler.runtime.recorder import Recorder
+    from reconciler.runtime.telemetry import cost_bucket
+
+    store = LocalStore(tmp_path / "state.db")
+    store.bootstrap()
+    at = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
+    recorder = Recorder(store, background=False, clock=lambda: at)
+    recorder.set_zones(["Europe/Berlin"])
+    recorder.record_cost("vc_analysis", 0, 10_000_000)
+    assert recorder.flush()
+    recorder.set_zones([])  # the Berlin budget disabled
+    recorder.record_cost("vc_analysis", 0, 1_000_000)
+    assert recorder.flush()
+    recorder.set_zones(["Europe/Berlin"])  # and enabled again
+    recorder.record_cost("vc_analysis", 0, 1_000_000)
+    assert recorder.flush()
+    (berlin,) = store.read_shards(cost_bucket("2026-12-01", "Europe/Berlin"))
+    assert berlin.series["cost:vc_analysis"].sum == 11_000_000
+    (utc,) = store.read_shards(cost_bucket("2026-12-01", "UTC"))
+    assert utc.series["cost:vc_analysis"].sum == 12_000_000
+    recorder.close()
+    store.close()

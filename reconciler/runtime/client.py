@@ -121,6 +121,7 @@ class FlagClient:
         self._by_type: Mapping[str | None, list[Budget]] = {}
         self._admission: dict[str, list[BudgetView]] = {}
         self._admission_until = math.inf
+        self._baselines: dict[tuple[float, str, tuple[str, ...] | None], int] = {}
         if bootstrap is not None:
             self._load_bootstrap(bootstrap)
         self.refresh_configuration()
@@ -252,16 +253,26 @@ class FlagClient:
         now = self._epoch()
         if now >= self._admission_until:
             self._admission, self._admission_until = {}, math.inf
+        cache = self._admission  # a refresh may replace it meanwhile: then these views are old
         budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
         moment = self.clock()
         views = [
-            view(b, snapshot.cost_state, moment, self.recorder.flushed_before, request_type)
-            for b in budgets
+            view(b, snapshot.cost_state, moment, self._baseline, request_type) for b in budgets
         ]
-        for current in views:
-            self._admission_until = min(self._admission_until, current.ends)
-        self._admission[request_type] = views
+        if cache is self._admission:
+            cache[request_type] = views
+            for current in views:
+                self._admission_until = min(self._admission_until, current.ends)
         return views
+
+    def _baseline(self, moment: float, bucket: str, series: tuple[str, ...] | None) -> int:
+        """This process's spend that a guard reading at ``moment`` had counted, remembered for
+        as long as that reading is the state's (the flush history does not go back forever)."""
+        key = (moment, bucket, series)
+        found = self._baselines.get(key)
+        if found is None:
+            found = self._baselines[key] = self.recorder.flushed_before(moment, bucket, series)
+        return found
 
     def record_ai_success(
         self,
@@ -346,7 +357,20 @@ class FlagClient:
                 self._snapshot = _with_overrides(self._snapshot, overrides)
             if changed:
                 self._admission = {}
+                self._baselines = {}
+        if changed and self._snapshot is not None:
+            self._remember_baselines(self._snapshot)
         return True
+
+    def _remember_baselines(self, snapshot: Snapshot) -> None:
+        """Work out, while the flush history still reaches back to it, how much of this
+        process's spend the guard's new reading had counted (admission subtracts it)."""
+        try:
+            moment = self.clock()
+            for budget in snapshot.budgets:
+                view(budget, snapshot.cost_state, moment, self._baseline)
+        except Exception as exc:  # the background thread carries on; admission works it out
+            log.warning("cost baselines not remembered: %s", exc)
 
     def _install_configuration(self, configuration: Configuration) -> None:
         """Build the snapshot (rules compiled once) and swap it in whole; the raw items are

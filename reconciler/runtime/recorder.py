@@ -95,6 +95,7 @@ class Recorder:
         self._series_count = 0
         self._bucket_cost: dict[str, int] = {}
         self._names: dict[str, tuple[str, ...]] = {}
+        self._ends: dict[str, float] = {}  # bucket -> the epoch second its time is over
         self._dirty: set[str] = set()
         self._changes: dict[str, Totals] = {}
         self._seq = 0
@@ -232,13 +233,20 @@ class Recorder:
     def _roll_cost(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, UTC)
         periods = [period_at("daily", z, moment) for z in self._zones]
-        self._cost_buckets = tuple(cost_bucket(p.today, p.time_zone) for p in periods)
+        buckets = tuple(cost_bucket(p.today, p.time_zone) for p in periods)
+        with self._lock:
+            for bucket, period in zip(buckets, periods, strict=True):
+                self._ends[bucket] = period.end.timestamp()
+            self._cost_buckets = buckets
         self._next_cost_roll = min(p.end.timestamp() for p in periods)
 
     def _roll_ops(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, UTC)
-        self._ops_bucket = ops_bucket(moment)
-        self._next_ops_roll = (now // 300 + 1) * 300
+        bucket, ends = ops_bucket(moment), (now // 300 + 1) * 300
+        with self._lock:
+            self._ends[bucket] = ends
+            self._ops_bucket = bucket
+        self._next_ops_roll = ends
 
     # -- what the cost guard has not seen yet --------------------------------------------------
 
@@ -318,15 +326,22 @@ class Recorder:
                 if s.bucket.startswith(COST + "/")
             }
             previous = self._history[-1][1] if self._history else {}
-            self._history.append((self.clock(), {**previous, **spend}))
+            kept = {b: v for b, v in previous.items() if b in self._buckets}
+            self._history.append((self.clock(), {**kept, **spend}))
             self._release()
 
     def _release(self) -> None:
-        """Forget the buckets whose time is over once they are written (under the lock)."""
-        current = {*self._cost_buckets, self._ops_bucket}
-        for bucket in [b for b in self._buckets if b not in current and b not in self._dirty]:
+        """Forget the buckets whose time is over once they are written (under the lock). A
+        bucket is kept to its end even when nothing records into it any more (a budget's zone
+        left the configuration): should it come back, its totals go on from where they were,
+        never from nothing (which, written as absolute totals, would undercount)."""
+        now = self.clock()
+        for bucket in [
+            b for b in self._buckets if self._ends.get(b, 0) <= now and b not in self._dirty
+        ]:
             self._series_count -= len(self._buckets.pop(bucket))
             self._bucket_cost.pop(bucket, None)
+            self._ends.pop(bucket, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
