@@ -132,7 +132,7 @@ def restore(
     was lifted (nothing, if nothing was held: restore is idempotent too)."""
     lifted: list[str] = []
 
-    def change(record: Item) -> Item:
+    def change(record: Item) -> Item | None:
         lifted.clear()
         for target in targets or [GLOBAL]:
             if target == GLOBAL:
@@ -140,7 +140,7 @@ def restore(
                     lifted.append(GLOBAL)
             elif (record.get("flags") or {}).pop(target, None) is not None:
                 lifted.append(target)
-        return record
+        return record if lifted else None  # nothing held: nothing to write or audit
 
     _update(store, change, action="restore", actor=by, reason=reason, now=now)
     return lifted
@@ -156,6 +156,8 @@ def _update(
         before = store.read_overrides() or {}
         version = int(before.get("version", 0))
         after = change({k: _copy(v) for k, v in before.items() if k != "record_id"})
+        if after is None:
+            return
         after["version"] = version + 1
         after["updated_at"] = format_time(now)
         audit = AuditEntry(
@@ -225,3 +227,37 @@ def drill(
     finally:
         restore(store, [flag], reason="break-glass drill over", by=by, now=now())
     return DrillResult(flag, to_off, wait(held=False))
+
+
+@dataclass(frozen=True)
+class CostHold:
+    """A flag the cost guard holds (another owner than break-glass: restore does not lift it)."""
+
+    flag: str
+    state: str  # throttled | emergency
+    budget: str
+    factor: float
+    until: str
+
+
+def cost_holds(store: StateStore, now: datetime) -> list[CostHold]:
+    """The flags the cost guard throttles or shuts down now, read as the runtime reads them."""
+    from reconciler.runtime.budgets import budgets_from_items  # noqa: PLC0415
+    from reconciler.runtime.cost_state import (  # noqa: PLC0415
+        COST_GUARD_ID,
+        cost_state_from_item,
+        with_flags,
+    )
+    from reconciler.state.records import RecordKind  # noqa: PLC0415
+
+    state = cost_state_from_item(store.read_control(COST_GUARD_ID))
+    if not state.budgets:
+        return []
+    budgets = budgets_from_items(
+        [r.item for r in store.read_records(RecordKind.COST_THRESHOLD).values()],
+        [r.item for r in store.read_records(RecordKind.FLAG).values()],
+    )
+    held = with_flags(state, budgets, now).flags
+    return [
+        CostHold(name, f.state, f.budget, f.factor, f.until) for name, f in sorted(held.items())
+    ]

@@ -52,11 +52,11 @@ def test_within_budget_reports_known_spend_and_what_remains(applied: Path) -> No
     check = flags.should_allow_request("vc_analysis", 0.05, {"user_id": "a"})
     assert check.allowed
     assert check.reason is AdmissionReason.WITHIN_BUDGET
-    # the flag's own $100 throttle is the nearest hard limit of vc_analysis's spend
+    # the $500 emergency limit is the nearest that denies (the flag's own $100 only throttles)
     assert (check.budget, check.spent_usd, check.remaining_usd) == (
-        "flag:vc_bedrock_live",
+        "ai_daily_budget",
         Decimal("0.08"),
-        Decimal("99.92"),
+        Decimal("499.92"),
     )
     assert flags.should_allow_request("unknown_type", 1, {}).reason is AdmissionReason.WITHIN_BUDGET
 

@@ -126,8 +126,8 @@ def test_cost_example_and_report(example_tree: Path, monkeypatch: pytest.MonkeyP
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(example, "README.md", "exec"), {})
-    assert printed.getvalue() == "True WITHIN_BUDGET 0 100\n"
-    assert "prints `True WITHIN_BUDGET 0 100`" in README
+    assert printed.getvalue() == "True WITHIN_BUDGET 0 500\n"
+    assert "prints `True WITHIN_BUDGET 0 500`" in README
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         assert run(controller, ["run"]) == 0  # the README's next step

@@ -138,14 +138,31 @@ def restore(
     targets = _targets(everything, flags)
     store = make_context(root, backend, "").open_store()
     try:
-        lifted = core.restore(store, targets, reason=reason, by=_operator(by, store), now=utc_now())
+        now = utc_now()
+        lifted = core.restore(store, targets, reason=reason, by=_operator(by, store), now=now)
+        still = core.active(store, now)
+        held = core.cost_holds(store, now)
     finally:
         store.close()
     for target in lifted:
         click.echo(f"Restored {'ALL AI features' if target == core.GLOBAL else target}.")
     if not lifted:
-        click.echo("Nothing to restore: no such shutdown was in force.")
+        click.echo("Nothing to restore: no such shutdown was in force (nothing written).")
+    for entry in still:
+        click.echo(f"Still shut down: {_describe(entry)}; lift it with {_selector(entry)}")
+    for hold in held:
+        if targets is None or hold.flag in targets:
+            click.echo(f"Still held by the cost guard (not break-glass's to lift): {_hold(hold)}")
     return ExitCode.CLEAN
+
+
+def _selector(entry: core.Active) -> str:
+    return "--all" if entry.target == core.GLOBAL else f"--flag {entry.target}"
+
+
+def _hold(hold: core.CostHold) -> str:
+    what = "off" if hold.state == "emergency" else f"rollout x {hold.factor:g}"
+    return f"{hold.flag} {what} ({hold.budget}) until {hold.until}"
 
 
 @breakglass.command()
@@ -158,6 +175,7 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
     try:
         now = utc_now()
         held = core.active(store, now)
+        guard = core.cost_holds(store, now)
         trail = store.read_audit(OVERRIDES_RECORD) if history else []
     finally:
         store.close()
@@ -174,13 +192,20 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
                 for a in held
             ],
             "history": [{k: e.get(k) for k in ("at", "action", "actor", "reason")} for e in trail],
+            "cost_guard": [
+                {"flag": h.flag, "state": h.state, "budget": h.budget, "until": h.until}
+                for h in guard
+            ],
         }
         click.echo(json.dumps(document, indent=2))
         return ExitCode.CLEAN
     if not held:
-        click.echo("No shutdown in force: git's configuration decides.")
+        decides = "git's configuration decides" if not guard else "no operator holds anything"
+        click.echo(f"No shutdown in force: {decides}.")
     for entry in held:
         click.echo(_describe(entry))
+    for hold in guard:
+        click.echo(f"Held by the cost guard: {_hold(hold)} (see `controller cost`)")
     for event in trail:
         action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
         click.echo(f"{event.get('at')}  {action:<8} {actor}: {why}")

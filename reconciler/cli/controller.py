@@ -19,11 +19,10 @@ from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
 from reconciler.controllers.report import as_json, collect
 from reconciler.controllers.run import GUARD_RECORD, GuardRun, Publisher, run_once
-from reconciler.errors import ExitCode
+from reconciler.errors import ExitCode, ReconcilerError
 from reconciler.render.cost import render_markdown, render_text
 from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
-from reconciler.state.store import StoreUnavailableError
 
 _store_option = click.option(
     "--store",
@@ -132,7 +131,7 @@ def run_command(
         while True:
             try:
                 results = run_once(store, now=utc_now(), publisher=publisher)
-            except StoreUnavailableError as exc:
+            except ReconcilerError as exc:  # a loop outlives a bad minute: the store, a race
                 if not watch:
                     raise
                 click.echo(f"error: {exc}; trying again in {interval:g} s", err=True)

@@ -8,6 +8,7 @@ alerts are recorded with a conditional put, and only the run that recorded one p
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -72,6 +73,7 @@ def run_cost_guard(
     reading = read_spend(store, budgets, now, known.rolled_up)
     spend = {b.name: reading.budget_spend(b, now) for b in budgets}
     ours = format_time(reading.read_at)
+    run_id = uuid.uuid4().hex  # marks the alerts this run records, should an answer be lost
     recorded: dict[str, Alert] = {}
     for _ in range(ATTEMPTS):
         previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
@@ -87,7 +89,8 @@ def run_cost_guard(
         # Alerts before the state: a crash or a lost answer between the two loses no alert
         # (they are recorded once whoever tries, and a later run publishes what is left).
         for alert in outcome.alerts:
-            if alert.alert_id not in recorded and store.put_alert(alert.to_item()):
+            item = {**alert.to_item(), "recorded_by": run_id}
+            if alert.alert_id not in recorded and store.put_alert(item):
                 recorded[alert.alert_id] = alert
         run.alerts_recorded = list(recorded.values())
         if previous.read_at == ours:

@@ -90,9 +90,7 @@ def view(
     series = None if budget.counts is None else tuple(f"{COST}:{t}" for t in budget.counts)
     baseline = flushed_before(read.timestamp(), bucket_id, series) if held and read else 0
     level = held.level if held is not None else "ok"
-    hard = (
-        budget.emergency_micros if budget.emergency_micros is not None else budget.throttle_micros
-    )
+    hard = budget.emergency_micros  # a throttle never denies a request: no hard limit
     return BudgetView(
         budget,
         series,

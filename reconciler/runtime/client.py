@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,6 +131,7 @@ class FlagClient:
         if background:
             self._thread = threading.Thread(target=self._run, name="flag-refresh", daemon=True)
             self._thread.start()
+        _clients.add(self)
 
     # -- decisions (the request path: no I/O, no locks, no exceptions) -----------------------
 
@@ -202,7 +205,7 @@ class FlagClient:
                 pass  # counted by _may_record
             else:
                 if user_context is None:
-                    self.recorder.reject("missing_context")  # counted; the spend is real
+                    self.recorder.warn("missing_context")  # recorded: the spend is real
                 self.recorder.record_cost(request_type, tokens, micros)
         except Exception:  # the promise: nothing reaches the caller
             self.recorder.reject("internal")
@@ -403,6 +406,13 @@ class FlagClient:
                 since_config = 0.0
                 self.refresh_configuration()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the refresh thread did not come along; start one of its own."""
+        self._write_lock = threading.Lock()
+        if self._thread is not None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name="flag-refresh", daemon=True)
+            self._thread.start()
+
     def _load_bootstrap(self, path: Path) -> None:
         """A cold start without the network: a snapshot file shipped with the service."""
         try:
@@ -430,6 +440,17 @@ class FlagClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_clients: weakref.WeakSet[FlagClient] = weakref.WeakSet()
+
+
+def _restart_after_fork() -> None:
+    for client in list(_clients):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:

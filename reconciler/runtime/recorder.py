@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -58,7 +59,8 @@ class Health:
     """What the recorder has done, for a health endpoint or a log line."""
 
     recorded: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)  # not recorded, by why
+    warnings: Counter[str] = field(default_factory=Counter)  # recorded, but worth a look
     flushes: int = 0
     failed_flushes: int = 0
     unflushed: int = 0  # records since the last successful flush: what a crash would lose
@@ -182,6 +184,11 @@ class Recorder:
         if len(self._names) < self.max_series:
             self._names[request_type] = names
         return names
+
+    def warn(self, why: str) -> None:
+        """Count a record that went in but deserves a look (a call without its context)."""
+        warnings = self.health.warnings
+        warnings[why if why in warnings or len(warnings) < 100 else "other"] += 1
 
     def reject(self, why: str) -> None:
         """Count a value that was not recorded (bad input), by why (at most 100 kinds)."""
@@ -347,6 +354,22 @@ class Recorder:
         while not self._stop.wait(self.flush_interval):
             self.flush()
 
+    def _start_over(self) -> None:
+        """In a forked child: a writer of its own, no totals, new locks, a live thread."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self.writer = new_writer_id()
+        self._seq = 0
+        self._buckets, self._dirty, self._changes = {}, set(), {}
+        self._series_count = 0
+        self._bucket_cost, self._ends = {}, {}
+        self._history.clear()
+        self._next_cost_roll = self._next_ops_roll = 0.0
+        self.health = Health()
+        if self._thread is not None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
+            self._thread.start()
+
     def close(self) -> None:
         """Stop the thread and flush what is left; what cannot be written is counted as lost."""
         if self._stop.is_set():
@@ -375,3 +398,13 @@ _open: set[Recorder] = set()  # held until closed, so that exit flushes every on
 def _flush_at_exit() -> None:
     for recorder in list(_open):
         recorder.close()
+
+
+def _after_fork() -> None:
+    """A forked child (gunicorn --preload, multiprocessing) is a new writer: it starts from
+    nothing (what it inherited is the parent's to flush) with fresh locks and its own thread."""
+    for recorder in list(_open):
+        recorder._start_over()
+
+
+os.register_at_fork(after_in_child=_after_fork)

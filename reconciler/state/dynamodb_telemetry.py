@@ -234,6 +234,8 @@ class DynamoDBTelemetry:
     # -- the original cost-alerts table -----------------------------------------------------------
 
     def put_alert(self, alert: Item) -> bool:
+        """True when this call recorded the alert; a retry whose first answer was lost finds
+        its own ``recorded_by`` in the item and says so too."""
         try:
             self._call(
                 "PutItem",
@@ -246,7 +248,18 @@ class DynamoDBTelemetry:
                 tables=[self.cost_alerts_table],
             )
         except ClientError:
-            return False
+            answer = self._call(
+                "GetItem",
+                lambda: self.client.get_item(
+                    TableName=self.cost_alerts_table,
+                    Key={"alert_id": {"S": str(alert["alert_id"])}},
+                    ConsistentRead=True,
+                ),
+                tables=[self.cost_alerts_table],
+            )
+            stored = plain_item(answer["Item"]) if answer.get("Item") else {}
+            mine = alert.get("recorded_by")
+            return mine is not None and stored.get("recorded_by") == mine
         return True
 
     def mark_alert_published(self, alert_id: str, at: str) -> None:
