@@ -25,6 +25,7 @@ from reconciler.runtime.client import FlagClient
 from reconciler.runtime.decision import Reason
 from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
 from reconciler.state.local import LocalStore
+from reconciler.state.records import OVERRIDES_RECORD
 from reconciler.state.store import StateStore
 from tests.test_cli import invoke
 
@@ -148,8 +149,14 @@ def test_spend_alerts_then_throttles_then_shuts_down_then_lifts_next_day(
     code, applied, _ = invoke("--apply", str(root), "--yes")
     assert code == 0
     assert "1 written" in applied
-    code, _ = cli(breakglass, "restore", "--all", "--reason", "drill", "--root", str(root))
+    code, said = cli(breakglass, "restore", "--all", "--reason", "drill", "--root", str(root))
     assert code == 0
+    assert "Nothing to restore: no such shutdown was in force (nothing written)." in said
+    assert "Still held by the cost guard (not break-glass's to lift): vc_bedrock_live off" in said
+    assert store.read_audit(OVERRIDES_RECORD) == []  # a restore of nothing is no change
+    _, status = cli(breakglass, "status", "--root", str(root))
+    assert status.startswith("No shutdown in force: no operator holds anything.")
+    assert "Held by the cost guard: ai_model_selection off (ai_daily_budget) until" in status
     flags.refresh_configuration()
     flags.refresh_overrides()
     assert reasons(flags, "vc_bedrock_live") == {Reason.COST_EMERGENCY: 2000}

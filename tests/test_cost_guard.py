@@ -931,3 +931,91 @@ def test_a_lost_answer_to_a_state_change_leaves_one_audit_entry_and_its_alerts(
     ]
     assert not run_cost_guard(moto_store, now=later + timedelta(minutes=1)).written
     assert len(moto_store.read_alerts()) == 2
+
+
+# -- what a review found -------------------------------------------------------------------
+
+
+class Collecting:
+    """A publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def describe(self) -> str:
+        return "a list"
+
+    def publish(self, alert: Alert) -> None:
+        self.sent.append(alert.alert_id)
+
+
+def test_a_lost_answer_to_an_alerts_record_still_publishes_it_at_once(
+    moto_store: DynamoDBStore,
+) -> None:
+    seed(moto_store)
+    spend(moto_store, 85, seq=1)
+    lose = LoseAnswer(moto_store, "PutItem")  # the first PutItem: the alert's record
+    sent = Collecting()
+    run = run_cost_guard(moto_store, now=NOW, publisher=sent)
+    assert lose.lost == 1
+    assert [a.alert_id for a in run.alerts_recorded] == [f"{BUDGET}/{DAY}@UTC/throttle-warning"]
+    assert sent.sent == [f"{BUDGET}/{DAY}@UTC/throttle-warning"]
+    assert [a["published"] for a in moto_store.read_alerts()] == [True]
+
+
+def test_every_flag_with_a_request_type_is_an_ai_feature_and_only_those() -> None:
+    flags = [
+        {"flag_name": "vc_ai", "request_type": "vc_analysis"},
+        {"flag_name": "auth_mfa_required"},  # no request type: no AI feature
+    ]
+    (budget,) = budgets_from_items([threshold("all_ai", throttle=100, emergency=500)], flags)
+    assert budget.acts_on == frozenset({"vc_ai"})
+    outcome = step([budget], 600, flags=["vc_ai", "auth_mfa_required"])
+    assert sorted(outcome.state.flags) == ["vc_ai"]
+
+
+def test_a_limit_lowered_below_the_spend_still_alerts_once() -> None:
+    (before,) = budgets_from_items([threshold("b", throttle=None, emergency=500)], AI_FLAG)
+    first = step([before], 300)
+    assert points(first) == []  # under 80% of $500
+    (lowered,) = budgets_from_items([threshold("b", throttle=None, emergency=250)], AI_FLAG)
+    second = step([lowered], 300, first.state, now=NOW + timedelta(minutes=1))
+    assert points(second) == ["emergency-warning", "emergency"]
+    third = step([lowered], 310, second.state, now=NOW + timedelta(minutes=2))
+    assert points(third) == []
+
+
+def test_the_stored_state_stays_small_however_many_flags() -> None:
+    flags = [{"flag_name": f"vc_f{n}", "request_type": "vc_analysis"} for n in range(3000)]
+    budgets = budgets_from_items([threshold("all_ai", throttle=100, emergency=500)], flags)
+    outcome = step(budgets, 600, flags=[f["flag_name"] for f in flags])
+    assert len(outcome.state.flags) == 3000
+    stored = json.dumps(outcome.state.to_item())
+    assert len(stored) < 1000, "one entry per budget, none per flag"
+    read = with_flags(cost_state_from_item(json.loads(stored)), budgets, NOW)
+    assert {f.state for f in read.flags.values()} == {"emergency"}
+    assert len(read.flags) == 3000
+
+
+def test_when_a_daily_shutdown_ends_a_monthly_throttle_still_holds() -> None:
+    from reconciler.runtime.decision import Reason
+    from reconciler.runtime.evaluate import evaluate
+    from reconciler.runtime.snapshot import build_snapshot
+
+    flag = {"flag_name": "f", "request_type": "x", "enabled": True}
+    items = [
+        threshold("daily", throttle=None, emergency=100),
+        threshold("monthly", period="monthly", throttle=200, factor=0.5),
+    ]
+    budgets = budgets_from_items(items, [flag])
+    outcome = step(budgets, 250, flags=["f"])
+    snapshot = build_snapshot(
+        "v", [flag], items, cost_state=cost_state_from_item(outcome.state.to_item())
+    )
+    users = [{"user_id": f"u{n}"} for n in range(2000)]
+    today = {evaluate(snapshot, "f", u, NOW).reason for u in users}
+    assert today == {Reason.COST_EMERGENCY}
+    tomorrow = datetime.fromisoformat(DAY).replace(tzinfo=UTC) + timedelta(days=1, seconds=1)
+    kept = [evaluate(snapshot, "f", u, tomorrow) for u in users]
+    assert {d.reason for d in kept if not d.enabled} == {Reason.COST_THROTTLED}
+    assert sum(d.enabled for d in kept) / len(users) == pytest.approx(0.5, abs=0.04)

@@ -58,6 +58,7 @@ ROLES = {
             "put_alert",
             "mark_alert_published",
             "read_alerts",
+            "read_audit",
         ],
     ),
 }
