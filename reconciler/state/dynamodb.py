@@ -2,43 +2,35 @@
 
 Every condition of a write is a DynamoDB condition expression, checked by DynamoDB in the write
 itself; a group of writes is one ``TransactWriteItems`` call with an idempotency token. Every call
-goes through one retry helper: throttling, transaction conflicts, server errors and timeouts are
-retried with exponential backoff and full jitter, anything else is reported at once.
+goes through the one retry helper of ``reconciler.state.dynamodb_client``; the telemetry, cost
+and controller records are in ``reconciler.state.dynamodb_telemetry``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
-import threading
-import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-import boto3
-from boto3.dynamodb.types import TypeSerializer
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    ParamValidationError,
-    WaiterError,
-)
+from botocore.exceptions import ClientError, WaiterError
 
-from reconciler.runtime.attributes import plain_item
 from reconciler.runtime.sources import OVERRIDES_ID, TELEMETRY_TABLE
+from reconciler.state.dynamodb_client import (
+    BACKOFF_CAP,
+    CONDITION_FAILED,
+    DynamoDBRequestError,
+    backoff,
+    cancellation_reasons,
+    error_code,
+    from_dynamodb,
+    now_text,
+    to_dynamodb,
+)
 from reconciler.state.dynamodb_telemetry import DynamoDBTelemetry
 from reconciler.state.records import (
-    AUDIT_TABLE,
-    CONTROL_TABLE,
     COST_ALERTS_TABLE,
     COST_METRICS_TABLE,
     MANAGED_BY,
@@ -50,7 +42,6 @@ from reconciler.state.records import (
     StoredRecord,
     Write,
     format_time,
-    table_names,
 )
 from reconciler.state.store import (
     LockHeldError,
@@ -61,270 +52,30 @@ from reconciler.state.store import (
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import (
         KeySchemaElementTypeDef,
         TransactWriteItemTypeDef,
     )
 
-DEFAULT_REGION = "eu-central-1"
+__all__ = [  # what callers have always imported from here
+    "BACKOFF_CAP",
+    "DynamoDBRequestError",
+    "DynamoDBStore",
+    "backoff",
+    "from_dynamodb",
+    "to_dynamodb",
+]
+
 LOCK_ID = "lock#reconcile"
 LOCK_RECORD = "lock/reconcile"  # the audit trail's name for the lease
 TTL_ATTRIBUTE = "ttl"
 LOCK_TTL_GRACE = timedelta(days=1)  # DynamoDB removes a dead lease's item a day after it expired
-
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 5.0
-# Error codes that mean "not now": the same call may succeed when repeated.
-RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",
-        "TransactionConflictException",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "LimitExceededException",
-    }
-)
-# Cancellation reasons of a transaction that are "not now" too; ConditionalCheckFailed is not.
-TRANSIENT_REASONS = frozenset(
-    {"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"}
-)
-CONDITION_FAILED = "ConditionalCheckFailedException"
-
-T = TypeVar("T")
-
-_serializer = TypeSerializer()
-
-
-class DynamoDBRequestError(StoreUnavailableError):
-    """DynamoDB refused a request in a way that repeating it cannot fix (permissions,
-    credentials, validation, limits); the store cannot be used until that is fixed."""
-
-
-def to_dynamodb(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain JSON item as DynamoDB attribute values (floats as exact decimals, at any depth)."""
-    return {key: _serializer.serialize(_decimals(value)) for key, value in item.items()}
-
-
-def from_dynamodb(item: Mapping[str, Any]) -> Item:
-    """DynamoDB attribute values as a plain JSON item (integral numbers as ints, others as
-    floats), read straight from DynamoDB's JSON: several times faster than TypeDeserializer."""
-    return plain_item(item)
-
-
-def _decimals(value: Any) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float):
-        return Decimal(str(value))
-    if isinstance(value, dict):
-        return {k: _decimals(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_decimals(v) for v in value]
-    return value
-
-
-def _raw_items(
-    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
-) -> None:
-    """Hand Scan and Query items over as DynamoDB's own JSON, skipping botocore's slow parse
-    of every attribute; ``from_dynamodb`` reads them."""
-    if response_dict.get("status_code") != 200:
-        return
-    body = json.loads(response_dict["body"])
-    items = body.pop("Items", None)
-    if items is None:
-        return
-    customized_response_dict["Items"] = items
-    response_dict["body"] = json.dumps(body).encode()
-
-
-def backoff(attempt: int) -> float:
-    """Full jitter: a uniform wait up to 50 ms, 100 ms, 200 ms, ... capped at 5 s."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
-
-
-def _now() -> str:
-    return format_time(datetime.now(UTC))
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _reasons(exc: ClientError) -> list[dict[str, Any]]:
-    reasons = exc.response.get("CancellationReasons") or []
-    return [dict(reason) for reason in reasons]
-
-
-def _transient(exc: ClientError, extra_codes: Collection[str]) -> bool:
-    code = _code(exc)
-    if code in RETRYABLE_CODES or code in extra_codes:
-        return True
-    if code == "TransactionCanceledException":
-        codes = {str(r.get("Code")) for r in _reasons(exc)} - {"None", ""}
-        return bool(codes) and codes <= TRANSIENT_REASONS
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return isinstance(status, int) and status >= 500
 
 
 class DynamoDBStore(DynamoDBTelemetry):
     """A StateStore in DynamoDB tables."""
 
     max_group_size = 50  # each write also puts its audit entry; TransactWriteItems takes 100
-
-    def __init__(
-        self,
-        client: DynamoDBClient | None = None,
-        *,
-        tables: Mapping[str, str] | None = None,
-        region: str | None = None,
-        endpoint_url: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        max_attempts: int = 8,
-    ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.tables = table_names() if tables is None else table_names(tables)
-        self.region = (
-            region
-            or (client.meta.region_name if client is not None else None)
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or DEFAULT_REGION
-        )
-        self.endpoint_url = (
-            endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or None
-        )
-        self._sleep = sleep
-        self._max_attempts = max_attempts
-        self.calls: Counter[str] = Counter()
-        self._calls_lock = threading.Lock()
-        self._owns_client = client is None
-        if client is None:
-            # One retry policy, ours: botocore's own retries would multiply the attempts and
-            # sleep outside the injected ``sleep``, so it makes one attempt per call.
-            config = Config(
-                connect_timeout=3,
-                read_timeout=10,
-                retries={"mode": "standard", "total_max_attempts": 1},
-            )
-            client = boto3.client(
-                "dynamodb", region_name=self.region, endpoint_url=self.endpoint_url, config=config
-            )
-        self.client: DynamoDBClient = client
-        self._handlers: list[tuple[str, Callable[..., None]]] = [
-            ("before-call.dynamodb", self._count),
-            ("before-parse.dynamodb.Scan", _raw_items),
-            ("before-parse.dynamodb.Query", _raw_items),
-        ]
-        for event, handler in self._handlers:
-            self.client.meta.events.register(event, handler)
-
-    def _count(self, model: Any = None, **_: Any) -> None:
-        if model is not None:
-            with self._calls_lock:
-                self.calls[model.name] += 1
-
-    def table(self, kind: RecordKind) -> str:
-        return self.tables[kind.table_env]
-
-    @property
-    def audit_table(self) -> str:
-        return self.tables[AUDIT_TABLE[0]]
-
-    @property
-    def control_table(self) -> str:
-        return self.tables[CONTROL_TABLE[0]]
-
-    def describe(self) -> str:
-        endpoint = f", endpoint {self.endpoint_url}" if self.endpoint_url else ""
-        return (
-            f"DynamoDB (region {self.region}{endpoint}): tables {', '.join(self.tables.values())}"
-        )
-
-    def close(self) -> None:
-        for event, handler in self._handlers:
-            self.client.meta.events.unregister(event, handler)
-        if self._owns_client:
-            self.client.close()
-
-    # -- the one retry helper ---------------------------------------------------------------
-
-    def _call(
-        self,
-        operation: str,
-        request: Callable[[], T],
-        *,
-        handled: Collection[str] = (),
-        retry_codes: Collection[str] = (),
-        tables: Sequence[str] = (),
-        attempts: int | None = None,
-    ) -> T:
-        """Run one DynamoDB request, repeating the very same request (same parameters, same
-        idempotency token) on throttling and transient failures, with backoff.
-
-        Error codes in ``handled`` are the caller's to interpret and come back as the
-        ``ClientError``; a missing table is ``TablesMissingError``; anything else that is not
-        transient is ``DynamoDBRequestError`` at once.
-        """
-        limit = attempts or self._max_attempts
-        for attempt in range(1, limit + 1):
-            try:
-                return request()
-            except ClientError as exc:
-                code = _code(exc)
-                transient = _transient(exc, retry_codes)
-                if code in handled and not transient:
-                    raise
-                if code == "ResourceNotFoundException":
-                    raise TablesMissingError(self._missing_tables(tables)) from None
-                if not transient:
-                    message = exc.response.get("Error", {}).get("Message", "")
-                    raise DynamoDBRequestError(
-                        f"DynamoDB refused {operation}: {code}: {message}"
-                    ) from exc
-                failure = code
-            except (ConnectionError, HTTPClientError) as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-            except ParamValidationError as exc:
-                raise StoreBugError(f"an invalid {operation} request: {exc}") from exc
-            except BotoCoreError as exc:  # no credentials, no region, ...: not transient
-                raise DynamoDBRequestError(f"cannot call DynamoDB {operation}: {exc}") from exc
-            if attempt < limit:
-                self._sleep(backoff(attempt))
-        where = self.endpoint_url or f"region {self.region}"
-        raise StoreUnavailableError(
-            f"DynamoDB ({where}) kept failing {operation} ({failure}) after {limit} attempts"
-        )
-
-    def _missing_tables(self, tables: Sequence[str]) -> list[str]:
-        """Which of ``tables`` (or of all tables) do not exist; a call that found no table."""
-        candidates = list(tables) or list(self.tables.values())
-        missing = []
-        for name in candidates:
-            if self._describe_table(name) is None:
-                missing.append(name)
-        return missing or candidates
-
-    def _describe_table(self, name: str) -> dict[str, Any] | None:
-        try:
-            answer = self._call(
-                "DescribeTable",
-                lambda: self.client.describe_table(TableName=name),
-                handled={"ResourceNotFoundException"},
-            )
-        except ClientError:
-            return None
-        return dict(answer["Table"])
-
-    # -- bootstrap --------------------------------------------------------------------------
 
     def _key_schemas(self) -> dict[str, list[KeySchemaElementTypeDef]]:
         schemas: dict[str, list[KeySchemaElementTypeDef]] = {
@@ -463,21 +214,6 @@ class DynamoDBStore(DynamoDBTelemetry):
 
     # -- records ----------------------------------------------------------------------------
 
-    def _scan(self, table: str) -> Iterator[Item]:
-        arguments: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-        while True:
-            page = self._call(
-                "Scan",
-                lambda arguments=arguments: self.client.scan(**arguments),  # type: ignore[misc]
-                tables=[table],
-            )
-            for raw in page.get("Items", []):
-                yield from_dynamodb(raw)
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
-            arguments = {**arguments, "ExclusiveStartKey": start}
-
     def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
         records = {}
         for item in self._scan(self.table(kind)):
@@ -497,7 +233,7 @@ class DynamoDBStore(DynamoDBTelemetry):
             seen.add((write.kind, write.name))
         if not writes:
             return
-        now = _now()
+        now = now_text()
         actions: list[TransactWriteItemTypeDef] = []
         owners: list[Write | None] = []  # the write each action belongs to, by position
         for write in writes:
@@ -528,7 +264,7 @@ class DynamoDBStore(DynamoDBTelemetry):
                 tables=tables,
             )
         except ClientError as exc:
-            if _code(exc) == "IdempotentParameterMismatchException":
+            if error_code(exc) == "IdempotentParameterMismatchException":
                 raise StoreBugError(f"idempotency token {request_token} reused") from exc
             raise self._cancelled(exc, owners, now, tables) from None
 
@@ -540,7 +276,7 @@ class DynamoDBStore(DynamoDBTelemetry):
         failed: list[str] = []
         details: list[str] = []
         others: list[str] = []
-        for index, reason in enumerate(_reasons(exc)):
+        for index, reason in enumerate(cancellation_reasons(exc)):
             code = str(reason.get("Code"))
             write = owners[index] if index < len(owners) else None
             if code == "ConditionalCheckFailed":

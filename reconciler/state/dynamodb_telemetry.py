@@ -9,7 +9,7 @@ repeated guard run writes the same values, and never moved backwards by a slower
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from reconciler.runtime.attributes import plain_item
 from reconciler.runtime.sources import TELEMETRY_TABLE
 from reconciler.runtime.telemetry import Shard, dynamodb_item, partition_keys
+from reconciler.state.dynamodb_client import DynamoDBBase
 from reconciler.state.records import (
     COST_ALERTS_TABLE,
     COST_METRICS_TABLE,
@@ -27,36 +28,14 @@ from reconciler.state.records import (
 from reconciler.state.store import StoreUnavailableError, WriteConflictError
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 T = TypeVar("T")
 CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
-class DynamoDBTelemetry:
+class DynamoDBTelemetry(DynamoDBBase):
     """Telemetry and controller records in DynamoDB."""
-
-    client: DynamoDBClient
-    tables: dict[str, str]
-
-    if TYPE_CHECKING:
-
-        @property
-        def control_table(self) -> str: ...
-
-        @property
-        def audit_table(self) -> str: ...
-
-        def _call(
-            self,
-            operation: str,
-            request: Callable[[], T],
-            *,
-            handled: Collection[str] = (),
-            retry_codes: Collection[str] = (),
-            tables: Sequence[str] = (),
-            attempts: int | None = None,
-        ) -> T: ...
 
     @property
     def telemetry_table(self) -> str:
@@ -275,15 +254,4 @@ class DynamoDBTelemetry:
         )
 
     def read_alerts(self) -> list[Item]:
-        items: list[Item] = []
-        arguments: dict[str, Any] = {"TableName": self.cost_alerts_table, "ConsistentRead": True}
-        while True:
-            page = self._call(
-                "Scan",
-                lambda arguments=arguments: self.client.scan(**arguments),  # type: ignore[misc]
-                tables=[self.cost_alerts_table],
-            )
-            items.extend(plain_item(raw) for raw in page.get("Items", []))
-            if not page.get("LastEvaluatedKey"):
-                return sorted(items, key=lambda a: str(a["alert_id"]))
-            arguments = {**arguments, "ExclusiveStartKey": page["LastEvaluatedKey"]}
+        return sorted(self._scan(self.cost_alerts_table), key=lambda a: str(a["alert_id"]))
