@@ -2647,6 +2647,33 @@ COST_CASES = [
         ),
         id="empty-scope",
     ),
+    pytest.param(
+        Case(
+            {
+                COST: doc("""
+                    kind: CostThreshold
+                    threshold_name: vc_demo_budget
+                    description: Demo budget.
+                    owner: team-finops
+                    applies_to: all
+                    time_zone: Europe/Berlinn
+                    throttle:
+                      amount_usd: 10
+                """)
+            },
+            [
+                error(
+                    COST,
+                    6,
+                    12,
+                    "time_zone",
+                    "unknown time zone 'Europe/Berlinn': give an IANA name such as UTC, "
+                    "Europe/Berlin or America/New_York",
+                )
+            ],
+        ),
+        id="unknown-time-zone",
+    ),
 ]
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciler.config import RepoConfig
 from reconciler.diagnostics import Diagnostic, FieldPath
@@ -220,6 +221,15 @@ def check_costs(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
                 f"throttle ({threshold.throttle.amount_usd:g} USD) must be below emergency "
                 f"({threshold.emergency.amount_usd:g} USD)",
                 "limits",
+            )
+        try:
+            ZoneInfo(threshold.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            yield source.diagnostic(
+                ("time_zone",),
+                f"unknown time zone {threshold.time_zone!r}: give an IANA name such as UTC, "
+                "Europe/Berlin or America/New_York",
+                "time-zone",
             )
         scope = threshold.applies_to
         if isinstance(scope, CostScope) and not scope.flags and not scope.request_types:
