@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -149,15 +150,22 @@ def restore(
 def _update(
     store: StateStore, change: Any, *, action: str, actor: str, reason: str, now: datetime
 ) -> None:
-    """Read, change and write the record conditionally on its version, again if it moved."""
+    """Read, change and write the record conditionally on its version, again if it moved.
+
+    Each write carries an id: a write whose answer was lost fails its retry's condition, and
+    the next read finds that id, so the change is not made (and audited) twice."""
     if not reason.strip():
         raise UserError("a reason is required: say why, for whoever reads the trail later")
+    tried: str | None = None
     for _ in range(ATTEMPTS):
         before = store.read_overrides() or {}
+        if tried is not None and before.get("write_id") == tried:
+            return  # the last attempt landed; only its answer was lost
         version = int(before.get("version", 0))
         after = change({k: _copy(v) for k, v in before.items() if k != "record_id"})
         if after is None:
             return
+        tried = after["write_id"] = uuid.uuid4().hex
         after["version"] = version + 1
         after["updated_at"] = format_time(now)
         audit = AuditEntry(
@@ -242,7 +250,6 @@ class CostHold:
 
 def cost_holds(store: StateStore, now: datetime) -> list[CostHold]:
     """The flags the cost guard throttles or shuts down now, read as the runtime reads them."""
-    from reconciler.runtime.budgets import budgets_from_items  # noqa: PLC0415
     from reconciler.runtime.cost_state import (  # noqa: PLC0415
         COST_GUARD_ID,
         cost_state_from_item,
@@ -253,11 +260,8 @@ def cost_holds(store: StateStore, now: datetime) -> list[CostHold]:
     state = cost_state_from_item(store.read_control(COST_GUARD_ID))
     if not state.budgets:
         return []
-    budgets = budgets_from_items(
-        [r.item for r in store.read_records(RecordKind.COST_THRESHOLD).values()],
-        [r.item for r in store.read_records(RecordKind.FLAG).values()],
-    )
-    held = with_flags(state, budgets, now).flags
+    flags = store.read_records(RecordKind.FLAG).values()
+    held = with_flags(state, [r.name for r in flags if r.item.get("request_type")], now).flags
     return [
         CostHold(name, f.state, f.budget, f.factor, f.until) for name, f in sorted(held.items())
     ]

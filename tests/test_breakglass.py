@@ -259,3 +259,38 @@ def test_a_shutdown_after_the_plan_still_holds_the_flag_at_apply(store: StateSto
     result = apply(store, planned)
     assert result.held == ["flag/vc_bedrock_live"]  # type: ignore[attr-defined]
     assert store.read_records(RecordKind.FLAG)["vc_bedrock_live"].item["rollout_percentage"] == 100
+
+
+class _LoseFirstAnswer:
+    """The first successful TransactWriteItems lands, and its answer is lost."""
+
+    def __init__(self, store: DynamoDBStore) -> None:
+        self.lost = 0
+        store.client.meta.events.register("after-call.dynamodb.TransactWriteItems", self)
+
+    def __call__(self, http_response: object, **_: object) -> None:
+        from botocore.exceptions import ReadTimeoutError
+
+        if not self.lost and getattr(http_response, "status_code", 0) == 200:
+            self.lost += 1
+            raise ReadTimeoutError(endpoint_url="http://dynamodb")
+
+
+def test_a_lost_answer_is_not_applied_twice(moto_store: DynamoDBStore) -> None:
+    lose = _LoseFirstAnswer(moto_store)
+    held = core.shutdown(
+        moto_store, ["vc_bedrock_live"], reason="bad answers", by="ana", expires_at=None, now=NOW
+    )
+    assert lose.lost == 1
+    assert [a.target for a in held] == ["vc_bedrock_live"]
+    assert len(held[0].history) == 1, "one shutdown, one history entry"
+    assert len(moto_store.read_audit(OVERRIDES_RECORD)) == 1
+
+    lose = _LoseFirstAnswer(moto_store)
+    lifted = core.restore(moto_store, ["vc_bedrock_live"], reason="fixed", by="ana", now=NOW)
+    assert lose.lost == 1
+    assert lifted == ["vc_bedrock_live"], "the restore that landed says so"
+    assert [e["action"] for e in moto_store.read_audit(OVERRIDES_RECORD)] == [
+        "restore",
+        "shutdown",
+    ]

@@ -636,7 +636,7 @@ def test_alerts_are_recorded_once_when_two_guards_run_at_once(store: StateStore)
     last = NOW + timedelta(seconds=20)
     assert state.read_at in (format_time(last), format_time(last + timedelta(microseconds=1)))
     assert state.flags == {}, "the stored state names no flag: the budgets' scopes do"
-    held = with_flags(state, example_budgets(), last).flags
+    held = with_flags(state, FLAGS, last).flags
     assert {f.state for f in held.values()} == {"emergency"}
     assert sorted(held) == FLAGS
     entries = store.read_audit(GUARD_RECORD)
@@ -992,7 +992,9 @@ def test_the_stored_state_stays_small_however_many_flags() -> None:
     assert len(outcome.state.flags) == 3000
     stored = json.dumps(outcome.state.to_item())
     assert len(stored) < 1000, "one entry per budget, none per flag"
-    read = with_flags(cost_state_from_item(json.loads(stored)), budgets, NOW)
+    read = with_flags(
+        cost_state_from_item(json.loads(stored)), [f["flag_name"] for f in flags], NOW
+    )
     assert {f.state for f in read.flags.values()} == {"emergency"}
     assert len(read.flags) == 3000
 
@@ -1019,3 +1021,27 @@ def test_when_a_daily_shutdown_ends_a_monthly_throttle_still_holds() -> None:
     kept = [evaluate(snapshot, "f", u, tomorrow) for u in users]
     assert {d.reason for d in kept if not d.enabled} == {Reason.COST_THROTTLED}
     assert sum(d.enabled for d in kept) / len(users) == pytest.approx(0.5, abs=0.04)
+
+
+def test_a_budget_renamed_in_git_holds_until_the_guard_decides_and_its_end_is_audited() -> None:
+    """The stored state says which flags each budget acts on: a client that already has the
+    renamed budget's configuration still holds the flags; the guard's next run moves the hold
+    to the new name, and a removed budget's end is a transition of its own."""
+    from reconciler.runtime.decision import Reason
+    from reconciler.runtime.evaluate import evaluate
+    from reconciler.runtime.snapshot import build_snapshot
+
+    flag = {"flag_name": "f", "request_type": "x", "enabled": True}
+    old = [threshold("old_name", throttle=None, emergency=100)]
+    new = [threshold("new_name", throttle=None, emergency=100)]
+    first = step(budgets_from_items(old, [flag]), 150, flags=["f"])
+    stored = cost_state_from_item(first.state.to_item())
+    renamed = build_snapshot("v", [flag], new, cost_state=stored)
+    assert evaluate(renamed, "f", {"user_id": "u"}, NOW).reason is Reason.COST_EMERGENCY
+    later = NOW + timedelta(minutes=1)
+    second = step(budgets_from_items(new, [flag]), 150, stored, now=later, flags=["f"])
+    assert "budget/old_name: emergency -> removed (not in git)" in described(second)
+    assert second.state.flags["f"].budget == "new_name"
+    gone = step([], 150, second.state, now=later + timedelta(minutes=1), flags=["f"])
+    assert "budget/new_name: emergency -> removed (not in git)" in described(gone)
+    assert "flag/f: emergency -> normal (spend back under every limit)" in described(gone)

@@ -1055,3 +1055,32 @@ def test_close_loses_nothing_when_the_final_flush_works(applied: Path) -> None:
     store = LocalStore(applied)
     assert stored(store) == {"cost:vc_analysis": (3, 300_000), "tokens:vc_analysis": (3, 30)}
     store.close()
+
+
+def test_a_record_a_moment_before_midnight_lands_in_its_day_even_if_a_flush_runs_first(
+    tmp_path: Path,
+) -> None:
+    """The clock read just before a day's end, a flush at the end, then the record: the day's
+    bucket is still there (the bucket being recorded into is never released), so the day's
+    total is not replaced by a new, nearly empty one."""
+    from reconciler.runtime.recorder import Recorder
+    from reconciler.runtime.telemetry import cost_bucket as bucket_of
+
+    store = LocalStore(tmp_path / "state.db")
+    store.bootstrap()
+    end = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
+    now = [end - 60.0]
+    recorder = Recorder(store, background=False, clock=lambda: now[0])
+    recorder.record_cost("vc_analysis", 0, 100_000_000)
+    assert recorder.flush()
+    now[0] = end - 0.001
+    recorder.record_cost("vc_analysis", 0, 1)  # rolls nothing: still 1 December
+    now[0] = end
+    assert recorder.flush()  # the day is over, but the bucket is still being recorded into
+    recorder._next_cost_roll = end + 1  # as if this record read the clock before the end
+    recorder.record_cost("vc_analysis", 0, 50_000)
+    assert recorder.flush()
+    (shard,) = store.read_shards(bucket_of("2026-12-01", "UTC"))
+    assert shard.series["cost:vc_analysis"].sum == 100_050_001
+    recorder.close()
+    store.close()

@@ -10,7 +10,7 @@ Alerts fire once per budget, period and alert point; the transitions are what th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -123,10 +123,17 @@ def decide(
     *,
     now: datetime,
     read_at: datetime,
+    ai_flags: Collection[str] | None = None,
 ) -> Outcome:
     """The new state from the spend each budget counts this period (``spend`` by budget name);
-    ``flags`` are the flags that exist (a budget may name one that is gone)."""
+    ``flags`` are the flags that exist (a budget may name one that is gone), ``ai_flags`` those
+    with a request type, which a budget of every AI flag acts on (by default: as the budgets
+    of every AI flag say)."""
     stamp = format_time(now)
+    exists = set(flags)
+    if ai_flags is None:
+        every = [b.acts_on for b in budgets if b.every_feature]
+        ai_flags = set().union(*every) & exists if every else exists
     states: dict[str, BudgetState] = {}
     transitions: list[Transition] = []
     alerts: list[Alert] = []
@@ -159,7 +166,10 @@ def decide(
             level,
             before.since if kept and before is not None else stamp,
             tuple(sorted(fired | {p for p, _ in crossed})),
+            None if budget.every_feature else tuple(sorted(budget.acts_on & exists)),
+            budget.rollout_factor,
         )
+        current = replace(current, detail=describe(budget, current))
         states[budget.name] = current
         was = before.level if before is not None else "ok"
         if was != level or (not same_period and before is not None and level != "ok"):
@@ -167,13 +177,14 @@ def decide(
             if before is not None and not same_period:
                 why = f"a new period: {why}" if level != "ok" else "a new period"
             transitions.append(Transition(f"budget/{budget.name}", was, level, why))
+    for name, gone in sorted(previous.budgets.items()):
+        if name not in states:  # removed from git (or renamed): its hold ends now, audited
+            transitions.append(Transition(f"budget/{name}", gone.level, "removed", "not in git"))
     state = CostState(
         previous.version + 1, format_time(read_at), stamp, states, rolled_up=previous.rolled_up
     )
-    exists = set(flags)
-    scoped = [replace(b, acts_on=b.acts_on & exists) for b in budgets]
-    old = with_flags(previous, scoped, now=previous.read_time or now).flags
-    new = with_flags(state, scoped, now).flags
+    old = with_flags(previous, ai_flags, now=previous.read_time or now).flags
+    new = with_flags(state, ai_flags, now).flags
     for name in sorted(set(old) | set(new)):
         before_flag, after_flag = old.get(name), new.get(name)
         old_text = before_flag.state if before_flag is not None else "normal"

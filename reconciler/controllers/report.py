@@ -195,8 +195,10 @@ def collect(
 ) -> CostReport:
     """Read everything the report shows. Today's spend comes from the shards (exact, current);
     a past day's from the stored cost-metrics rows."""
-    budgets, _ = load_budgets(store)
-    state = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), budgets, now)
+    configuration = load_budgets(store)
+    budgets = configuration.budgets
+    stored = cost_state_from_item(store.read_control(COST_GUARD_ID))
+    state = with_flags(stored, configuration.ai_flags, now)
     reading = read_spend(store, budgets, now) if day is None else _stored(store, budgets, day, now)
     overshoot = None
     if day is None:

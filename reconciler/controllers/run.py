@@ -53,12 +53,25 @@ class GuardRun:
         return self.outcome.state if self.written else self.previous
 
 
-def load_budgets(store: StateStore) -> tuple[list[Budget], list[str]]:
-    """The budgets the stored records declare, and every stored flag's name."""
+@dataclass(frozen=True)
+class Configuration:
+    """What the controllers read of git's records: the budgets, every flag's name, and the AI
+    flags (those that declare a request type)."""
+
+    budgets: list[Budget]
+    flags: list[str]
+    ai_flags: list[str]
+
+
+def load_budgets(store: StateStore) -> Configuration:
     flags = store.read_records(RecordKind.FLAG)
     thresholds = store.read_records(RecordKind.COST_THRESHOLD)
     items = [r.item for r in flags.values()]
-    return budgets_from_items([r.item for r in thresholds.values()], items), sorted(flags)
+    return Configuration(
+        budgets_from_items([r.item for r in thresholds.values()], items),
+        sorted(flags),
+        sorted(r.name for r in flags.values() if r.item.get("request_type")),
+    )
 
 
 def run_cost_guard(
@@ -68,16 +81,26 @@ def run_cost_guard(
     publisher: Publisher | None = None,
     actor: str = "cost-guard",
 ) -> GuardRun:
-    budgets, flags = load_budgets(store)
+    configuration = load_budgets(store)
+    budgets, flags = configuration.budgets, configuration.flags
     known = cost_state_from_item(store.read_control(COST_GUARD_ID))
     reading = read_spend(store, budgets, now, known.rolled_up)
     spend = {b.name: reading.budget_spend(b, now) for b in budgets}
     ours = format_time(reading.read_at)
     run_id = uuid.uuid4().hex  # marks the alerts this run records, should an answer be lost
     recorded: dict[str, Alert] = {}
+    rows_written = False  # the original cost-metrics rows, from the shards just summed
     for _ in range(ATTEMPTS):
         previous = cost_state_from_item(store.read_control(COST_GUARD_ID))
-        outcome = decide(budgets, flags, spend, previous, now=now, read_at=reading.read_at)
+        outcome = decide(
+            budgets,
+            flags,
+            spend,
+            previous,
+            now=now,
+            read_at=reading.read_at,
+            ai_flags=configuration.ai_flags,
+        )
         if dict(reading.rolled_up) != dict(previous.rolled_up):
             rolled = replace(outcome.state, rolled_up=reading.rolled_up)
             outcome = replace(outcome, state=rolled, changed=True)
@@ -95,6 +118,9 @@ def run_cost_guard(
         run.alerts_recorded = list(recorded.values())
         if previous.read_at == ours:
             run.written = True  # this run's write landed, and only its answer was lost
+        if not rows_written:  # the rows before the state that vouches for them (rolled_up)
+            store.write_cost_metrics([day.to_row(now) for day in reading.live])
+            rows_written = True
         if not outcome.changed:
             break
         try:
@@ -110,8 +136,6 @@ def run_cost_guard(
         break
     else:
         raise UserError("the cost guard's state kept changing under this run; run it again")
-    # The rows of the original cost-metrics table, from the shards just summed.
-    store.write_cost_metrics([day.to_row(now) for day in reading.live])
     _publish_all(store, run, publisher, now)
     return run
 

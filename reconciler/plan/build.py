@@ -10,7 +10,6 @@ from datetime import datetime
 from reconciler.codec import DesiredState
 from reconciler.plan.diff import diff, hold_by_cost_guard, hold_overridden
 from reconciler.plan.model import Change, Plan
-from reconciler.runtime.budgets import budgets_from_items
 from reconciler.runtime.cost_state import COST_GUARD_ID, cost_state_from_item, with_flags
 from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import RecordKind, format_time
@@ -31,11 +30,8 @@ def build_plan(
     changes, unmanaged = diff(desired, actual, now=format_time(now))
     in_force = overrides_from_item(store.read_overrides()).in_force(now)
     changes, held_notes = hold_overridden(changes, in_force, block_deletes=not force_delete_held)
-    budgets = budgets_from_items(
-        [r.item for r in actual[RecordKind.COST_THRESHOLD].values()],
-        [r.item for r in actual[RecordKind.FLAG].values()],
-    )
-    guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), budgets, now)
+    ai_flags = [r.name for r in actual[RecordKind.FLAG].values() if r.item.get("request_type")]
+    guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), ai_flags, now)
     changes = hold_by_cost_guard(changes, guard, now)
     notes = (*notes, *held_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)

@@ -250,13 +250,15 @@ class FlagClient:
     def _views_for(self, request_type: str) -> list[BudgetView]:
         """The budgets counting ``request_type``, as admission reads them, cached until the
         first of their periods ends or the guard's state or the configuration changes."""
-        snapshot = self._snapshot
-        if snapshot is None:
-            return []
         now = self._epoch()
         if now >= self._admission_until:
             self._admission, self._admission_until = {}, math.inf
-        cache = self._admission  # a refresh may replace it meanwhile: then these views are old
+        # The cache before the snapshot: a refresh swaps the snapshot, then the cache, so a
+        # swap in between leaves this cache replaced, and these views are not kept.
+        cache = self._admission
+        snapshot = self._snapshot
+        if snapshot is None:
+            return []
         budgets = [*self._by_type.get(request_type, ()), *self._by_type.get(None, ())]
         moment = self.clock()
         views = [
@@ -407,8 +409,13 @@ class FlagClient:
                 self.refresh_configuration()
 
     def _after_fork(self) -> None:
-        """In a forked child: the refresh thread did not come along; start one of its own."""
+        """In a forked child: the refresh thread did not come along; start one of its own.
+        What admission remembered of the parent's spend is the parent's."""
         self._write_lock = threading.Lock()
+        self._admission, self._admission_until, self._baselines = {}, math.inf, {}
+        after_fork = getattr(self.source, "after_fork", None)
+        if callable(after_fork):
+            after_fork()  # a connection of its own (boto3 clients are not fork-safe)
         if self._thread is not None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="flag-refresh", daemon=True)
             self._thread.start()

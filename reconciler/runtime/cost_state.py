@@ -10,7 +10,7 @@ lifts an expired state by itself at midnight, before the guard's next run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,12 @@ class BudgetState:
     level: str  # one of LEVELS
     since: str  # when this level was reached
     alerted: tuple[str, ...] = ()  # the alert points fired this period
+    # What the level means for flags, stored with it so that every reader agrees whatever
+    # configuration it holds (a budget renamed or removed in git still holds until the guard
+    # decides again): the flags it acts on (None: every AI flag), the share a throttle keeps.
+    scope: tuple[str, ...] | None = None
+    factor: float = 0.5
+    detail: str = ""
 
     def to_item(self) -> dict[str, Any]:
         return {
@@ -50,6 +56,9 @@ class BudgetState:
             "level": self.level,
             "since": self.since,
             "alerted": list(self.alerted),
+            "scope": "all" if self.scope is None else list(self.scope),
+            "factor": self.factor,
+            "detail": self.detail,
         }
 
 
@@ -120,6 +129,9 @@ def cost_state_from_item(item: Mapping[str, Any] | None) -> CostState:
                 str(entry.get("level", "ok")),
                 str(entry.get("since", "")),
                 tuple(str(a) for a in entry.get("alerted") or ()),
+                _scope(entry.get("scope", "all")),
+                float(entry.get("factor", 0.5)),
+                str(entry.get("detail", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
@@ -149,19 +161,25 @@ def describe(budget: Budget, state: BudgetState) -> str:
     )
 
 
-def flag_verdicts(budgets: Sequence[Budget], state: CostState) -> dict[str, list[FlagCost]]:
-    """Every verdict on every flag a throttled or shut-down budget acts on, worst first."""
+def _scope(value: Any) -> tuple[str, ...] | None:
+    if value == "all" or value is None:
+        return None
+    return tuple(str(flag) for flag in value)
+
+
+def flag_verdicts(state: CostState, ai_flags: Collection[str]) -> dict[str, list[FlagCost]]:
+    """Every verdict on every flag a throttled or shut-down budget acts on, worst first; a
+    budget of every AI flag acts on ``ai_flags`` (the flags that declare a request type)."""
     held: dict[str, list[FlagCost]] = {}
-    for budget in budgets:
-        current = state.budgets.get(budget.name)
-        if current is None or current.level not in ("throttled", "emergency"):
+    for current in state.budgets.values():
+        if current.level not in ("throttled", "emergency"):
             continue
         kind = "emergency" if current.level == "emergency" else "throttled"
-        factor = 0.0 if kind == "emergency" else budget.rollout_factor
-        detail = describe(budget, current)
-        for flag in sorted(budget.acts_on):
+        factor = 0.0 if kind == "emergency" else current.factor
+        detail = current.detail or f"cost budget {current.name}"
+        for flag in sorted(ai_flags if current.scope is None else current.scope):
             verdict = FlagCost(
-                flag, kind, budget.name, factor, current.period_end, detail, current.since
+                flag, kind, current.name, factor, current.period_end, detail, current.since
             )
             held.setdefault(flag, []).append(verdict)
     for verdicts in held.values():
@@ -169,10 +187,10 @@ def flag_verdicts(budgets: Sequence[Budget], state: CostState) -> dict[str, list
     return held
 
 
-def with_flags(state: CostState, budgets: Sequence[Budget], now: datetime) -> CostState:
+def with_flags(state: CostState, ai_flags: Collection[str], now: datetime) -> CostState:
     """The state with each flag's worst verdict in force at ``now``."""
     worst = {}
-    for flag, verdicts in flag_verdicts(budgets, state).items():
+    for flag, verdicts in flag_verdicts(state, ai_flags).items():
         live = [v for v in verdicts if v.in_force(now)]
         if live:
             worst[flag] = live[0]

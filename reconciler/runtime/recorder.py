@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -113,6 +114,7 @@ class Recorder:
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
             self._thread.start()
         _open.add(self)
+        _flush_at_process_exit(self)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -341,14 +343,17 @@ class Recorder:
         """Forget the buckets whose time is over once they are written (under the lock). A
         bucket is kept to its end even when nothing records into it any more (a budget's zone
         left the configuration): should it come back, its totals go on from where they were,
-        never from nothing (which, written as absolute totals, would undercount)."""
+        never from nothing (which, written as absolute totals, would undercount). The buckets
+        being recorded into are never released: a record that read the clock a moment before
+        a bucket's end still lands in it."""
         now = self.clock()
-        for bucket in [
-            b for b in self._buckets if self._ends.get(b, 0) <= now and b not in self._dirty
-        ]:
-            self._series_count -= len(self._buckets.pop(bucket))
+        current = {*self._cost_buckets, self._ops_bucket}
+        for bucket in [b for b, ends in self._ends.items() if ends <= now and b not in current]:
+            if bucket in self._dirty:
+                continue
+            self._series_count -= len(self._buckets.pop(bucket, {}))
             self._bucket_cost.pop(bucket, None)
-            self._ends.pop(bucket, None)
+            del self._ends[bucket]
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
@@ -369,6 +374,7 @@ class Recorder:
         if self._thread is not None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
             self._thread.start()
+        _flush_at_process_exit(self)
 
     def close(self) -> None:
         """Stop the thread and flush what is left; what cannot be written is counted as lost."""
@@ -398,6 +404,11 @@ _open: set[Recorder] = set()  # held until closed, so that exit flushes every on
 def _flush_at_exit() -> None:
     for recorder in list(_open):
         recorder.close()
+
+
+def _flush_at_process_exit(recorder: Recorder) -> None:
+    """A multiprocessing child ends with os._exit, past atexit: its finalizers still run."""
+    multiprocessing.util.Finalize(recorder, recorder.close, exitpriority=100)
 
 
 def _after_fork() -> None:

@@ -159,7 +159,8 @@ def with_cost_state(snapshot: Snapshot, state: CostState) -> Snapshot:
     if state.flags:  # a state that names its flags (as the guard holds it in memory)
         verdicts = {name: [held] for name, held in state.flags.items()}
     else:
-        verdicts = flag_verdicts(snapshot.budgets, state)
+        ai = [name for name, flag in snapshot.flags.items() if flag.request_type]
+        verdicts = flag_verdicts(state, ai)
     cost = {}
     for name, chain in verdicts.items():
         if name not in snapshot.flags:

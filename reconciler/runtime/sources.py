@@ -160,13 +160,13 @@ class DynamoDBSource:
         self.thresholds_table = env.get("COST_THRESHOLDS_TABLE", "bedrock-cost-thresholds")
         self.control_table = env.get("CONTROL_TABLE", "bedrock-flag-control")
         self.telemetry_table = env.get(*TELEMETRY_TABLE)
-        if client is None:
-            import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
-            from botocore.config import Config  # noqa: PLC0415
+        self._owns_client = client is None
+        self.client = client if client is not None else _client()
 
-            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
-            client = boto3.client("dynamodb", config=config)
-        self.client = client
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own, unless the caller gave one."""
+        if self._owns_client:
+            self.client = _client()
 
     def describe(self) -> str:
         return f"DynamoDB tables {self.flags_table}, {self.thresholds_table}, {self.control_table}"
@@ -215,6 +215,14 @@ class DynamoDBSource:
                 if _condition_failed(exc):
                     continue  # this flush, or a later one, is stored already: a repeat
                 raise
+
+
+def _client() -> Any:
+    import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
+    from botocore.config import Config  # noqa: PLC0415
+
+    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
+    return boto3.client("dynamodb", config=config)
 
 
 def _condition_failed(exc: Exception) -> bool:
