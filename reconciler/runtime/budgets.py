@@ -76,12 +76,6 @@ class Budget:
     alerting: bool = True
     every_feature: bool = False  # applies_to: all (acts_on is then every flag with a type)
 
-    def counts_type(self, request_type: str) -> bool:
-        return self.counts is None or request_type in self.counts
-
-    def acts_on_flag(self, flag: str) -> bool:
-        return flag in self.acts_on
-
     def spent(self, by_type: Mapping[str, int]) -> int:
         """What this budget counts of a spend by request type."""
         if self.counts is None:
