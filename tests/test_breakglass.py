@@ -287,7 +287,8 @@ def test_a_lost_answer_is_not_applied_twice(moto_store: DynamoDBStore) -> None:
     assert len(moto_store.read_audit(OVERRIDES_RECORD)) == 1
 
     lose = _LoseFirstAnswer(moto_store)
-    lifted = core.restore(moto_store, ["vc_bedrock_live"], reason="fixed", by="ana", now=NOW)
+    later = NOW + timedelta(minutes=1)  # audit entries come newest first, by time
+    lifted = core.restore(moto_store, ["vc_bedrock_live"], reason="fixed", by="ana", now=later)
     assert lose.lost == 1
     assert lifted == ["vc_bedrock_live"], "the restore that landed says so"
     assert [e["action"] for e in moto_store.read_audit(OVERRIDES_RECORD)] == [
