@@ -64,7 +64,7 @@ class BudgetState:
 
 @dataclass(frozen=True)
 class FlagCost:
-    """A flag throttled or shut down by a budget, until ``until``."""
+    """A flag throttled or shut down by a budget, until ``until``: derived, never stored."""
 
     flag: str
     state: str  # throttled | emergency
@@ -73,16 +73,6 @@ class FlagCost:
     until: str
     detail: str
     since: str
-
-    def to_item(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "budget": self.budget,
-            "factor": self.factor,
-            "until": self.until,
-            "detail": self.detail,
-            "since": self.since,
-        }
 
     def in_force(self, now: datetime) -> bool:
         until = parse_time(self.until)

@@ -102,7 +102,6 @@ class Flag:
     default_include: bool = True
     schedule: Schedule | None = None
     experiment: Experiment | None = None
-    cost_threshold: float | None = None
     request_type: str | None = None
     shutdown: Shutdown | None = None
     controller: Mapping[str, Any] = field(default_factory=dict)
@@ -223,9 +222,6 @@ def _flag(name: str, item: Item) -> Flag:
         default_include=default_include,
         schedule=_schedule(item.get("rollout"), item.get("created_at")),
         experiment=_experiment(item.get("ab_test_config")),
-        cost_threshold=float(item["cost_threshold"])
-        if item.get("cost_threshold") is not None
-        else None,
         request_type=item.get("request_type"),
         cost_salt=f"cost:{item.get('request_type') or name}",
         shutdown=shutdown,
