@@ -97,6 +97,11 @@ def encode_flag(
                 "traffic_percentage": experiment.traffic_percentage,
                 **({"winner": experiment.winner} if experiment.winner else {}),
                 **({"start_time": experiment.start_time} if experiment.start_time else {}),
+                **({"end_time": experiment.end_time} if experiment.end_time else {}),
+                "metrics": {
+                    **{m.metric_name: m.metric_type for m in experiment.success_metrics},
+                    **{m.metric_name: m.metric_type for m in experiment.guardrail_metrics},
+                },
             }
         )
     strategy = _strategy_for(flag, strategies)

@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import REPO_ROOT
 
-CONTROL_PLANE = ("click", "jsonschema", "deepdiff", "pydantic", "yaml", "boto3")
+CONTROL_PLANE = ("click", "jsonschema", "deepdiff", "pydantic", "yaml", "boto3", "scipy", "numpy")
 PROBE = """
 import json, sys
 import reconciler.runtime.decision, reconciler.runtime.evaluate, reconciler.runtime.snapshot

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciler.config import RepoConfig
@@ -103,6 +103,15 @@ def check_experiments(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
                     "unique-name",
                 )
         yield from _check_time(source, ("start_time",), experiment.start_time)
+        yield from _check_time(source, ("end_time",), experiment.end_time)
+        start, end = _moment(experiment.start_time), _moment(experiment.end_time)
+        if start is not None and end is not None and end <= start:
+            yield source.diagnostic(
+                ("end_time",),
+                f"ends at {experiment.end_time}, not after its start_time "
+                f"{experiment.start_time}",
+                "schedule",
+            )
 
 
 def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
@@ -280,6 +289,17 @@ def _check_time(source: Source, at: FieldPath, value: str | None) -> Iterator[Di
         datetime.fromisoformat(value)
     except ValueError as exc:
         yield source.diagnostic(at, f"not a real date and time: {exc}", "timestamp")
+
+
+def _moment(value: str | None) -> datetime | None:
+    """A timestamp as an aware time (UTC when it names no zone); None if absent or unreadable."""
+    try:
+        moment = datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
 
 
 def _duplicates(

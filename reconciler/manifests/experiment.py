@@ -131,16 +131,28 @@ class Experiment(Manifest):
         default_factory=list, description="Metrics that must not get worse."
     )
     confidence_level: float = Field(
-        default=0.95, ge=0.8, lt=1, description="Confidence required to conclude, e.g. 0.95."
+        default=0.95,
+        ge=0.8,
+        lt=1,
+        description="Confidence of the intervals, and of the anytime-valid interval that "
+        "auto-conclusion requires, e.g. 0.95.",
     )
     minimum_duration_days: Integer = Field(
         default=7, ge=0, le=365, description="No conclusion before this many days of running."
     )
     minimum_sample_size: Integer = Field(
-        default=1000, ge=1, description="No conclusion before each variant has this many users."
+        default=1000,
+        ge=1,
+        description="No conclusion before each variant has this many users; also where the "
+        "anytime-valid interval is tuned to be tightest.",
     )
     start_time: Timestamp | None = Field(
         default=None, description="When assignment starts; immediately on apply if omitted."
+    )
+    end_time: Timestamp | None = Field(
+        default=None,
+        description="When assignment ends (everyone gets the control from then on, until the "
+        "experiment is concluded); open-ended if omitted.",
     )
     winner: Name | None = Field(
         default=None, description="For a concluded experiment: the variant everyone gets."

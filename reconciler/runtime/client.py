@@ -43,7 +43,12 @@ from reconciler.runtime.recorder import (
     Recorder,
     TelemetrySink,
 )
-from reconciler.runtime.snapshot import Snapshot, build_snapshot, with_cost_state
+from reconciler.runtime.snapshot import (
+    Snapshot,
+    build_snapshot,
+    with_cost_state,
+    with_experiment_states,
+)
 from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
 
 log = logging.getLogger("reconciler.runtime")
@@ -56,6 +61,9 @@ _NO_BUDGET = Admission(True, AdmissionReason.NO_BUDGET)
 MAX_CALL_USD = 1_000_000
 MAX_CALL_TOKENS = 10**12
 MAX_MEASURE = 1e12
+QUALITY_METRIC = "response_quality"
+TIME_METRIC = "response_time_ms"
+COST_METRIC = "cost_usd"
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
 
@@ -141,6 +149,8 @@ class FlagClient:
 
     def decide(self, flag: str, context: Mapping[str, Any], default: Any = None) -> Decision:
         decision = evaluate(self._snapshot, flag, context, self.clock)  # time asked only if needed
+        if decision.reason is Reason.EXPERIMENT_ASSIGNED:
+            self._expose(decision, context)
         if decision.error_code is not None and decision.error_code in _NO_ANSWER:
             return dataclasses.replace(decision, enabled=bool(default), value=default)
         if default is not None and decision.value is None and not decision.enabled:
@@ -179,6 +189,98 @@ class FlagClient:
         return IntegrationDecision(
             True, main.reason, model.variant, model.variant_config, (main, model)
         )
+
+    # -- experiments (the request path too: microseconds, no I/O, never raising) -------------
+
+    def _expose(self, decision: Decision, context: Mapping[str, Any]) -> None:
+        """Count the exposure of the user to the variant the decision assigned."""
+        try:
+            snapshot = self._snapshot
+            experiment = snapshot.flags[decision.flag].experiment if snapshot else None
+            if experiment is not None and decision.variant is not None:
+                self.recorder.expose(experiment.key, decision.variant, str(context["user_id"]))
+        except Exception:
+            self.recorder.reject("internal")
+
+    def record_response_quality(
+        self,
+        experiment_id: str,
+        user_context: Mapping[str, Any],
+        quality_score: float | None,
+        response_time_ms: float | None = None,
+        cost_usd: float | Decimal | None = None,
+    ) -> None:
+        """Record one response's quality, time and cost for the user's variant (the metrics
+        ``response_quality``, ``response_time_ms`` and ``cost_usd``, those the experiment
+        declares)."""
+        try:
+            given = (
+                (QUALITY_METRIC, quality_score),
+                (TIME_METRIC, response_time_ms),
+                (COST_METRIC, float(cost_usd) if isinstance(cost_usd, Decimal) else cost_usd),
+            )
+            self._record_metrics(experiment_id, user_context, given, declared_only=True)
+        except Exception:
+            self.recorder.reject("internal")
+
+    def track(
+        self,
+        experiment_id: str,
+        user_context: Mapping[str, Any],
+        metric_name: str,
+        value: float | bool = 1,
+    ) -> None:
+        """Record a value of one of the experiment's metrics for the user's variant (binary
+        metrics take 0, 1, True or False)."""
+        try:
+            self._record_metrics(experiment_id, user_context, ((metric_name, value),))
+        except Exception:
+            self.recorder.reject("internal")
+
+    def _record_metrics(
+        self,
+        experiment_id: str,
+        user_context: Mapping[str, Any],
+        given: tuple[tuple[str, Any], ...],
+        *,
+        declared_only: bool = False,
+    ) -> None:
+        snapshot = self._snapshot
+        if snapshot is None:
+            self.recorder.reject("no_snapshot")
+            return
+        flag = snapshot.experiments.get(experiment_id) if type(experiment_id) is str else None
+        experiment = snapshot.flags[flag].experiment if flag is not None else None
+        if flag is None or experiment is None:
+            self.recorder.reject(f"unknown_experiment:{str(experiment_id)[:64]}")
+            return
+        decision = evaluate(snapshot, flag, user_context, self.clock)
+        if decision.reason is not Reason.EXPERIMENT_ASSIGNED or decision.variant is None:
+            self.recorder.warn("not_in_experiment")  # excluded, stopped, concluded, no user
+            return
+        declared = experiment.metrics
+        values = []
+        for metric, given_value in given:
+            if given_value is None:
+                continue
+            value = given_value
+            kind = declared.get(metric) if declared else "numeric"
+            if kind is None:
+                if not declared_only:
+                    self.recorder.reject(f"unknown_metric:{str(metric)[:64]}")
+                continue
+            if kind == "binary":
+                if value not in (0, 1) or not isinstance(value, int | float):
+                    self.recorder.reject(f"invalid_value:{metric}")
+                    continue
+                value = 1 if value else 0
+            elif not _finite(value):
+                self.recorder.reject(f"invalid_value:{metric}")
+                continue
+            values.append((metric, value))
+        if values:
+            unit = str(user_context["user_id"])
+            self.recorder.record_metric(experiment.key, decision.variant, unit, values)
 
     # -- cost and outcomes (the request path too: microseconds, never raising) ------------------
 
@@ -464,7 +566,7 @@ def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
     held = dataclasses.replace(
         snapshot, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
     )
-    return with_cost_state(held, overrides.cost)
+    return with_experiment_states(with_cost_state(held, overrides.cost), overrides.experiments)
 
 
 def _micros(amount: Any) -> int | None:

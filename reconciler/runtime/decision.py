@@ -23,6 +23,9 @@ class Reason(enum.StrEnum):
     ROLLOUT_IN = "ROLLOUT_IN"
     COST_THROTTLED = "COST_THROTTLED"
     EXPERIMENT_ASSIGNED = "EXPERIMENT_ASSIGNED"
+    # In the experiment's flag but not in the experiment (outside its traffic share, before its
+    # start, after its end, or stopped): the control, not counted as an exposure.
+    EXPERIMENT_EXCLUDED = "EXPERIMENT_EXCLUDED"
     EXPERIMENT_CONCLUDED = "EXPERIMENT_CONCLUDED"
     DEFAULT = "DEFAULT"
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from reconciler.runtime.bucketing import bucket, pick_variant
 from reconciler.runtime.decision import Decision, ErrorCode, Reason
-from reconciler.runtime.snapshot import Flag, Snapshot
+from reconciler.runtime.experiment_state import STOPPED
+from reconciler.runtime.snapshot import Experiment, Flag, Snapshot
 
 UNIT_ATTRIBUTE = "user_id"
 
@@ -118,29 +119,11 @@ def _evaluate(
 
     experiment = flag.experiment
     if experiment is not None and unit not in (None, ""):
-        if experiment.status == "concluded" and experiment.winner:
-            return _on(
-                flag,
-                Reason.EXPERIMENT_CONCLUDED,
-                version,
-                matched,
-                variant=experiment.winner,
-                experiment=experiment,
-            )
-        if experiment.status == "active":
-            enrolled = (
-                bucket(f"{experiment.experiment_id}:traffic", str(unit)) * 100 < experiment.traffic
-            )
-            variant = pick_variant(bucket(experiment.experiment_id, str(unit)), experiment.ranges)
-            chosen = variant if enrolled and variant else experiment.control
-            return _on(
-                flag,
-                Reason.EXPERIMENT_ASSIGNED,
-                version,
-                matched,
-                variant=chosen,
-                experiment=experiment,
-            )
+        decided = _experiment(
+            flag, experiment, str(unit), version=version, matched=matched, now=now
+        )
+        if decided is not None:
+            return decided
     if matched is not None:
         reason = Reason.TARGETING_MATCH
     elif percentage < 100:
@@ -148,6 +131,48 @@ def _evaluate(
     else:
         reason = Reason.DEFAULT
     return _on(flag, reason, version, matched)
+
+
+def _experiment(
+    flag: Flag,
+    experiment: Experiment,
+    unit: str,
+    *,
+    version: str,
+    matched: str | None,
+    now: datetime | Callable[[], datetime],
+) -> Decision | None:
+    """The experiment's part: git's winner; else an operator's stop or the analyser's verdict;
+    else, while active and between its start and end, the unit's variant."""
+
+    def serve(reason: Reason, variant: str | None, detail: str = "") -> Decision:
+        return _on(
+            flag, reason, version, matched, variant=variant, experiment=experiment, detail=detail
+        )
+
+    hold = experiment.hold
+    if experiment.status == "concluded" and experiment.winner and hold is None:
+        return serve(Reason.EXPERIMENT_CONCLUDED, experiment.winner)
+    if hold is not None and hold.state == STOPPED:
+        return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, hold.describe())
+    if hold is not None and experiment.status == "active":
+        return serve(Reason.EXPERIMENT_CONCLUDED, hold.winner, hold.describe())
+    if experiment.status != "active":
+        return None
+    if experiment.timed:
+        moment = _time(now)
+        if experiment.start is not None and moment < experiment.start:
+            return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, "not started yet")
+        if experiment.end is not None and moment >= experiment.end:
+            return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, "ended")
+    if experiment.traffic < 100 and (
+        bucket(f"{experiment.experiment_id}:traffic", unit) * 100 >= experiment.traffic
+    ):
+        return serve(
+            Reason.EXPERIMENT_EXCLUDED, experiment.control, "outside the experiment's traffic"
+        )
+    variant = pick_variant(bucket(experiment.experiment_id, unit), experiment.ranges)
+    return serve(Reason.EXPERIMENT_ASSIGNED, variant or experiment.control)
 
 
 def _time(now: datetime | Callable[[], datetime]) -> datetime:
@@ -205,9 +230,10 @@ def _on(
     rule: str | None,
     *,
     variant: str | None = None,
-    experiment: Any = None,
+    experiment: Experiment | None = None,
+    detail: str = "",
 ) -> Decision:
-    key = (True, reason, rule, variant)
+    key = (True, reason, rule, variant, detail)
     cached = flag.decisions.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
@@ -221,5 +247,6 @@ def _on(
         matched_rule=rule,
         experiment=experiment.experiment_id if experiment else None,
         snapshot_version=version,
+        detail=detail,
     )
     return decision

@@ -35,6 +35,7 @@ REASONS = {
     Reason.ROLLOUT_OUT: OpenFeatureReason.SPLIT,
     Reason.COST_THROTTLED: OpenFeatureReason.SPLIT,
     Reason.EXPERIMENT_ASSIGNED: OpenFeatureReason.SPLIT,
+    Reason.EXPERIMENT_EXCLUDED: OpenFeatureReason.DEFAULT,
     Reason.EXPERIMENT_CONCLUDED: OpenFeatureReason.STATIC,
     Reason.DEFAULT: OpenFeatureReason.STATIC,
     Reason.DISABLED: OpenFeatureReason.DISABLED,

@@ -23,15 +23,21 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from reconciler.runtime.budgets import UTC_ZONE, period_at
+from reconciler.runtime.experiment_state import unit_hash
 from reconciler.runtime.telemetry import (
+    CLUSTER,
     COST,
+    EXPOSURES,
     LATENCY,
+    METRIC,
     OUTCOME,
     QUALITY,
     TOKENS,
+    Assignment,
     Shard,
     Totals,
     cost_bucket,
+    experiment_bucket,
     new_writer_id,
     ops_bucket,
     series_name,
@@ -42,12 +48,19 @@ log = logging.getLogger("reconciler.runtime")
 DEFAULT_FLUSH_INTERVAL = 10.0
 MAX_SERIES = 10_000
 HISTORY = 64  # successful flushes remembered, for what the cost guard has seen
+MAX_UNITS = 100_000  # users remembered per process (to write each one's assignment once)
+MAX_PENDING_ASSIGNMENTS = 200_000
 
 
 class TelemetrySink(Protocol):
     def write_shards(self, shards: Sequence[Shard]) -> None:
         """Write each shard unless the store holds the same writer's bucket at a higher or
         equal ``seq`` already (then it is a repeat: not an error)."""
+
+
+class AssignmentSink(Protocol):
+    def write_assignments(self, assignments: Sequence[Assignment]) -> None:
+        """Store each user's variant (idempotent: the same user again is the same row)."""
 
 
 class MetricsSink(Protocol):
@@ -108,6 +121,11 @@ class Recorder:
         self._next_cost_roll = 0.0
         self._next_ops_roll = 0.0
         self._history: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=HISTORY)
+        self._units: dict[tuple[str, str], tuple[int, str]] = {}  # (key, unit) -> cluster, variant
+        self._assignments: list[Assignment] = []  # to write at the next flush
+        self._ab_day = ""
+        self._ab_ends = 0.0
+        self._next_ab_roll = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if background and (sink is not None or metrics is not None):
@@ -177,6 +195,63 @@ class Recorder:
                     self._change(score, quality)
             self.health.recorded += 1
             self.health.unflushed += 1
+
+    def expose(self, key: str, variant: str, unit: str) -> None:
+        """A decision assigned ``variant`` of the experiment recorded under ``key``."""
+        now = self.clock()
+        if now >= self._next_ab_roll:
+            self._roll_ab(now)
+        bucket = experiment_bucket(key, self._ab_day)
+        name = f"{EXPOSURES}:{variant}"
+        with self._lock:
+            if not self._room((bucket,), (name,)):
+                return
+            self._ends.setdefault(bucket, self._ab_ends)
+            self._cluster(key, unit, variant)
+            self._add(bucket, name, 1)
+            self.health.recorded += 1
+            self.health.unflushed += 1
+
+    def record_metric(
+        self, key: str, variant: str, unit: str, values: Sequence[tuple[str, float]]
+    ) -> None:
+        """Values of an experiment's metrics for one user (in ``variant``)."""
+        now = self.clock()
+        if now >= self._next_ab_roll:
+            self._roll_ab(now)
+        bucket = experiment_bucket(key, self._ab_day)
+        with self._lock:
+            cluster = self._cluster(key, unit, variant)
+            names = [
+                (f"{METRIC}:{variant}:{metric}", f"{CLUSTER}:{variant}:{metric}:{cluster}", value)
+                for metric, value in values
+            ]
+            if not self._room((bucket,), [n for whole, part, _ in names for n in (whole, part)]):
+                return
+            self._ends.setdefault(bucket, self._ab_ends)
+            for whole, part, value in names:
+                self._add(bucket, whole, value)
+                self._add(bucket, part, value)
+            self.health.recorded += 1
+            self.health.unflushed += 1
+
+    def _cluster(self, key: str, unit: str, variant: str) -> int:
+        """The unit's cluster; the first time this process sees the unit in the experiment (or
+        in another variant), its assignment is queued for the next flush (under the lock)."""
+        known = self._units.get((key, unit))
+        if known is not None and known[1] == variant:
+            return known[0]
+        experiment_id = key.split("~", 1)[0]
+        hashed, cluster = unit_hash(experiment_id, unit)
+        if len(self._units) >= MAX_UNITS:
+            self._units.clear()  # forgetting only costs a repeated (idempotent) write
+        self._units[(key, unit)] = (cluster, variant)
+        if len(self._assignments) < MAX_PENDING_ASSIGNMENTS:
+            stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._assignments.append(Assignment(key, hashed, variant, cluster, stamp))
+        else:
+            self.reject("assignments_backlog")
+        return cluster
 
     def _names_of(self, request_type: str) -> tuple[str, ...]:
         """The series names of a request type, made once (at most ``max_series`` of them)."""
@@ -249,6 +324,15 @@ class Recorder:
             self._cost_buckets = buckets
         self._next_cost_roll = min(p.end.timestamp() for p in periods)
 
+    def _roll_ab(self, now: float) -> None:
+        moment = datetime.fromtimestamp(now, UTC)
+        ends = (now // 86400 + 1) * 86400
+        day = moment.strftime("%Y-%m-%d")
+        with self._lock:
+            self._ab_day = day
+            self._ab_ends = ends
+        self._next_ab_roll = ends
+
     def _roll_ops(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, UTC)
         bucket, ends = ops_bucket(moment), (now // 300 + 1) * 300
@@ -294,7 +378,8 @@ class Recorder:
             dirty = sorted(self._dirty)
             pending = self.health.unflushed
             changes, self._changes = self._changes, {}
-            if not dirty and not changes:
+            assignments, self._assignments = self._assignments, []
+            if not dirty and not changes and not assignments:
                 self._release()
                 return True
             self._seq += 1
@@ -314,6 +399,18 @@ class Recorder:
                 self.health.failed_flushes += 1
                 self.health.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("telemetry flush failed (%s); retrying at the next flush", exc)
+        writer = getattr(self.sink, "write_assignments", None)
+        if assignments and callable(writer):
+            try:
+                writer(assignments)
+            except Exception as exc:  # kept for the next flush (rows are idempotent)
+                ok = False
+                with self._lock:
+                    room = MAX_PENDING_ASSIGNMENTS - len(self._assignments)
+                    self._assignments[:0] = assignments[:room]
+                self.health.failed_flushes += 1
+                self.health.last_error = f"assignments: {type(exc).__name__}: {exc}"
+                log.warning("experiment assignments not written (%s); retrying", exc)
         if ok:
             self._flushed(shards, pending, stamp)
         if self.metrics is not None and changes:
@@ -348,8 +445,9 @@ class Recorder:
         a bucket's end still lands in it."""
         now = self.clock()
         current = {*self._cost_buckets, self._ops_bucket}
+        today = "/" + self._ab_day
         for bucket in [b for b, ends in self._ends.items() if ends <= now and b not in current]:
-            if bucket in self._dirty:
+            if bucket in self._dirty or (bucket.startswith("ab/") and bucket.endswith(today)):
                 continue
             self._series_count -= len(self._buckets.pop(bucket, {}))
             self._bucket_cost.pop(bucket, None)
@@ -369,7 +467,8 @@ class Recorder:
         self._series_count = 0
         self._bucket_cost, self._ends = {}, {}
         self._history.clear()
-        self._next_cost_roll = self._next_ops_roll = 0.0
+        self._units, self._assignments = {}, []
+        self._next_cost_roll = self._next_ops_roll = self._next_ab_roll = 0.0
         self.health = Health()
         if self._thread is not None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)

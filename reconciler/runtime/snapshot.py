@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.runtime.bucketing import variant_ranges
 from reconciler.runtime.budgets import Budget, budgets_from_items
 from reconciler.runtime.cost_state import CostState, flag_verdicts
+from reconciler.runtime.experiment_state import ExperimentHold, ExperimentStates, recording_key
 from reconciler.runtime.rules import Predicate, compile_condition
 
 Item = Mapping[str, Any]
@@ -88,6 +89,15 @@ class Experiment:
     control: str
     traffic: float
     winner: str | None
+    start: datetime | None = None
+    end: datetime | None = None
+    metrics: Mapping[str, str] = field(default_factory=dict)  # name -> numeric|binary|count
+    key: str = ""  # where its telemetry is recorded (recording_key: id, or id~epoch)
+    hold: ExperimentHold | None = None  # the analyser's verdict or an operator's stop
+
+    @property
+    def timed(self) -> bool:
+        return self.start is not None or self.end is not None
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class Snapshot:
     flag_shutdowns: Mapping[str, Shutdown] = field(default_factory=dict)  # from the overrides
     cost_state: CostState = field(default_factory=CostState)  # the cost guard's
     cost: Mapping[str, CostVerdict] = field(default_factory=dict)  # flags the guard holds
+    experiment_states: ExperimentStates = field(default_factory=ExperimentStates)
+    experiments: Mapping[str, str] = field(default_factory=dict)  # experiment id -> flag name
 
 
 def build_snapshot(
@@ -148,8 +160,37 @@ def build_snapshot(
         if name:
             flags[name] = build_flag(item)
     budgets = tuple(budgets_from_items(threshold_items, flag_items))
-    snapshot = Snapshot(version, flags, budgets, global_shutdown)
+    experiments = {
+        flag.experiment.experiment_id: name
+        for name, flag in flags.items()
+        if flag.experiment is not None
+    }
+    snapshot = Snapshot(version, flags, budgets, global_shutdown, experiments=experiments)
     return with_cost_state(snapshot, cost_state or CostState())
+
+
+def with_experiment_states(snapshot: Snapshot, states: ExperimentStates) -> Snapshot:
+    """The snapshot with what outranks each experiment's manifest (the analyser's verdict, an
+    operator's stop) and where its telemetry goes; flags whose experiment is unchanged are
+    kept as they are (with the decisions they have cached)."""
+    flags = dict(snapshot.flags)
+    changed = False
+    for experiment_id, name in snapshot.experiments.items():
+        flag = flags.get(name)
+        if flag is None or flag.experiment is None:
+            continue
+        key = recording_key(experiment_id, states.epoch(experiment_id))
+        hold = states.hold(experiment_id)
+        if flag.experiment.key == key and flag.experiment.hold == hold:
+            continue
+        experiment = dataclasses.replace(flag.experiment, key=key, hold=hold)
+        flags[name] = dataclasses.replace(flag, experiment=experiment, decisions={})
+        changed = True
+    if not changed and snapshot.experiment_states == states:
+        return snapshot
+    return dataclasses.replace(
+        snapshot, flags=flags if changed else snapshot.flags, experiment_states=states
+    )
 
 
 def with_cost_state(snapshot: Snapshot, state: CostState) -> Snapshot:
@@ -250,12 +291,18 @@ def _experiment(config: Any) -> Experiment | None:
         return None
     variants = config["variants"]
     weights = [(str(v["name"]), float(v["weight"])) for v in variants]
+    experiment_id = str(config.get("test_name", ""))
+    metrics = config.get("metrics") or {}
     return Experiment(
-        experiment_id=str(config.get("test_name", "")),
+        experiment_id=experiment_id,
         status=str(config.get("status", "active" if config.get("active") else "paused")),
         ranges=tuple(variant_ranges(weights)),
         configs={str(v["name"]): dict(v.get("config") or {}) for v in variants},
         control=str(config.get("control", weights[0][0])),
         traffic=float(config.get("traffic_percentage", 100)),
         winner=config.get("winner"),
+        start=_parse_time(config.get("start_time")),
+        end=_parse_time(config.get("end_time")),
+        metrics={str(k): str(v) for k, v in metrics.items()},
+        key=experiment_id,
     )

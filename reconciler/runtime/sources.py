@@ -19,8 +19,14 @@ from typing import Any, Protocol
 
 from reconciler.runtime.attributes import plain_item
 from reconciler.runtime.cost_state import COST_GUARD_ID, CostState, cost_state_from_item
+from reconciler.runtime.experiment_state import (
+    ANALYSER_ID,
+    ExperimentStates,
+    operators_from_item,
+    verdicts_from_item,
+)
 from reconciler.runtime.snapshot import Shutdown
-from reconciler.runtime.telemetry import Shard, dynamodb_item
+from reconciler.runtime.telemetry import Assignment, Shard, dynamodb_item
 
 OVERRIDES_ID = "overrides"  # the control-table record break-glass writes
 Item = dict[str, Any]
@@ -34,6 +40,18 @@ _UPSERT_SHARD = (
     "INSERT INTO telemetry (bucket, writer, seq, item) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (bucket, writer) DO UPDATE SET seq = excluded.seq, item = excluded.item "
     "WHERE excluded.seq > telemetry.seq"
+)
+ASSIGNMENTS_TABLE = ("AB_ASSIGNMENTS_TABLE", "bedrock-ab-assignments")
+ASSIGNMENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS ab_assignments (experiment_id TEXT NOT NULL, "
+    "user_hash TEXT NOT NULL, variant TEXT NOT NULL, cluster INTEGER NOT NULL, "
+    "seen_at TEXT NOT NULL, PRIMARY KEY (experiment_id, user_hash))"
+)
+# A user seen again keeps the first time; a changed variant (new weights) is the latest.
+UPSERT_ASSIGNMENT = (
+    "INSERT INTO ab_assignments (experiment_id, user_hash, variant, cluster, seen_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (experiment_id, user_hash) DO UPDATE SET "
+    "variant = excluded.variant, cluster = excluded.cluster WHERE variant != excluded.variant"
 )
 
 
@@ -51,6 +69,7 @@ class Overrides:
     flags: Mapping[str, Shutdown] = field(default_factory=dict)
     version: int = 0
     cost: CostState = field(default_factory=CostState)  # the cost guard's, read with them
+    experiments: ExperimentStates = field(default_factory=ExperimentStates)  # analyser, operators
 
     def in_force(self, now: datetime) -> Overrides:
         """Only the shutdowns that have not expired at ``now``."""
@@ -60,6 +79,7 @@ class Overrides:
             {name: s for name, s in self.flags.items() if s.active(now)},
             self.version,
             self.cost,
+            self.experiments,
         )
 
 
@@ -91,7 +111,20 @@ def overrides_from_item(item: Mapping[str, Any] | None) -> Overrides:
         found = shutdown(entry)
         if found is not None:
             flags[str(name)] = found
-    return Overrides(shutdown(item.get("global")), flags, int(item.get("version", 0)))
+    return Overrides(
+        shutdown(item.get("global")),
+        flags,
+        int(item.get("version", 0)),
+        experiments=ExperimentStates(operators=operators_from_item(item.get("experiments"))),
+    )
+
+
+def with_controllers(
+    overrides: Overrides, cost: Mapping[str, Any] | None, analyser: Mapping[str, Any] | None
+) -> Overrides:
+    """The overrides with the controllers' records read alongside them."""
+    states = replace(overrides.experiments, verdicts=verdicts_from_item(analyser))
+    return replace(overrides, cost=cost_state_from_item(cost), experiments=states)
 
 
 class SQLiteSource:
@@ -119,17 +152,17 @@ class SQLiteSource:
         return Configuration(flags, thresholds)
 
     def read_overrides(self) -> Overrides:
-        rows = dict(
-            self._query(
-                "SELECT record_id, item FROM control WHERE record_id IN (?, ?)",
+        rows = {
+            record: json.loads(item)
+            for record, item in self._query(
+                "SELECT record_id, item FROM control WHERE record_id IN (?, ?, ?)",
                 OVERRIDES_ID,
                 COST_GUARD_ID,
+                ANALYSER_ID,
             )
-        )
-        found = rows.get(OVERRIDES_ID)
-        overrides = overrides_from_item(json.loads(found) if found else None)
-        cost = rows.get(COST_GUARD_ID)
-        return replace(overrides, cost=cost_state_from_item(json.loads(cost) if cost else None))
+        }
+        overrides = overrides_from_item(rows.get(OVERRIDES_ID))
+        return with_controllers(overrides, rows.get(COST_GUARD_ID), rows.get(ANALYSER_ID))
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
         if not self.path.exists():
@@ -150,6 +183,17 @@ class SQLiteSource:
                 raise
             connection.execute("COMMIT")
 
+    def write_assignments(self, assignments: Sequence[Assignment]) -> None:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no local store at {self.path}; run reconcile --apply")
+        with closing(sqlite3.connect(self.path, timeout=10)) as connection, connection:
+            connection.execute("PRAGMA busy_timeout=10000")
+            connection.execute(ASSIGNMENTS_DDL)
+            connection.executemany(
+                UPSERT_ASSIGNMENT,
+                [(a.experiment, a.user_hash, a.variant, a.cluster, a.seen_at) for a in assignments],
+            )
+
 
 class DynamoDBSource:
     """Reads the flag, cost-threshold and control tables (boto3 is needed for this one)."""
@@ -160,6 +204,7 @@ class DynamoDBSource:
         self.thresholds_table = env.get("COST_THRESHOLDS_TABLE", "bedrock-cost-thresholds")
         self.control_table = env.get("CONTROL_TABLE", "bedrock-flag-control")
         self.telemetry_table = env.get(*TELEMETRY_TABLE)
+        self.assignments_table = env.get(*ASSIGNMENTS_TABLE)
         self._owns_client = client is None
         self.client = client if client is not None else _client()
 
@@ -186,7 +231,7 @@ class DynamoDBSource:
 
     def read_overrides(self) -> Overrides:
         """The overrides and the cost guard's state: two small items in one request."""
-        keys = [{"record_id": {"S": OVERRIDES_ID}}, {"record_id": {"S": COST_GUARD_ID}}]
+        keys = [{"record_id": {"S": r}} for r in (OVERRIDES_ID, COST_GUARD_ID, ANALYSER_ID)]
         request: dict[str, Any] = {self.control_table: {"Keys": keys}}
         found: dict[str, Item] = {}
         for _ in range(3):  # unprocessed keys (throttling) are asked for again, briefly
@@ -200,7 +245,7 @@ class DynamoDBSource:
         else:
             raise RuntimeError("the control records stayed unprocessed (throttled)")
         overrides = overrides_from_item(found.get(OVERRIDES_ID))
-        return replace(overrides, cost=cost_state_from_item(found.get(COST_GUARD_ID)))
+        return with_controllers(overrides, found.get(COST_GUARD_ID), found.get(ANALYSER_ID))
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
         for shard in shards:
@@ -215,6 +260,25 @@ class DynamoDBSource:
                 if _condition_failed(exc):
                     continue  # this flush, or a later one, is stored already: a repeat
                 raise
+
+    def write_assignments(self, assignments: Sequence[Assignment]) -> None:
+        write_assignment_items(self.client, self.assignments_table, assignments)
+
+
+def write_assignment_items(client: Any, table: str, assignments: Sequence[Assignment]) -> None:
+    """Put the rows in batches of 25 (a repeated row is the same row: no condition needed),
+    asking again for what DynamoDB leaves unprocessed."""
+    unique = {(a.experiment, a.user_hash): a for a in assignments}
+    requests = [{"PutRequest": {"Item": dynamodb_item(a.to_item())}} for a in unique.values()]
+    for start in range(0, len(requests), 25):
+        pending: Any = {table: requests[start : start + 25]}
+        for _ in range(5):
+            answer = client.batch_write_item(RequestItems=pending)
+            pending = answer.get("UnprocessedItems") or {}
+            if not pending:
+                break
+        else:
+            raise RuntimeError("assignment writes stayed unprocessed (throttled)")
 
 
 def _client() -> Any:

@@ -8,11 +8,15 @@ newer one. A writer's shard is written at most once per flush, so no item is hot
 requests the process serves, and a crash loses only what was recorded since the last flush.
 
 Buckets: ``cost/2026-12-01@UTC`` is a day of spend in a time zone (one per zone a budget uses);
-``ops/2026-12-01T09:05Z`` is five minutes of outcomes (errors, response times, quality).
+``ops/2026-12-01T09:05Z`` is five minutes of outcomes (errors, response times, quality);
+``ab/claude_vs_gemini/2026-12-01`` is a UTC day of an experiment.
 
 Series: ``cost:<request_type>`` (count = requests, sum = micro-dollars),
 ``tokens:<request_type>``, ``outcome:<request_type>`` (count = outcomes, sum = failures),
-``latency:<request_type>`` (milliseconds) and ``quality:<request_type>``.
+``latency:<request_type>`` (milliseconds) and ``quality:<request_type>``; in an experiment's
+bucket ``exposures:<variant>`` (count = decisions that assigned the variant),
+``metric:<variant>:<metric>`` (the metric's values) and ``cluster:<variant>:<metric>:<n>`` (the
+values of the users of cluster n; see ``reconciler.runtime.experiment_state.unit_hash``).
 """
 
 from __future__ import annotations
@@ -32,12 +36,17 @@ from reconciler.runtime.budgets import UTC_ZONE
 
 SHARD_SPREAD = 8  # shards of one bucket spread over this many partition keys
 SHARD_TTL = timedelta(days=45)  # DynamoDB removes raw shards after this; rollups stay
+ASSIGNMENT_TTL = timedelta(days=180)  # and assignments this long after a process first saw them
 OPS_MINUTES = 5
 COST = "cost"
 TOKENS = "tokens"
 OUTCOME = "outcome"
 LATENCY = "latency"
 QUALITY = "quality"
+EXPERIMENT = "ab"
+EXPOSURES = "exposures"
+METRIC = "metric"
+CLUSTER = "cluster"
 
 
 class Totals:
@@ -109,6 +118,11 @@ def ops_bucket(moment: datetime) -> str:
     return "ops/" + start.strftime("%Y-%m-%dT%H:%MZ")
 
 
+def experiment_bucket(key: str, day: str) -> str:
+    """The bucket of one UTC day of an experiment (``key``: its recording key)."""
+    return f"{EXPERIMENT}/{key}/{day}"
+
+
 def series_name(kind: str, request_type: str) -> str:
     return f"{kind}:{request_type}"
 
@@ -166,8 +180,32 @@ class Shard:
         )
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """A user's variant in an experiment, as the assignments table keeps it: the user's id
+    hashed (``experiment_state.unit_hash``), never the id itself."""
+
+    experiment: str  # the recording key
+    user_hash: str
+    variant: str
+    cluster: int
+    seen_at: str
+
+    def to_item(self) -> dict[str, Any]:
+        seen = datetime.fromisoformat(self.seen_at.replace("Z", "+00:00"))
+        return {
+            "assignment_key": f"{self.experiment}#{self.cluster % SHARD_SPREAD}",
+            "user_hash": self.user_hash,
+            "experiment_id": self.experiment,
+            "variant": self.variant,
+            "cluster": self.cluster,
+            "seen_at": self.seen_at,
+            "ttl": int((seen + ASSIGNMENT_TTL).timestamp()),
+        }
+
+
 def _bucket_day(bucket: str) -> datetime:
-    day = bucket.split("/", 1)[-1][:10]
+    day = bucket.rsplit("/", 1)[-1][:10]
     try:
         return datetime.fromisoformat(day).replace(tzinfo=UTC)
     except ValueError:
