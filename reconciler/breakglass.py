@@ -121,7 +121,7 @@ def shutdown(
             }
         return record
 
-    _update(store, change, action="shutdown", actor=by, reason=reason, now=now)
+    update_overrides(store, change, action="shutdown", actor=by, reason=reason, now=now)
     wanted = set(targets or [GLOBAL])
     return [a for a in active(store, now) if a.target in wanted]
 
@@ -143,11 +143,11 @@ def restore(
                 lifted.append(target)
         return record if lifted else None  # nothing held: nothing to write or audit
 
-    _update(store, change, action="restore", actor=by, reason=reason, now=now)
+    update_overrides(store, change, action="restore", actor=by, reason=reason, now=now)
     return lifted
 
 
-def _update(
+def update_overrides(
     store: StateStore, change: Any, *, action: str, actor: str, reason: str, now: datetime
 ) -> None:
     """Read, change and write the record conditionally on its version, again if it moved.

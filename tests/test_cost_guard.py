@@ -779,7 +779,7 @@ def test_an_alert_is_published_once(aws: tuple[Any, Any], local: LocalStore) -> 
     assert first.publish_errors == []
     (message,) = received(sqs, queue)
     assert message["Body"] == first.alerts_recorded[0].message
-    assert message["MessageAttributes"]["budget"]["StringValue"] == BUDGET
+    assert message["MessageAttributes"]["source"]["StringValue"] == BUDGET
     assert message["MessageAttributes"]["level"]["StringValue"] == "throttle-warning"
     (item,) = local.read_alerts()
     assert item["published"] is True

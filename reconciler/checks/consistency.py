@@ -108,8 +108,7 @@ def check_experiments(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
         if start is not None and end is not None and end <= start:
             yield source.diagnostic(
                 ("end_time",),
-                f"ends at {experiment.end_time}, not after its start_time "
-                f"{experiment.start_time}",
+                f"ends at {experiment.end_time}, not after its start_time {experiment.start_time}",
                 "schedule",
             )
 

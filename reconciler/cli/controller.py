@@ -13,16 +13,31 @@ from pathlib import Path
 
 import click
 
-from reconciler import __version__
+from reconciler import __version__, experiment_operators
+from reconciler.breakglass import default_operator
 from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
+from reconciler.controllers.analyser_run import (
+    ANALYSER_RECORD,
+    AnalyserRun,
+    analyse_experiment,
+)
 from reconciler.controllers.report import as_json, collect
 from reconciler.controllers.run import GUARD_RECORD, GuardRun, Publisher, run_once
 from reconciler.errors import ExitCode, ReconcilerError
+
+# TMP from reconciler.cli.new_experiment import new_experiment_command
+from reconciler.render import experiment as experiment_render
 from reconciler.render.cost import render_markdown, render_text
 from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
+from reconciler.runtime.experiment_state import (
+    ANALYSER_ID,
+    operators_from_item,
+    verdicts_from_item,
+)
+from reconciler.state.records import RecordKind
 
 _store_option = click.option(
     "--store",
@@ -43,7 +58,8 @@ _root_option = click.option(
 @click.version_option(__version__, prog_name="controller")
 @click.pass_context
 def controller(ctx: click.Context) -> None:
-    """The controllers that close the feedback loops: today, the cost guard.
+    """The controllers that close the feedback loops: the cost guard and the experiment
+    analyser.
 
     They read the services' telemetry and write controller state that every runtime client
     honours within its override poll: above git, below break-glass.
@@ -52,7 +68,34 @@ def controller(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-def _summary(result: GuardRun) -> list[str]:
+def _analyser_summary(result: AnalyserRun) -> list[str]:
+    lines = []
+    if not result.analyses and not result.not_started:
+        return ["experiment analyser: no active experiment in the store"]
+    for name in result.not_started:
+        lines.append(f"experiment analyser: {name}: not started yet")
+    for name, entry in sorted(result.outcome.experiments.items()):
+        state = entry.get("state")
+        if state == "running":
+            waiting = "; ".join(entry.get("waiting") or []) or "nothing"
+            lines.append(f"experiment analyser: {name}: running, waiting for {waiting}")
+        else:
+            winner = f", winner {entry.get('winner')}" if entry.get("winner") else ""
+            lines.append(f"experiment analyser: {name}: {state}{winner}: {entry.get('reason')}")
+    for change in result.outcome.transitions:
+        lines.append(f"experiment analyser: {change.describe()}")
+    for published in result.alerts_published:
+        lines.append(f"experiment analyser: alert {published} published")
+    for error in result.publish_errors:
+        lines.append(f"experiment analyser: alert not published, retried next run: {error}")
+    written = "state written" if result.written else "state unchanged"
+    lines.append(f"experiment analyser: {written} (version {result.version})")
+    return lines
+
+
+def _summary(result: GuardRun | AnalyserRun) -> list[str]:
+    if isinstance(result, AnalyserRun):
+        return _analyser_summary(result)
     if not result.budgets:
         return [
             "cost guard: no budgets in the store (no CostThreshold, no flag with a "
@@ -81,7 +124,18 @@ def _summary(result: GuardRun) -> list[str]:
     return lines
 
 
-def _json(result: GuardRun) -> dict[str, object]:
+def _json(result: GuardRun | AnalyserRun) -> dict[str, object]:
+    if isinstance(result, AnalyserRun):
+        return {
+            "controller": "experiment_analyser",
+            "written": result.written,
+            "version": result.version,
+            "experiments": result.outcome.experiments,
+            "transitions": [t.describe() for t in result.outcome.transitions],
+            "alerts_published": result.alerts_published,
+            "publish_errors": result.publish_errors,
+            "not_started": result.not_started,
+        }
     return {
         "controller": "cost_guard",
         "written": result.written,
@@ -252,6 +306,120 @@ def cost_command(
     return ExitCode.CLEAN
 
 
+@controller.command(
+    "experiment",
+    epilog="""\b
+Examples:
+  controller experiment claude_vs_gemini
+  controller experiment claude_vs_gemini --format markdown   # a pull-request comment
+  controller experiment claude_vs_gemini --plot intervals.svg
+""",
+)
+@click.argument("name")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the intervals per metric as an SVG file.",
+)
+@_store_option
+@_root_option
+def experiment_command(
+    name: str, output_format: str, plot: Path | None, backend: str | None, root: Path
+) -> int:
+    """An experiment's analysis now: per variant and metric the mean, the difference to the
+    control with its intervals, p-values, the sample ratio check, and what auto-conclusion
+    waits for. Reads only: the analyser (controller run) decides."""
+    store = make_context(root, backend, "").open_store()
+    try:
+        records = store.read_records(RecordKind.EXPERIMENT)
+        if name not in records:
+            known = ", ".join(sorted(records)) or "none: run reconcile --apply"
+            raise click.BadParameter(f"no experiment {name!r} (known: {known})", param_hint="NAME")
+        operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
+        analysis = analyse_experiment(
+            store, records[name].item, operators.get(name), utc_now(), write_rows=False
+        )
+        verdict = verdicts_from_item(store.read_control(ANALYSER_ID)).get(name)
+    finally:
+        store.close()
+    if analysis is None:
+        click.echo(f"Experiment {name} has not started yet (start_time in the future).")
+        return ExitCode.CLEAN
+    if output_format == "json":
+        click.echo(json.dumps(experiment_render.as_json(analysis, verdict), indent=2))
+    elif output_format == "markdown":
+        click.echo(experiment_render.render_markdown(analysis, verdict), nl=False)
+    else:
+        for line in experiment_render.render_text(analysis, verdict):
+            click.echo(line)
+    if plot is not None:
+        plot.write_text(experiment_render.render_plot(analysis), encoding="utf-8")
+        click.echo(f"Plot written to {plot}", err=output_format == "json")
+    return ExitCode.CLEAN
+
+
+_reason_option = click.option("--reason", required=True, help="Why, for the audit trail.")
+_by_option = click.option(
+    "--by", default=default_operator, help="Who is acting (default: the login name)."
+)
+
+
+@controller.command("experiment-stop")
+@click.argument("name")
+@_reason_option
+@_by_option
+@_store_option
+@_root_option
+def experiment_stop_command(
+    name: str, reason: str, by: str, backend: str | None, root: Path
+) -> int:
+    """Stop an experiment now: everyone gets its control, whatever the analyser or git say,
+    until `controller experiment-resume`."""
+    store = make_context(root, backend, "").open_store()
+    try:
+        changed = experiment_operators.stop(store, name, reason=reason, by=by, now=utc_now())
+    finally:
+        store.close()
+    if changed:
+        click.echo(f"Stopped {name}: everyone gets the control within the clients' poll.")
+    else:
+        click.echo(f"{name} was stopped already; nothing written.")
+    return ExitCode.CLEAN
+
+
+@controller.command("experiment-resume")
+@click.argument("name")
+@_reason_option
+@_by_option
+@_store_option
+@_root_option
+def experiment_resume_command(
+    name: str, reason: str, by: str, backend: str | None, root: Path
+) -> int:
+    """Lift a stop or the analyser's verdict: assignment resumes (the same users get the same
+    variants) and the analysis starts over from now."""
+    store = make_context(root, backend, "").open_store()
+    try:
+        epoch = experiment_operators.resume(store, name, reason=reason, by=by, now=utc_now())
+    finally:
+        store.close()
+    if epoch:
+        click.echo(f"Resumed {name}: analysis epoch {epoch} starts now.")
+    else:
+        click.echo(f"Nothing held {name}; nothing written.")
+    return ExitCode.CLEAN
+
+
+# TMP controller.add_command(new_experiment_command)
+
+
 @controller.command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
@@ -261,7 +429,14 @@ def history_command(limit: int, output_format: str, backend: str | None, root: P
     """The controllers' state changes, newest first: who went from what to what, and why."""
     store = make_context(root, backend, "").open_store()
     try:
-        entries = store.read_audit(GUARD_RECORD, limit=limit)
+        entries = sorted(
+            [
+                *store.read_audit(GUARD_RECORD, limit=limit),
+                *store.read_audit(ANALYSER_RECORD, limit=limit),
+            ],
+            key=lambda e: str(e.get("at", "")),
+            reverse=True,
+        )[:limit]
     finally:
         store.close()
     if output_format == "json":

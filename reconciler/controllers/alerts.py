@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from reconciler.controllers.cost_guard import Alert
+from typing import Any, Protocol
 
 TOPIC_VARIABLE = "COST_ALERTS_TOPIC_ARN"
+
+
+class Alert(Protocol):
+    """What every controller's alerts have (cost budgets, experiments)."""
+
+    @property
+    def alert_id(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def point(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    def to_item(self) -> dict[str, Any]: ...
 
 
 class SnsPublisher:
@@ -32,16 +46,16 @@ class SnsPublisher:
         }
         arguments: dict[str, Any] = {
             "TopicArn": self.topic_arn,
-            "Subject": f"AI cost: {alert.budget} {alert.point}"[:100],
+            "Subject": alert.subject[:100],
             "Message": json.dumps({"default": alert.message, "json": json.dumps(message)}),
             "MessageStructure": "json",
             "MessageAttributes": {
-                "budget": {"DataType": "String", "StringValue": alert.budget},
+                "source": {"DataType": "String", "StringValue": alert.group},
                 "level": {"DataType": "String", "StringValue": alert.point},
             },
         }
         if self.topic_arn.endswith(".fifo"):
-            arguments["MessageGroupId"] = alert.budget
+            arguments["MessageGroupId"] = alert.group
             arguments["MessageDeduplicationId"] = alert.alert_id.replace("@", "-")[:128]
         self.client.publish(**arguments)
 

@@ -39,6 +39,14 @@ class Alert:
         return f"{self.budget}/{self.period}@{self.time_zone}/{self.point}"
 
     @property
+    def subject(self) -> str:
+        return f"AI cost: {self.budget} {self.point}"
+
+    @property
+    def group(self) -> str:
+        return self.budget
+
+    @property
     def message(self) -> str:
         share = f"{self.percentage:g}%"
         what = {

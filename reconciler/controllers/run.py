@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from reconciler.controllers.analyser_run import AnalyserRun, run_experiment_analyser
 from reconciler.controllers.cost_guard import Alert, Outcome, decide
 from reconciler.controllers.spend import SpendReading, read_spend
 from reconciler.errors import UserError
@@ -205,6 +206,9 @@ def _from_item(item: dict[str, object]) -> Alert:
 
 def run_once(
     store: StateStore, *, now: datetime, publisher: Publisher | None = None
-) -> Sequence[GuardRun]:
-    """Every controller, once (the experiment analyser and rollout controller join here)."""
-    return [run_cost_guard(store, now=now, publisher=publisher)]
+) -> Sequence[GuardRun | AnalyserRun]:
+    """Every controller, once (the rollout controller joins here)."""
+    return [
+        run_cost_guard(store, now=now, publisher=publisher),
+        run_experiment_analyser(store, now=now, publisher=publisher),
+    ]

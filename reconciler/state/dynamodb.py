@@ -29,7 +29,7 @@ from reconciler.state.dynamodb_client import (
     now_text,
     to_dynamodb,
 )
-from reconciler.state.dynamodb_telemetry import DynamoDBTelemetry
+from reconciler.state.dynamodb_experiments import DynamoDBExperiments
 from reconciler.state.records import (
     COST_ALERTS_TABLE,
     COST_METRICS_TABLE,
@@ -72,7 +72,7 @@ TTL_ATTRIBUTE = "ttl"
 LOCK_TTL_GRACE = timedelta(days=1)  # DynamoDB removes a dead lease's item a day after it expired
 
 
-class DynamoDBStore(DynamoDBTelemetry):
+class DynamoDBStore(DynamoDBExperiments):
     """A StateStore in DynamoDB tables."""
 
     max_group_size = 50  # each write also puts its audit entry; TransactWriteItems takes 100
@@ -97,6 +97,14 @@ class DynamoDBStore(DynamoDBTelemetry):
         ]
         schemas[self.tables[COST_ALERTS_TABLE[0]]] = [
             {"AttributeName": "alert_id", "KeyType": "HASH"}
+        ]
+        schemas[self.assignments_table] = [
+            {"AttributeName": "assignment_key", "KeyType": "HASH"},
+            {"AttributeName": "user_hash", "KeyType": "RANGE"},
+        ]
+        schemas[self.results_table] = [
+            {"AttributeName": "experiment_id", "KeyType": "HASH"},
+            {"AttributeName": "result_key", "KeyType": "RANGE"},
         ]
         return schemas
 
@@ -130,6 +138,7 @@ class DynamoDBStore(DynamoDBTelemetry):
         settings = [self._ensure_recovery(name) for name in self._key_schemas()]
         settings.append(self._ensure_ttl(self.control_table))
         settings.append(self._ensure_ttl(self.tables[TELEMETRY_TABLE[0]]))
+        settings.append(self._ensure_ttl(self.assignments_table))
         for line in filter(None, settings):
             done.append(line)
             changed = changed or line.startswith("enabled ")

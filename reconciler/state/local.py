@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from reconciler.runtime.sources import OVERRIDES_ID
+from reconciler.state.local_experiments import EXPERIMENTS_SCHEMA, LocalExperiments
 from reconciler.state.local_telemetry import TELEMETRY_SCHEMA, LocalTelemetry
 from reconciler.state.records import (
     MANAGED_BY,
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS applied_groups (token TEXT PRIMARY KEY, applied_at TE
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + TELEMETRY_SCHEMA
+    + EXPERIMENTS_SCHEMA
 )
 
 
@@ -70,7 +72,7 @@ def _serialized(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class LocalStore(LocalTelemetry):
+class LocalStore(LocalTelemetry, LocalExperiments):
     """A StateStore in one SQLite file, safe to share between threads."""
 
     max_group_size = 500

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from reconciler.runtime.sources import TELEMETRY_TABLE
+from reconciler.runtime.sources import ASSIGNMENTS_TABLE, TELEMETRY_TABLE
 
 Item = dict[str, Any]
 
@@ -91,7 +91,16 @@ AUDIT_TABLE = ("AUDIT_TABLE", "bedrock-flag-audit")
 CONTROL_TABLE = ("CONTROL_TABLE", "bedrock-flag-control")
 COST_METRICS_TABLE = ("COST_METRICS_TABLE", "bedrock-cost-metrics")
 COST_ALERTS_TABLE = ("COST_ALERTS_TABLE", "bedrock-cost-alerts")
-OTHER_TABLES = (AUDIT_TABLE, CONTROL_TABLE, TELEMETRY_TABLE, COST_METRICS_TABLE, COST_ALERTS_TABLE)
+AB_RESULTS_TABLE = ("AB_RESULTS_TABLE", "bedrock-ab-results")
+OTHER_TABLES = (
+    AUDIT_TABLE,
+    CONTROL_TABLE,
+    TELEMETRY_TABLE,
+    COST_METRICS_TABLE,
+    COST_ALERTS_TABLE,
+    ASSIGNMENTS_TABLE,
+    AB_RESULTS_TABLE,
+)
 
 
 def table_names(environ: Mapping[str, str] | None = None) -> dict[str, str]:

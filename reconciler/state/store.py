@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError, UserError
-from reconciler.runtime.telemetry import Shard
+from reconciler.runtime.telemetry import Assignment, Shard
 from reconciler.state.records import AuditEntry, Item, Lock, RecordKind, StoredRecord, Write
 
 
@@ -128,6 +128,19 @@ class StateStore(Protocol):
 
     def read_alerts(self) -> list[Item]:
         """Every cost alert, by id."""
+
+    def write_assignments(self, assignments: Sequence[Assignment]) -> None:
+        """Store users' variants (hashed ids); the same user again is the same row."""
+
+    def read_assignment_counts(self, experiment: str) -> dict[tuple[str, int], int]:
+        """Users per (variant, cluster) of an experiment's recording key."""
+
+    def write_results(self, rows: Sequence[Item]) -> None:
+        """Set experiment result rows (per experiment, day, variant, metric) to their totals;
+        a stored row with a higher ``count`` stays."""
+
+    def read_results(self, experiment: str) -> list[Item]:
+        """Every result row of an experiment's recording key."""
 
     def close(self) -> None:
         """Release connections and files."""
