@@ -8,9 +8,10 @@ from dataclasses import replace
 from datetime import datetime
 
 from reconciler.codec import DesiredState
-from reconciler.plan.diff import diff, hold_by_cost_guard, hold_overridden
+from reconciler.plan.diff import diff, hold_by_cost_guard, hold_by_experiments, hold_overridden
 from reconciler.plan.model import Change, Plan
 from reconciler.runtime.cost_state import COST_GUARD_ID, cost_state_from_item, with_flags
+from reconciler.runtime.experiment_state import ANALYSER_ID, ExperimentStates, verdicts_from_item
 from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import RecordKind, format_time
 from reconciler.state.store import StateStore
@@ -33,7 +34,12 @@ def build_plan(
     ai_flags = [r.name for r in actual[RecordKind.FLAG].values() if r.item.get("request_type")]
     guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), ai_flags, now)
     changes = hold_by_cost_guard(changes, guard, now)
-    notes = (*notes, *held_notes)
+    experiments = {**desired.get(RecordKind.EXPERIMENT, {})}
+    states = ExperimentStates(
+        verdicts_from_item(store.read_control(ANALYSER_ID)), in_force.experiments.operators
+    )
+    changes, experiment_notes = hold_by_experiments(changes, experiments, states)
+    notes = (*notes, *held_notes, *experiment_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
     if empty and not allow_empty:
         changes = [_refuse_empty(c) for c in changes]

@@ -14,6 +14,7 @@ from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
 from reconciler.plan.risk import risks_of
 from reconciler.runtime.cost_state import CostState
+from reconciler.runtime.experiment_state import STOPPED, ExperimentStates
 from reconciler.runtime.sources import Overrides
 from reconciler.state.records import Item, RecordKind, StoredRecord
 
@@ -204,3 +205,36 @@ def hold_by_cost_guard(changes: list[Change], state: CostState, now: datetime) -
             replace(change, holds=(*change.holds, Hold("controller", detail, held.since)))
         )
     return result
+
+
+def hold_by_experiments(
+    changes: list[Change], experiments: Mapping[str, Item], states: ExperimentStates
+) -> tuple[list[Change], list[str]]:
+    """Show the experiments that an operator stopped or the analyser decided as held: their
+    changes (and their flags') apply, and everyone keeps getting what the hold serves; each
+    gets a note with the manifest edit that makes the decision git's."""
+    notes, holds = [], {}
+    for name, item in sorted(experiments.items()):
+        hold = states.hold(name)
+        if hold is None or (item.get("status") != "active" and hold.state != STOPPED):
+            continue
+        served = hold.winner or str(item.get("control") or "the control")
+        holds[name] = holds[str(item.get("feature_flag"))] = Hold(
+            "override" if hold.operator else "controller", hold.describe(), hold.since
+        )
+        if hold.state == STOPPED:
+            edit = "status: paused (or concluded, with a winner)"
+        else:
+            edit = f"status: concluded and winner: {hold.winner}"
+        notes.append(
+            f"experiment {name} is {hold.describe()}; everyone gets {served} whatever git says. "
+            f"To make it git's: in experiments.d/{name}.yaml set {edit}"
+        )
+    result = []
+    for change in changes:
+        held = holds.get(change.name) if change.kind in _EXPERIMENT_KINDS else None
+        result.append(change if held is None else replace(change, holds=(*change.holds, held)))
+    return result, notes
+
+
+_EXPERIMENT_KINDS = (RecordKind.EXPERIMENT, RecordKind.FLAG)

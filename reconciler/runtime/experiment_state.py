@@ -35,6 +35,7 @@ class ExperimentHold:
     reason: str
     since: str | None
     winner: str | None = None  # for concluded; stopped serves the control
+    operator: bool = False  # an operator's stop (else the analyser's verdict)
 
     def describe(self) -> str:
         if self.state == CONCLUDED:
@@ -68,7 +69,7 @@ class ExperimentStates:
         """What holds the experiment now, operators first; None: its manifest decides."""
         action = self.operators.get(experiment_id)
         if action is not None and action.stopped:
-            return ExperimentHold(STOPPED, action.by, action.reason, action.at)
+            return ExperimentHold(STOPPED, action.by, action.reason, action.at, operator=True)
         verdict = self.verdicts.get(experiment_id)
         if not isinstance(verdict, Mapping) or int(verdict.get("epoch", 0)) != self.epoch(
             experiment_id
