@@ -45,7 +45,10 @@ ROLES = {
         dynamodb.DynamoDBStore,
         ["read_overrides", "write_overrides", "read_audit", "read_records", "read_lock"],
     ),
-    "runtime": (sources.DynamoDBSource, ["read_configuration", "read_overrides", "write_shards"]),
+    "runtime": (
+        sources.DynamoDBSource,
+        ["read_configuration", "read_overrides", "write_shards", "write_assignments"],
+    ),
     "controller": (
         dynamodb.DynamoDBStore,
         [
@@ -59,6 +62,10 @@ ROLES = {
             "mark_alert_published",
             "read_alerts",
             "read_audit",
+            "read_overrides",
+            "read_assignment_counts",
+            "read_results",
+            "write_results",
         ],
     ),
 }
@@ -147,11 +154,20 @@ def test_each_role_is_granted_exactly_what_its_code_calls(role: str) -> None:
 
 
 def test_the_runtime_writes_only_telemetry_and_breakglass_cannot_touch_configuration() -> None:
-    writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    writes = {
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+    }
+    telemetry = {
+        "arn:aws:dynamodb:*:*:table/bedrock-flag-telemetry",
+        "arn:aws:dynamodb:*:*:table/bedrock-ab-assignments",
+    }
     runtime = json.loads((POLICIES / "runtime.json").read_text())
     for statement in runtime["Statement"]:
         if set(statement["Action"]) & writes:
-            assert statement["Resource"] == ["arn:aws:dynamodb:*:*:table/bedrock-flag-telemetry"]
+            assert set(statement["Resource"]) <= telemetry
     policy = json.loads((POLICIES / "breakglass.json").read_text())
     for statement in policy["Statement"]:
         if set(statement["Action"]) & writes:

@@ -262,10 +262,12 @@ class DynamoDBSource:
                 raise
 
     def write_assignments(self, assignments: Sequence[Assignment]) -> None:
-        write_assignment_items(self.client, self.assignments_table, assignments)
+        write_assignment_items(self.client.batch_write_item, self.assignments_table, assignments)
 
 
-def write_assignment_items(client: Any, table: str, assignments: Sequence[Assignment]) -> None:
+def write_assignment_items(
+    batch_write: Any, table: str, assignments: Sequence[Assignment]
+) -> None:
     """Put the rows in batches of 25 (a repeated row is the same row: no condition needed),
     asking again for what DynamoDB leaves unprocessed."""
     unique = {(a.experiment, a.user_hash): a for a in assignments}
@@ -273,7 +275,7 @@ def write_assignment_items(client: Any, table: str, assignments: Sequence[Assign
     for start in range(0, len(requests), 25):
         pending: Any = {table: requests[start : start + 25]}
         for _ in range(5):
-            answer = client.batch_write_item(RequestItems=pending)
+            answer = batch_write(RequestItems=pending)
             pending = answer.get("UnprocessedItems") or {}
             if not pending:
                 break

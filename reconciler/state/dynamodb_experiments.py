@@ -34,7 +34,9 @@ class DynamoDBExperiments(DynamoDBTelemetry):
     def write_assignments(self, assignments: Sequence[Assignment]) -> None:
         self._call(
             "BatchWriteItem",
-            lambda: write_assignment_items(self.client, self.assignments_table, assignments),
+            lambda: write_assignment_items(
+                self.client.batch_write_item, self.assignments_table, assignments
+            ),
             tables=[self.assignments_table],
         )
 
