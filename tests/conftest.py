@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.dynamodb_fixtures"]
+pytest_plugins = ["tests.dynamodb_fixtures", "tests.deployments"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

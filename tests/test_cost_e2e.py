@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from reconciler.cli.boundary import run
 from reconciler.cli.breakglass import breakglass
 from reconciler.cli.controller import controller
 from reconciler.controllers.report import collect
@@ -23,51 +19,11 @@ from reconciler.controllers.run import run_cost_guard
 from reconciler.runtime.admission import AdmissionReason
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.decision import Reason
-from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
-from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
-from reconciler.state.store import StateStore
+from tests.deployments import Deployment, cli
 from tests.test_cli import invoke
 
 USERS = [{"user_id": f"user-{i}", "country": "DE", "plan": "pro"} for i in range(2000)]
-
-
-@dataclass
-class Deployment:
-    root: Path
-    store: StateStore
-    source: SnapshotSource
-
-
-def cli(command: Any, *args: str) -> tuple[int, str]:
-    from click.testing import CliRunner
-
-    runner = CliRunner()
-    with runner.isolation() as (out, _err, _):
-        code = run(command, list(args))
-        return code, out.getvalue().decode()
-
-
-@pytest.fixture(params=["local", "moto-server"])
-def deployment(
-    request: pytest.FixtureRequest, example_tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Deployment]:
-    if request.param == "local":
-        path = example_tree / "state.db"
-        monkeypatch.setenv("RECONCILER_STATE_PATH", str(path))
-        assert invoke("--apply", str(example_tree), "--yes")[0] == 0
-        store = LocalStore(path)
-        yield Deployment(example_tree, store, SQLiteSource(path))
-        store.close()
-        return
-    dynamo = request.getfixturevalue("moto_server_store")
-    monkeypatch.setenv("RECONCILER_STORE", "dynamodb")
-    for variable, table in dynamo.tables.items():
-        monkeypatch.setenv(variable, table)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint_url)
-    assert invoke("--apply", str(example_tree), "--yes")[0] == 0
-    client = boto3.client("dynamodb", endpoint_url=dynamo.endpoint_url, region_name="eu-central-1")
-    yield Deployment(example_tree, dynamo, DynamoDBSource(client, tables=dynamo.tables))
 
 
 def spend(flags: FlagClient, usd: int) -> None:

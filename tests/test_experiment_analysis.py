@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reconciler.controllers.experiment_analysis import CONCLUDE, CONTINUE, STOP, analyse
 from reconciler.controllers.experiment_analyser import decide
+from reconciler.controllers.experiment_analysis import CONCLUDE, CONTINUE, STOP, analyse
 from reconciler.controllers.experiment_data import ExperimentData, MetricData
 from reconciler.runtime.experiment_state import CLUSTERS
 from reconciler.runtime.telemetry import Totals

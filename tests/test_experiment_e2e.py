@@ -15,8 +15,8 @@ from reconciler.controllers.analyser_run import run_experiment_analyser
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.decision import Reason
 from reconciler.runtime.experiment_state import ANALYSER_ID
+from tests.deployments import Deployment, cli
 from tests.test_cli import invoke
-from tests.test_cost_e2e import Deployment, cli, deployment  # noqa: F401 - the fixture
 
 FLAG = "ai_model_selection"
 EXPERIMENT = "claude_vs_gemini"

@@ -143,3 +143,39 @@ def test_cost_example_and_report(example_tree: Path, monkeypatch: pytest.MonkeyP
     with contextlib.redirect_stdout(report), contextlib.redirect_stderr(io.StringIO()):
         assert run(controller, command.split()[2:]) == 0
     assert _times(report.getvalue()).splitlines() == _times("\n".join(shown)).splitlines()
+
+
+def test_experiment_example_and_report(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's experiment example records what it says; `controller experiment` then
+    shows the README's figures (the columns it elides aside) and writes the plot."""
+    import contextlib
+    import io
+
+    from reconciler.cli.boundary import run
+    from reconciler.cli.controller import controller
+
+    monkeypatch.chdir(example_tree)
+    assert invoke("--apply", ".", "--yes")[0] == 0
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    example = next(b for b in blocks if "record_response_quality" in b)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(example, "README.md", "exec"), {})
+    assert printed.getvalue() == "6000 {}\n"
+    assert "prints `6000 {}`" in README
+    command = "controller experiment claude_vs_gemini --plot intervals.svg"
+    assert command in README
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report), contextlib.redirect_stderr(io.StringIO()):
+        assert run(controller, command.split()[1:]) == 0
+    produced = [" ".join(line.split()) for line in report.getvalue().splitlines()]
+    first = re.search(r"^Variants: claude \(control\).*$", README, flags=re.MULTILINE)
+    assert first is not None
+    block = [first.group(0), *_block_after(first.group(0))]
+    expected = [" ".join(line.split()) for line in block if line and line != "..."]
+    for line in expected:
+        cells = [c for c in line.split() if c != "[...]"]
+        assert any(
+            all(cell in got for cell in cells) and got.startswith(cells[0]) for got in produced
+        ), f"README line not produced: {line}"
+    assert (example_tree / "intervals.svg").read_text().count("<svg") == 1
