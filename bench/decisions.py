@@ -31,6 +31,7 @@ from reconciler.config import load_config
 from reconciler.plan.build import build_plan
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.cost_state import CostState, FlagCost
+from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.snapshot import Shutdown, build_snapshot
 from reconciler.runtime.sources import SQLiteSource
 from reconciler.state.local import LocalStore
@@ -159,6 +160,9 @@ def main() -> None:
     client = FlagClient.__new__(FlagClient)  # a client over a fixed snapshot: no source needed
     client._snapshot = snapshot
     client.clock = lambda: datetime.now(UTC)  # what a service pays for the time, each decision
+    # Exposures of experiment decisions are counted in process, as in a service (no sink: the
+    # flush is not on the request path).
+    client.recorder = Recorder(None, background=False)
     results = {
         "(a) plain flag": measure(lambda c: client.decide("plain", c), users),
         "(b) targeting + 30% rollout": measure(lambda c: client.decide("targeted", c), users),

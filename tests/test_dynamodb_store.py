@@ -173,6 +173,8 @@ def test_bootstrap_creates_on_demand_tables_with_recovery_and_ttl(dynamo: Dynamo
     keys[dynamo.telemetry_table] = [("shard_key", "HASH"), ("writer", "RANGE")]
     keys[dynamo.cost_metrics_table] = [("date", "HASH"), ("request_type", "RANGE")]
     keys[dynamo.cost_alerts_table] = [("alert_id", "HASH")]
+    keys[dynamo.assignments_table] = [("assignment_key", "HASH"), ("user_hash", "RANGE")]
+    keys[dynamo.results_table] = [("experiment_id", "HASH"), ("result_key", "RANGE")]
     assert set(keys) == set(dynamo.tables.values())
     for name, expected in keys.items():
         table = client.describe_table(TableName=name)["Table"]
@@ -185,7 +187,7 @@ def test_bootstrap_creates_on_demand_tables_with_recovery_and_ttl(dynamo: Dynamo
         backups = client.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
         assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
         ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-        if name in (dynamo.control_table, dynamo.telemetry_table):
+        if name in (dynamo.control_table, dynamo.telemetry_table, dynamo.assignments_table):
             assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "ttl"}
         else:
             assert ttl.get("TimeToLiveStatus") == "DISABLED"
@@ -195,8 +197,8 @@ def test_bootstrap_reports_what_it_did_and_is_idempotent() -> None:
     with mock_aws():
         store = DynamoDBStore(tables=unique_tables(), region="eu-central-1")
         first = store.bootstrap()
-        assert sum(line.startswith("created table ") for line in first) == 9
-        assert sum(line.startswith("enabled point-in-time recovery") for line in first) == 9
+        assert sum(line.startswith("created table ") for line in first) == 11
+        assert sum(line.startswith("enabled point-in-time recovery") for line in first) == 11
         assert f"enabled TTL (attribute ttl) on {store.control_table}" in first
 
         before = store.calls.copy()
@@ -222,7 +224,7 @@ def test_bootstrap_completes_what_is_missing_and_leaves_existing_tables_as_they_
         lines = store.bootstrap()
         assert f"table {flags_table} exists (provisioned capacity, left as is)" in lines
         assert f"enabled point-in-time recovery on {flags_table}" in lines
-        assert sum(line.startswith("created table ") for line in lines) == 8
+        assert sum(line.startswith("created table ") for line in lines) == 10
         table = store.client.describe_table(TableName=flags_table)["Table"]
         assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
         store.close()
@@ -235,9 +237,9 @@ def test_bootstrap_waits_for_backups_of_a_new_table_to_become_available() -> Non
         unavailable = error("ContinuousBackupsUnavailableException")
         faults = Faults(store, "UpdateContinuousBackups", [unavailable] * 10)
         lines = store.bootstrap()
-        assert faults.attempts == 10 + 9, "the first table's ten refusals, then one per table"
+        assert faults.attempts == 10 + 11, "the first table's ten refusals, then one per table"
         assert len(sleeps) == 10
-        assert sum(line.startswith("enabled point-in-time recovery") for line in lines) == 9
+        assert sum(line.startswith("enabled point-in-time recovery") for line in lines) == 11
         store.close()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +54,7 @@ class Deployment:
 @pytest.fixture(params=["moto", "moto-server"])
 def deployment(
     request: pytest.FixtureRequest, example_tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Deployment]:
+) -> Deployment:
     """The repository's manifests applied with ``reconcile --apply`` to fresh tables."""
     store: DynamoDBStore = request.getfixturevalue(request.param.replace("-", "_") + "_store")
     monkeypatch.setenv("RECONCILER_STORE", "dynamodb")
@@ -65,7 +65,7 @@ def deployment(
     code, out, err = invoke("--apply", str(example_tree), "--yes")
     assert code == 0, out + err
     client = boto3.client("dynamodb", endpoint_url=store.endpoint_url, region_name=REGION)
-    yield Deployment(store, DynamoDBSource(client, tables=store.tables), datetime.now(UTC))
+    return Deployment(store, DynamoDBSource(client, tables=store.tables), datetime.now(UTC))
 
 
 def decide_all(flags: FlagClient) -> dict[str, str]:
@@ -233,7 +233,7 @@ def test_repeated_flushes_and_rewritten_rows_change_no_count(
     assert store.read_assignment_counts(EXPERIMENT) == expected
 
     # The same rows again, through the service's sink and through the store.
-    source.write_assignments(list(written))
+    real_assignments(list(written))
     store.write_assignments(list(written))
     real_shards(list(shards))  # the same shard, the same seq: a repeat
     assert store.read_assignment_counts(EXPERIMENT) == expected
@@ -328,6 +328,32 @@ def test_assignments_half_written_before_a_failure_are_written_again_once(
     assert store.read_assignment_counts(EXPERIMENT) == expected_counts(variants)
 
 
+def test_a_tiny_metric_value_does_not_break_the_analyser(deployment: Deployment) -> None:
+    store = deployment.store
+    with deployment.client() as flags:
+        decide_all(flags)
+        flags.record_response_quality(EXPERIMENT, USERS[0], 1e-70, 1000, 0.01)
+        assert flags.flush()
+    run = run_experiment_analyser(store, now=deployment.later)
+    assert EXPERIMENT in run.analyses
+
+
+def test_a_day_recorded_after_the_last_run_of_that_day_is_counted_later(
+    deployment: Deployment,
+) -> None:
+    store = deployment.store
+    with deployment.client() as flags:
+        variants = decide_all(flags)
+        first = record_all(flags, variants)
+        assert flags.flush()
+        run_experiment_analyser(store, now=deployment.later)  # rows for the day, mid-day
+        second = record_all(flags, variants, seed=8)  # the same day, after that run
+        assert flags.flush()
+    two_days_on = deployment.moment + timedelta(days=2)  # no run in between (an outage)
+    result = quality(analysis_now(store, two_days_on))
+    assert result.observations == first["gemini"] + second["gemini"]
+
+
 # -- 4. an operator's stop and resume ------------------------------------------------------
 
 
@@ -340,6 +366,11 @@ def test_stop_serves_the_control_and_resume_brings_the_same_users_back_under_a_n
     record_all(flags, variants)
     assert flags.flush()
     before = store.read_assignment_counts(EXPERIMENT)
+    nothing = experiment_operators.resume(
+        store, EXPERIMENT, reason="nothing held", by="oncall", now=deployment.moment
+    )
+    assert nothing == 0  # nothing held it: nothing written
+    assert store.read_overrides() is None
 
     assert experiment_operators.stop(
         store, EXPERIMENT, reason="quality incident", by="oncall", now=deployment.moment
@@ -350,9 +381,16 @@ def test_stop_serves_the_control_and_resume_brings_the_same_users_back_under_a_n
     assert flags.refresh_overrides()
     stopped = [flags.decide(FLAG, u) for u in USERS]
     assert {(d.reason, d.variant) for d in stopped} == {(Reason.EXPERIMENT_EXCLUDED, "claude")}
-    assert {d.value for d in stopped} == {"claude-3.5-sonnet"}
+    assert {d.variant_config["model"] for d in stopped} == {"claude-3.5-sonnet"}
     flags.record_response_quality(EXPERIMENT, USERS[0], 0.9, 1000, 0.01)
     assert flags.health().warnings["not_in_experiment"] == 1  # not recorded while stopped
+    held = run_experiment_analyser(store, now=deployment.later)  # analysed, never decided
+    assert (store.read_control(ANALYSER_ID) or {})["experiments"][EXPERIMENT] == {
+        "state": "running",
+        "epoch": 0,
+        "waiting": ["operator"],
+    }
+    assert held.analyses[EXPERIMENT].key == EXPERIMENT
 
     resumed_at = deployment.moment + timedelta(seconds=10)
     epoch = experiment_operators.resume(
@@ -411,7 +449,7 @@ def test_a_concluded_verdict_serves_the_winner_to_everyone(deployment: Deploymen
         assert flags.refresh_overrides()
         decided = [flags.decide(FLAG, u) for u in USERS]
         assert {(d.reason, d.variant) for d in decided} == {(Reason.EXPERIMENT_CONCLUDED, "gemini")}
-        assert {d.value for d in decided} == {"gemini-pro"}
+        assert {d.variant_config["model"] for d in decided} == {"gemini-pro"}
         assert flags.get_user_variant(EXPERIMENT, USERS[0]) == "gemini"
         flags.record_response_quality(EXPERIMENT, USERS[0], 0.9, 1000, 0.01)
         assert flags.health().warnings["not_in_experiment"] == 1
@@ -422,6 +460,20 @@ def test_a_concluded_verdict_serves_the_winner_to_everyone(deployment: Deploymen
     assert not run.written
     kept = (store.read_control(ANALYSER_ID) or {})["experiments"][EXPERIMENT]
     assert (kept["state"], kept["winner"]) == ("concluded", "gemini")
+
+    # An operator's resume voids the verdict: the users are back in their variants, epoch 1.
+    assert (
+        experiment_operators.resume(
+            store, EXPERIMENT, reason="look again", by="oncall", now=deployment.moment
+        )
+        == 1
+    )
+    with deployment.client() as flags:
+        assert decide_all(flags) == variants
+        assert flags.flush()
+    assert per_variant(store.read_assignment_counts(f"{EXPERIMENT}~1")) == Counter(
+        variants.values()
+    )
 
 
 # -- 6. bootstrap --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import click
 from reconciler import __version__, experiment_operators
 from reconciler.breakglass import default_operator
 from reconciler.cli.boundary import run
+from reconciler.cli.new_experiment import new_experiment_command
 from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
 from reconciler.controllers.analyser_run import (
@@ -26,8 +27,6 @@ from reconciler.controllers.analyser_run import (
 from reconciler.controllers.report import as_json, collect
 from reconciler.controllers.run import GUARD_RECORD, GuardRun, Publisher, run_once
 from reconciler.errors import ExitCode, ReconcilerError
-
-# TMP from reconciler.cli.new_experiment import new_experiment_command
 from reconciler.render import experiment as experiment_render
 from reconciler.render.cost import render_markdown, render_text
 from reconciler.runtime.budgets import format_usd
@@ -417,7 +416,7 @@ def experiment_resume_command(
     return ExitCode.CLEAN
 
 
-# TMP controller.add_command(new_experiment_command)
+controller.add_command(new_experiment_command)
 
 
 @controller.command("history")

@@ -3,15 +3,17 @@ telemetry shards of recent days and from the results rows of days long past.
 
 The shell reads; everything here but :func:`read_experiment_data` is pure. A day's totals are
 the sum over writers of their shards (``reconciler.runtime.telemetry``); from the day after
-tomorrow on, its results row in ``AB_RESULTS_TABLE`` stands for it (written by every analyser
-run while the day is recent), so long experiments read a handful of items, not weeks of shards.
+tomorrow on, its results rows in ``AB_RESULTS_TABLE`` stand for it, provided they were written
+from the shards after the day was over (every analyser run writes them while the day is recent;
+rows written earlier are replaced from the shards, kept 45 days), so long experiments read a
+handful of items, not weeks of shards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from reconciler.runtime.telemetry import (
@@ -107,7 +109,15 @@ def to_rows(key: str, day: str, data: Mapping[tuple[str, str], MetricData], at: 
         for (variant, metric), found in sorted(data.items())
     ]
     if not rows:
-        rows.append({"experiment_id": key, "result_key": f"{day}#", "day": day, "count": 0})
+        rows.append(
+            {
+                "experiment_id": key,
+                "result_key": f"{day}#",
+                "day": day,
+                "count": 0,
+                "updated_at": at,
+            }
+        )
     return rows
 
 
@@ -142,12 +152,17 @@ def read_experiment_data(
     for the days read from shards."""
     today = now.date()
     settled = (today - timedelta(days=1)).isoformat()  # days before it are read from rows
-    stored = from_rows(store.read_results(key))
+    results = store.read_results(key)
+    stored = from_rows(results)
+    written: dict[str, str] = {}
+    for row in results:
+        day = str(row.get("day", ""))
+        written[day] = max(written.get(day, ""), str(row.get("updated_at", "")))
     data = ExperimentData(key, read_at=format_time(now))
     rows: list[Item] = []
     at = format_time(now)
     for day in days_between(start, today):
-        found = stored.get(day) if day < settled else None
+        found = stored.get(day) if day < settled and written.get(day, "") >= _closed(day) else None
         if found is None:
             found = day_series(merge_shards(store.read_shards(experiment_bucket(key, day))))
             rows.extend(to_rows(key, day, found, at))
@@ -161,6 +176,13 @@ def read_experiment_data(
                 data.metrics.setdefault((variant, metric), MetricData()).merge(values)
     data.users = store.read_assignment_counts(key)
     return data, rows
+
+
+def _closed(day: str) -> str:
+    """When a day's rows, written from then on, hold every shard of it: an hour after its end
+    (shards are flushed every few seconds; a process more than an hour late is not waited for)."""
+    end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1, hours=1)
+    return format_time(end)
 
 
 def cluster_pairs(

@@ -121,8 +121,10 @@ class Recorder:
         self._next_cost_roll = 0.0
         self._next_ops_roll = 0.0
         self._history: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=HISTORY)
-        self._units: dict[tuple[str, str], tuple[int, str]] = {}  # (key, unit) -> cluster, variant
-        self._assignments: list[Assignment] = []  # to write at the next flush
+        # (key, unit) -> (cluster if known, variant), for the units this process has seen
+        self._units: dict[tuple[str, str], tuple[int | None, str]] = {}
+        self._assignments: list[tuple[str, str, str, float]] = []  # seen, not yet written
+        self._exposure_names: dict[tuple[str, str], tuple[str, str]] = {}
         self._ab_day = ""
         self._ab_ends = 0.0
         self._next_ab_roll = 0.0
@@ -201,14 +203,27 @@ class Recorder:
         now = self.clock()
         if now >= self._next_ab_roll:
             self._roll_ab(now)
-        bucket = experiment_bucket(key, self._ab_day)
-        name = f"{EXPOSURES}:{variant}"
+        names = self._exposure_names.get((key, variant))
+        if names is None:
+            names = self._exposure_names[(key, variant)] = (
+                experiment_bucket(key, self._ab_day),
+                f"{EXPOSURES}:{variant}",
+            )
+        bucket, name = names
         with self._lock:
-            if not self._room((bucket,), (name,)):
-                return
-            self._ends.setdefault(bucket, self._ab_ends)
-            self._cluster(key, unit, variant)
-            self._add(bucket, name, 1)
+            series = self._buckets.get(bucket)
+            totals = series.get(name) if series is not None else None
+            if totals is None:
+                if not self._room((bucket,), (name,)):
+                    return
+                self._ends.setdefault(bucket, self._ab_ends)
+                self._add(bucket, name, 1)
+            else:
+                totals.add(1)
+                self._dirty.add(bucket)
+            known = self._units.get((key, unit))
+            if known is None or known[1] != variant:
+                self._first_seen(key, unit, variant, now, None)
             self.health.recorded += 1
             self.health.unflushed += 1
 
@@ -221,7 +236,15 @@ class Recorder:
             self._roll_ab(now)
         bucket = experiment_bucket(key, self._ab_day)
         with self._lock:
-            cluster = self._cluster(key, unit, variant)
+            known = self._units.get((key, unit))
+            if known is not None and known[1] == variant and known[0] is not None:
+                cluster = known[0]
+            else:
+                cluster = unit_hash(key.split("~", 1)[0], unit)[1]
+                if known is None or known[1] != variant:
+                    self._first_seen(key, unit, variant, now, cluster)
+                elif len(self._units) < MAX_UNITS:
+                    self._units[(key, unit)] = (cluster, variant)
             names = [
                 (f"{METRIC}:{variant}:{metric}", f"{CLUSTER}:{variant}:{metric}:{cluster}", value)
                 for metric, value in values
@@ -235,23 +258,18 @@ class Recorder:
             self.health.recorded += 1
             self.health.unflushed += 1
 
-    def _cluster(self, key: str, unit: str, variant: str) -> int:
-        """The unit's cluster; the first time this process sees the unit in the experiment (or
-        in another variant), its assignment is queued for the next flush (under the lock)."""
-        known = self._units.get((key, unit))
-        if known is not None and known[1] == variant:
-            return known[0]
-        experiment_id = key.split("~", 1)[0]
-        hashed, cluster = unit_hash(experiment_id, unit)
-        if len(self._units) >= MAX_UNITS:
-            self._units.clear()  # forgetting only costs a repeated (idempotent) write
-        self._units[(key, unit)] = (cluster, variant)
+    def _first_seen(
+        self, key: str, unit: str, variant: str, now: float, cluster: int | None
+    ) -> None:
+        """The first time this process sees the unit in the experiment (or in another
+        variant): its assignment is queued for the next flush, which hashes the id (under the
+        lock; the table of units seen is trimmed by the flush, off the request path)."""
+        if len(self._units) < MAX_UNITS:
+            self._units[(key, unit)] = (cluster, variant)
         if len(self._assignments) < MAX_PENDING_ASSIGNMENTS:
-            stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self._assignments.append(Assignment(key, hashed, variant, cluster, stamp))
+            self._assignments.append((key, unit, variant, now))
         else:
             self.reject("assignments_backlog")
-        return cluster
 
     def _names_of(self, request_type: str) -> tuple[str, ...]:
         """The series names of a request type, made once (at most ``max_series`` of them)."""
@@ -331,6 +349,7 @@ class Recorder:
         with self._lock:
             self._ab_day = day
             self._ab_ends = ends
+            self._exposure_names = {}
         self._next_ab_roll = ends
 
     def _roll_ops(self, now: float) -> None:
@@ -374,12 +393,15 @@ class Recorder:
             return self._flush()
 
     def _flush(self) -> bool:
+        forgotten: object = None
         with self._lock:
             dirty = sorted(self._dirty)
             pending = self.health.unflushed
             changes, self._changes = self._changes, {}
-            assignments, self._assignments = self._assignments, []
-            if not dirty and not changes and not assignments:
+            seen, self._assignments = self._assignments, []
+            if len(self._units) >= MAX_UNITS:
+                forgotten, self._units = self._units, {}  # freed below, outside the lock
+            if not dirty and not changes and not seen:
                 self._release()
                 return True
             self._seq += 1
@@ -399,6 +421,8 @@ class Recorder:
                 self.health.failed_flushes += 1
                 self.health.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("telemetry flush failed (%s); retrying at the next flush", exc)
+        del forgotten  # the units table trimmed above, freed without holding the lock
+        assignments = [_assignment(*entry) for entry in seen]
         writer = getattr(self.sink, "write_assignments", None)
         if assignments and callable(writer):
             try:
@@ -407,7 +431,7 @@ class Recorder:
                 ok = False
                 with self._lock:
                     room = MAX_PENDING_ASSIGNMENTS - len(self._assignments)
-                    self._assignments[:0] = assignments[:room]
+                    self._assignments[:0] = seen[:room]
                 self.health.failed_flushes += 1
                 self.health.last_error = f"assignments: {type(exc).__name__}: {exc}"
                 log.warning("experiment assignments not written (%s); retrying", exc)
@@ -467,7 +491,7 @@ class Recorder:
         self._series_count = 0
         self._bucket_cost, self._ends = {}, {}
         self._history.clear()
-        self._units, self._assignments = {}, []
+        self._units, self._assignments, self._exposure_names = {}, [], {}
         self._next_cost_roll = self._next_ops_roll = self._next_ab_roll = 0.0
         self.health = Health()
         if self._thread is not None and not self._stop.is_set():
@@ -490,6 +514,12 @@ class Recorder:
                 self.health.last_error,
             )
         _open.discard(self)
+
+
+def _assignment(key: str, unit: str, variant: str, at: float) -> Assignment:
+    hashed, cluster = unit_hash(key.split("~", 1)[0], unit)
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Assignment(key, hashed, variant, cluster, stamp)
 
 
 def _copy(series: Mapping[str, Totals]) -> dict[str, Totals]:

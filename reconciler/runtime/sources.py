@@ -265,9 +265,7 @@ class DynamoDBSource:
         write_assignment_items(self.client.batch_write_item, self.assignments_table, assignments)
 
 
-def write_assignment_items(
-    batch_write: Any, table: str, assignments: Sequence[Assignment]
-) -> None:
+def write_assignment_items(batch_write: Any, table: str, assignments: Sequence[Assignment]) -> None:
     """Put the rows in batches of 25 (a repeated row is the same row: no condition needed),
     asking again for what DynamoDB leaves unprocessed."""
     unique = {(a.experiment, a.user_hash): a for a in assignments}

@@ -34,6 +34,7 @@ from typing import Any
 
 from reconciler.runtime.budgets import UTC_ZONE
 
+TINY = 1e-120  # stored as 0: below what DynamoDB's numbers hold (1e-130), and below any measure
 SHARD_SPREAD = 8  # shards of one bucket spread over this many partition keys
 SHARD_TTL = timedelta(days=45)  # DynamoDB removes raw shards after this; rollups stay
 ASSIGNMENT_TTL = timedelta(days=180)  # and assignments this long after a process first saw them
@@ -232,6 +233,8 @@ def dynamodb_value(value: Any) -> dict[str, Any]:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value!r} cannot be stored")
+        if abs(value) < TINY:
+            value = 0.0  # DynamoDB refuses numbers smaller than 1e-130 in magnitude
         return {"N": repr(value)}
     if isinstance(value, Decimal):
         return {"N": format(value, "f")}
