@@ -179,3 +179,27 @@ def test_experiment_example_and_report(example_tree: Path, monkeypatch: pytest.M
             all(cell in got for cell in cells) and got.startswith(cells[0]) for got in produced
         ), f"README line not produced: {line}"
     assert (example_tree / "intervals.svg").read_text().count("<svg") == 1
+
+
+def test_new_experiment_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `controller new-experiment` example runs on the repository's manifests."""
+    import contextlib
+    import io
+    import shlex
+
+    from reconciler.cli.boundary import run
+    from reconciler.cli.controller import controller
+
+    monkeypatch.chdir(example_tree)
+    block = next(b for b in _sh_blocks() if b.startswith("controller new-experiment"))
+    words = shlex.split(block.replace("\\\n", " "))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert run(controller, words[1:]) == 0, err.getvalue()
+    assert "experiment_id: sonnet_vs_haiku" in out.getvalue()
+    assert "nothing written" in err.getvalue()
+    assert not (example_tree / "experiments.d" / "sonnet_vs_haiku.yaml").exists()
+
+
+def _sh_blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -152,7 +153,8 @@ def _json(result: GuardRun | AnalyserRun) -> dict[str, object]:
     epilog="""\b
 Examples:
   controller run                         # once: for cron, EventBridge, a CI schedule
-  controller run --watch --interval 15   # a loop, every 15 seconds
+  controller run --watch --interval 15   # a loop: the cost guard every 15 seconds,
+                                         # the experiment analyser every 5 minutes
   COST_ALERTS_TOPIC_ARN=arn:aws:sns:... controller run
 """,
 )
@@ -165,12 +167,20 @@ Examples:
     envvar=TOPIC_VARIABLE,
     help=f"Publish alerts to this SNS topic too (default: ${TOPIC_VARIABLE}).",
 )
+@click.option(
+    "--analyse-interval",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="With --watch: seconds between experiment analyses (each reads every assignment).",
+)
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
 @_store_option
 @_root_option
 def run_command(
     watch: bool,
     interval: float,
+    analyse_interval: float,
     sns_topic_arn: str | None,
     output_format: str,
     backend: str | None,
@@ -180,10 +190,14 @@ def run_command(
     context = make_context(root, backend, "")
     store = context.open_store()
     publisher: Publisher | None = SnsPublisher(sns_topic_arn) if sns_topic_arn else None
+    analysed_at = -math.inf
     try:
         while True:
+            due = time.monotonic() - analysed_at >= analyse_interval
             try:
-                results = run_once(store, now=utc_now(), publisher=publisher)
+                results = run_once(store, now=utc_now(), publisher=publisher, experiments=due)
+                if due:
+                    analysed_at = time.monotonic()
             except ReconcilerError as exc:  # a loop outlives a bad minute: the store, a race
                 if not watch:
                     raise

@@ -205,10 +205,15 @@ def _from_item(item: dict[str, object]) -> Alert:
 
 
 def run_once(
-    store: StateStore, *, now: datetime, publisher: Publisher | None = None
+    store: StateStore,
+    *,
+    now: datetime,
+    publisher: Publisher | None = None,
+    experiments: bool = True,
 ) -> Sequence[GuardRun | AnalyserRun]:
-    """Every controller, once (the rollout controller joins here)."""
-    return [
-        run_cost_guard(store, now=now, publisher=publisher),
-        run_experiment_analyser(store, now=now, publisher=publisher),
-    ]
+    """Every controller, once (the rollout controller joins here); ``experiments`` False
+    leaves the experiment analyser out (a loop runs it less often than the cost guard)."""
+    runs: list[GuardRun | AnalyserRun] = [run_cost_guard(store, now=now, publisher=publisher)]
+    if experiments:
+        runs.append(run_experiment_analyser(store, now=now, publisher=publisher))
+    return runs
