@@ -18,7 +18,9 @@ from reconciler.state.records import Item, RecordKind, format_time
 from reconciler.state.store import StateStore
 
 
-def _known(store: StateStore, experiment: str) -> None:
+def _known(store: StateStore, experiment: str, reason: str) -> None:
+    if not reason.strip():
+        raise UserError("a reason is required: say why, for whoever reads the trail later")
     names = store.read_records(RecordKind.EXPERIMENT)
     if experiment not in names:
         known = ", ".join(sorted(names)) or "none applied"
@@ -27,7 +29,7 @@ def _known(store: StateStore, experiment: str) -> None:
 
 def stop(store: StateStore, experiment: str, *, reason: str, by: str, now: datetime) -> bool:
     """Stop the experiment (control for everyone); False if it was stopped already."""
-    _known(store, experiment)
+    _known(store, experiment, reason)
     at = format_time(now)
     changed = [False]
 
@@ -46,14 +48,15 @@ def stop(store: StateStore, experiment: str, *, reason: str, by: str, now: datet
         }
         return record
 
-    update_overrides(store, change, action="experiment-stop", actor=by, reason=reason, now=now)
+    why = f"{experiment}: {reason}"
+    update_overrides(store, change, action="experiment-stop", actor=by, reason=why, now=now)
     return changed[0]
 
 
 def resume(store: StateStore, experiment: str, *, reason: str, by: str, now: datetime) -> int:
     """Lift a stop or a verdict and start the analysis over; the new epoch (0: nothing held
     the experiment, nothing written)."""
-    _known(store, experiment)
+    _known(store, experiment, reason)
     at = format_time(now)
     verdict = verdicts_from_item(store.read_control(ANALYSER_ID)).get(experiment) or {}
     epoch = [0]
@@ -78,5 +81,6 @@ def resume(store: StateStore, experiment: str, *, reason: str, by: str, now: dat
         }
         return record
 
-    update_overrides(store, change, action="experiment-resume", actor=by, reason=reason, now=now)
+    why = f"{experiment}: {reason}"
+    update_overrides(store, change, action="experiment-resume", actor=by, reason=why, now=now)
     return epoch[0]

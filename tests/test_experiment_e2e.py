@@ -102,6 +102,13 @@ def test_an_experiment_concludes_itself_and_everyone_gets_the_winner(
     flags.refresh_overrides()
     stopped = flags.decide(FLAG, context(1))
     assert (stopped.variant, stopped.reason) == ("claude", Reason.EXPERIMENT_EXCLUDED)
+    code, report = cli(controller, "experiment", EXPERIMENT, "--root", str(deployment.root))
+    assert "Operator stop: STOPPED by" in report
+    assert "serving claude to everyone until `controller experiment-resume" in report
+    code, history = cli(controller, "history", "--root", str(deployment.root))
+    assert "(experiment-stop):\n  claude_vs_gemini: support tickets" in history
+    code, plan, _ = invoke("--plan", str(deployment.root))
+    assert "then lift the stop with `controller experiment-resume claude_vs_gemini`" in plan
     code, out = cli(
         controller, "experiment-resume", EXPERIMENT, "--reason", "fixed",
         "--root", str(deployment.root),

@@ -37,7 +37,7 @@ from reconciler.runtime.experiment_state import (
     operators_from_item,
     verdicts_from_item,
 )
-from reconciler.state.records import RecordKind
+from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 
 _store_option = click.option(
     "--store",
@@ -353,11 +353,15 @@ def experiment_command(
     try:
         records = store.read_records(RecordKind.EXPERIMENT)
         if name not in records:
-            known = ", ".join(sorted(records)) or "none: run reconcile --apply"
-            raise click.BadParameter(f"no experiment {name!r} (known: {known})", param_hint="NAME")
-        operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
+            known = ", ".join(sorted(records)) or "none"
+            raise click.BadParameter(
+                f"no experiment {name!r} in the store (known: {known}); a new one is analysed "
+                "once `reconcile --apply` has stored it",
+                param_hint="NAME",
+            )
+        operator = operators_from_item((store.read_overrides() or {}).get("experiments")).get(name)
         analysis = analyse_experiment(
-            store, records[name].item, operators.get(name), utc_now(), write_rows=False
+            store, records[name].item, operator, utc_now(), write_rows=False
         )
         verdict = verdicts_from_item(store.read_control(ANALYSER_ID)).get(name)
     finally:
@@ -366,11 +370,11 @@ def experiment_command(
         click.echo(f"Experiment {name} has not started yet (start_time in the future).")
         return ExitCode.CLEAN
     if output_format == "json":
-        click.echo(json.dumps(experiment_render.as_json(analysis, verdict), indent=2))
+        click.echo(json.dumps(experiment_render.as_json(analysis, verdict, operator), indent=2))
     elif output_format == "markdown":
-        click.echo(experiment_render.render_markdown(analysis, verdict), nl=False)
+        click.echo(experiment_render.render_markdown(analysis, verdict, operator), nl=False)
     else:
-        for line in experiment_render.render_text(analysis, verdict):
+        for line in experiment_render.render_text(analysis, verdict, operator):
             click.echo(line)
     if plot is not None:
         plot.write_text(experiment_render.render_plot(analysis), encoding="utf-8")
@@ -378,6 +382,7 @@ def experiment_command(
     return ExitCode.CLEAN
 
 
+OPERATOR_ACTIONS = ("experiment-stop", "experiment-resume")
 _reason_option = click.option("--reason", required=True, help="Why, for the audit trail.")
 _by_option = click.option(
     "--by", default=default_operator, help="Who is acting (default: the login name)."
@@ -439,13 +444,20 @@ controller.add_command(new_experiment_command)
 @_store_option
 @_root_option
 def history_command(limit: int, output_format: str, backend: str | None, root: Path) -> int:
-    """The controllers' state changes, newest first: who went from what to what, and why."""
+    """The controllers' state changes and operators' experiment stops and resumes, newest
+    first: who went from what to what, and why."""
     store = make_context(root, backend, "").open_store()
     try:
+        operators = [
+            e
+            for e in store.read_audit(OVERRIDES_RECORD, limit=limit * 4)
+            if e.get("action") in OPERATOR_ACTIONS
+        ]
         entries = sorted(
             [
                 *store.read_audit(GUARD_RECORD, limit=limit),
                 *store.read_audit(ANALYSER_RECORD, limit=limit),
+                *operators,
             ],
             key=lambda e: str(e.get("at", "")),
             reverse=True,
@@ -461,6 +473,11 @@ def history_command(limit: int, output_format: str, backend: str | None, root: P
     if not entries:
         click.echo("No controller state changes yet.")
     for entry in entries:
+        action = str(entry.get("action", ""))
+        if action in OPERATOR_ACTIONS:
+            click.echo(f"{entry.get('at')}  {entry.get('actor')} ({action}):")
+            click.echo(f"  {entry.get('reason')}")
+            continue
         click.echo(f"{entry.get('at')}  {entry.get('actor')}:")
         for change in str(entry.get("reason", "")).split("; "):
             click.echo(f"  {change}")

@@ -41,11 +41,11 @@ def _parsed(parse: Callable[[str], T]) -> Callable[[click.Context, click.Paramet
     "new-experiment",
     epilog="""\b
 Examples:
-  controller new-experiment claude_vs_gpt --flag ai_summary_model \\
+  controller new-experiment claude_vs_gpt --flag vc_bedrock_live \\
       --variant claude=claude-3.5-sonnet --variant gpt=gpt-4o
-  controller new-experiment three_models --flag ai_summary_model \\
+  controller new-experiment three_models --flag vc_bedrock_live \\
       --variant a=claude-3.5-sonnet --variant b=gemini-pro --variant c=gpt-4o  # 34/33/33
-  controller new-experiment canary_haiku --flag ai_summary_model \\
+  controller new-experiment canary_haiku --flag vc_bedrock_live \\
       --variant sonnet=claude-3.5-sonnet:90 --variant haiku=claude-3-haiku:10 \\
       --guardrail error_rate:decrease:5:binary --dry-run
 

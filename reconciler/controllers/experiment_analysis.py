@@ -69,7 +69,8 @@ class MetricResult:
     anytime_relative: tuple[float, float]
     anytime_p: float
     p_adjusted: float = math.nan
-    verdict: str = "inconclusive"  # better | worse | inconclusive | breached | no data
+    # better | worse | inconclusive | no data; for guardrails also breached | within limit
+    verdict: str = "inconclusive"
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,12 @@ def _verdict(spec: MetricSpec, anytime: tuple[float, float], relative: tuple[flo
         and ((limit > 0 and relative[0] > limit) or (limit < 0 and relative[1] < limit))
     ):
         return "breached"
+    if (
+        limit is not None
+        and _finite(*relative)
+        and ((limit > 0 and relative[1] < limit) or (limit < 0 and relative[0] > limit))
+    ):
+        return "within limit"  # shown to stay inside its tolerance
     if low > 0:
         return "better" if better_up else "worse"
     if high < 0:

@@ -219,10 +219,17 @@ def hold_by_experiments(
         if hold is None or (item.get("status") != "active" and hold.state != STOPPED):
             continue
         served = hold.winner or str(item.get("control") or "the control")
+        # git's change applies (it cannot turn the experiment back on): the hold outranks it.
+        who = "an operator's experiment-stop" if hold.operator else "the experiment analyser"
         holds[name] = holds[str(item.get("feature_flag"))] = Hold(
-            "override" if hold.operator else "controller", hold.describe(), hold.since
+            "controller", f"{who} ({hold.describe()})", hold.since
         )
-        if hold.state == STOPPED:
+        if hold.operator:
+            edit = (
+                "status: paused (or concluded, with a winner), apply it, then lift the stop "
+                f"with `controller experiment-resume {name}`"
+            )
+        elif hold.state == STOPPED:
             edit = "status: paused (or concluded, with a winner)"
         else:
             edit = f"status: concluded and winner: {hold.winner}"

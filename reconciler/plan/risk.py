@@ -99,6 +99,16 @@ def _experiment_risks(name: str, before: Item | None, after: Item | None) -> Ite
             )
         elif before.get("status") == "active":
             yield Risk("experiment-stopped", f"stops assigning {name} (status {status})")
+        elif status == "active":
+            control = after.get("control") or (new[0][0] if new else "")
+            treated = sum(w for v, w in new if v != control) / 100
+            share = treated * float(after.get("traffic_percentage", 100)) / 100
+            others = ", ".join(v for v, _ in new if v != control)
+            yield Risk(
+                "experiment-started",
+                f"starts {name}: {share:.0%} of its flag's users get {others} instead of {control}",
+                share,
+            )
 
 
 def _cost_risks(name: str, before: Item | None, after: Item | None) -> Iterator[Risk]:

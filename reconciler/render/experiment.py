@@ -9,8 +9,9 @@ from typing import Any
 
 from reconciler.controllers.experiment_analysis import Analysis, MetricResult
 from reconciler.render.experiment_plot import IntervalRow, MetricPanel, render_svg
+from reconciler.runtime.experiment_state import OperatorAction
 
-TONE = {"better": "good", "worse": "bad", "breached": "bad"}
+TONE = {"better": "good", "worse": "bad", "breached": "bad", "within limit": "good"}
 DECISION = {
     "conclude": "CONCLUDE",
     "stop": "STOP (guardrail breached)",
@@ -18,9 +19,11 @@ DECISION = {
 }
 
 
-def _num(value: float, digits: int = 4) -> str:
+def _num(value: float, digits: int = 4, scale: float = 1.0) -> str:
     if not math.isfinite(value):
         return "n/a"
+    if abs(value) < 1e-9 * max(abs(scale), 1e-300):
+        value = 0.0  # rounding noise of a constant metric, not a difference
     return f"{value:.{digits}g}"
 
 
@@ -28,9 +31,10 @@ def _pct(value: float) -> str:
     return f"{value * 100:+.1f}%" if math.isfinite(value) else "n/a"
 
 
-def _interval(pair: tuple[float, float], percent: bool = True) -> str:
-    show = _pct if percent else _num
-    return f"[{show(pair[0])}, {show(pair[1])}]"
+def _interval(pair: tuple[float, float], percent: bool = True, scale: float = 1.0) -> str:
+    if percent:
+        return f"[{_pct(pair[0])}, {_pct(pair[1])}]"
+    return f"[{_num(pair[0], scale=scale)}, {_num(pair[1], scale=scale)}]"
 
 
 def _p(value: float) -> str:
@@ -39,7 +43,9 @@ def _p(value: float) -> str:
     return "<0.0001" if value < 0.0001 else f"{value:.4f}"
 
 
-def headline(analysis: Analysis, verdict: Mapping[str, Any] | None) -> list[str]:
+def headline(
+    analysis: Analysis, verdict: Mapping[str, Any] | None, operator: OperatorAction | None = None
+) -> list[str]:
     lines = [
         f"Experiment {analysis.experiment_id} ({analysis.status} in git), recorded as "
         f"{analysis.key}, since {analysis.since}: {analysis.days_running:.1f} days; "
@@ -54,9 +60,18 @@ def headline(analysis: Analysis, verdict: Mapping[str, Any] | None) -> list[str]
     )
     lines.append(f"Variants: {users}")
     srm = analysis.srm
-    status = "MISMATCH" if srm.mismatch else "ok"
-    lines.append(f"Sample ratio: {status} (chi-square {srm.chi2:.2f}, p = {_p(srm.p_value)})")
-    if verdict and verdict.get("state") in ("concluded", "stopped"):
+    if not sum(analysis.users.values()):
+        lines.append("Sample ratio: n/a (no users recorded yet)")
+    else:
+        status = "MISMATCH" if srm.mismatch else "ok"
+        lines.append(f"Sample ratio: {status} (chi-square {srm.chi2:.2f}, p = {_p(srm.p_value)})")
+    if operator is not None and operator.stopped:
+        lines.append(
+            f"Operator stop: STOPPED by {operator.by} at {operator.at} ({operator.reason}): "
+            f"serving {analysis.control} to everyone until `controller experiment-resume "
+            f"{analysis.experiment_id}`"
+        )
+    elif verdict and verdict.get("state") in ("concluded", "stopped"):
         who = verdict.get("winner") or analysis.control
         lines.append(
             f"Analyser verdict: {str(verdict['state']).upper()} since {verdict.get('since')}: "
@@ -73,8 +88,8 @@ def _row(result: MetricResult) -> list[str]:
         result.variant,
         _num(result.control_mean),
         _num(result.mean),
-        _num(c.difference),
-        _interval(c.ci, percent=False),
+        _num(c.difference, scale=result.control_mean),
+        _interval(c.ci, percent=False, scale=result.control_mean),
         _pct(c.relative),
         _interval(c.relative_ci),
         _interval(result.anytime_relative),
@@ -101,18 +116,30 @@ HEADER = [
 ]
 
 
-def render_text(analysis: Analysis, verdict: Mapping[str, Any] | None = None) -> Iterator[str]:
-    yield from headline(analysis, verdict)
+def render_text(
+    analysis: Analysis,
+    verdict: Mapping[str, Any] | None = None,
+    operator: OperatorAction | None = None,
+) -> Iterator[str]:
+    yield from headline(analysis, verdict, operator)
     yield ""
     rows = [HEADER, *(_row(r) for r in analysis.results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     for row in rows:
         yield "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
     yield ""
-    yield from _decision_lines(analysis, verdict)
+    yield from _decision_lines(analysis, verdict, operator)
 
 
-def _decision_lines(analysis: Analysis, verdict: Mapping[str, Any] | None) -> Iterator[str]:
+def _decision_lines(
+    analysis: Analysis, verdict: Mapping[str, Any] | None, operator: OperatorAction | None
+) -> Iterator[str]:
+    if operator is not None and operator.stopped:
+        yield (
+            "Stopped by an operator: the analyser decides nothing until "
+            f"`controller experiment-resume {analysis.experiment_id}`"
+        )
+        return
     if verdict and verdict.get("state") in ("concluded", "stopped"):
         winner = verdict.get("winner")
         if winner:
@@ -135,15 +162,19 @@ def _decision_lines(analysis: Analysis, verdict: Mapping[str, Any] | None) -> It
         yield f"  waiting for {waiting}"
 
 
-def render_markdown(analysis: Analysis, verdict: Mapping[str, Any] | None = None) -> str:
+def render_markdown(
+    analysis: Analysis,
+    verdict: Mapping[str, Any] | None = None,
+    operator: OperatorAction | None = None,
+) -> str:
     lines = [f"### Experiment `{analysis.experiment_id}`", ""]
-    lines += [f"{line}  " for line in headline(analysis, verdict)]
+    lines += [f"{line}  " for line in headline(analysis, verdict, operator)]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for result in analysis.results:
         cells = [cell.replace("|", "\\|") for cell in _row(result)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"- {line.strip()}" for line in _decision_lines(analysis, verdict)]
+    lines += [f"- {line.strip()}" for line in _decision_lines(analysis, verdict, operator)]
     return "\n".join(lines) + "\n"
 
 
@@ -151,9 +182,15 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def as_json(analysis: Analysis, verdict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def as_json(
+    analysis: Analysis,
+    verdict: Mapping[str, Any] | None = None,
+    operator: OperatorAction | None = None,
+) -> dict[str, Any]:
     srm = analysis.srm
+    stop = operator if operator is not None and operator.stopped else None
     return {
+        "format_version": 1,
         "experiment_id": analysis.experiment_id,
         "recording_key": analysis.key,
         "status": analysis.status,
@@ -202,6 +239,9 @@ def as_json(analysis: Analysis, verdict: Mapping[str, Any] | None = None) -> dic
         "why": analysis.why,
         "waiting_for": list(analysis.waiting_for),
         "verdict": dict(verdict) if verdict else None,
+        "operator_stop": (
+            {"by": stop.by, "reason": stop.reason, "at": stop.at} if stop is not None else None
+        ),
     }
 
 
