@@ -13,7 +13,7 @@ from datetime import datetime
 
 from reconciler.breakglass import update_overrides
 from reconciler.errors import UserError
-from reconciler.runtime.experiment_state import ANALYSER_ID, verdicts_from_item
+from reconciler.runtime.experiment_state import ANALYSER_ID, verdicts_from_item, whole
 from reconciler.state.records import Item, RecordKind, format_time
 from reconciler.state.store import StateStore
 
@@ -41,10 +41,11 @@ def stop(store: StateStore, experiment: str, *, reason: str, by: str, now: datet
         changed[0] = True
         entries[experiment] = {
             "action": "stop",
-            "epoch": int(entry.get("epoch", 0)),
+            "epoch": whole(entry.get("epoch", 0)),
             "by": by,
             "reason": reason,
             "at": at,
+            **({"resumed_at": entry["resumed_at"]} if entry.get("resumed_at") else {}),
         }
         return record
 
@@ -64,10 +65,10 @@ def resume(store: StateStore, experiment: str, *, reason: str, by: str, now: dat
     def change(record: Item) -> Item | None:
         entries = record.setdefault("experiments", {})
         entry = entries.get(experiment) or {}
-        current = int(entry.get("epoch", 0))
+        current = whole(entry.get("epoch", 0))
         decided = (
             verdict.get("state") in ("concluded", "stopped")
-            and int(verdict.get("epoch", 0)) == current
+            and whole(verdict.get("epoch", 0)) == current
         )
         if entry.get("action") != "stop" and not decided:
             return None
@@ -78,6 +79,7 @@ def resume(store: StateStore, experiment: str, *, reason: str, by: str, now: dat
             "by": by,
             "reason": reason,
             "at": at,
+            "resumed_at": at,
         }
         return record
 

@@ -455,16 +455,18 @@ class FlagClient:
     def refresh_overrides(self) -> bool:
         try:
             overrides = self.source.read_overrides()
+            with self._write_lock:
+                # Built before anything is swapped: records it cannot use leave all as it was.
+                held = _with_overrides(self._snapshot, overrides) if self._snapshot else None
+                changed = overrides.cost != self._overrides.cost
+                self._overrides = overrides
+                if held is not None:
+                    self._snapshot = held
+                if changed:
+                    self._admission = {}
+                    self._baselines = {}
         except Exception as exc:
             return self._failed("overrides", exc)
-        with self._write_lock:
-            changed = overrides.cost != self._overrides.cost
-            self._overrides = overrides
-            if self._snapshot is not None:
-                self._snapshot = _with_overrides(self._snapshot, overrides)
-            if changed:
-                self._admission = {}
-                self._baselines = {}
         if changed and self._snapshot is not None:
             self._remember_baselines(self._snapshot)
         return True

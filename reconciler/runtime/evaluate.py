@@ -142,8 +142,8 @@ def _experiment(
     matched: str | None,
     now: datetime | Callable[[], datetime],
 ) -> Decision | None:
-    """The experiment's part: git's winner; else an operator's stop or the analyser's verdict;
-    else, while active and between its start and end, the unit's variant."""
+    """The experiment's part: an operator's stop; else git's winner; else, while git says
+    active, the analyser's verdict, or between the start and the end the unit's variant."""
 
     def serve(reason: Reason, variant: str | None, detail: str = "") -> Decision:
         return _on(
@@ -151,11 +151,13 @@ def _experiment(
         )
 
     hold = experiment.hold
-    if experiment.status == "concluded" and experiment.winner and hold is None:
-        return serve(Reason.EXPERIMENT_CONCLUDED, experiment.winner)
-    if hold is not None and hold.state == STOPPED:
+    if hold is not None and hold.operator:  # an operator's stop outranks git and the analyser
         return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, hold.describe())
-    if hold is not None and experiment.status == "active":
+    if experiment.status == "concluded" and experiment.winner:
+        return serve(Reason.EXPERIMENT_CONCLUDED, experiment.winner)
+    if hold is not None and experiment.status == "active":  # the analyser's verdict
+        if hold.state == STOPPED:
+            return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, hold.describe())
         return serve(Reason.EXPERIMENT_CONCLUDED, hold.winner, hold.describe())
     if experiment.status != "active":
         return None

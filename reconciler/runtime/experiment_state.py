@@ -52,6 +52,7 @@ class OperatorAction:
     by: str
     reason: str
     at: str | None
+    resumed_at: str | None = None  # the last resume: where this epoch's analysis starts
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,22 @@ class ExperimentStates:
         action = self.operators.get(experiment_id)
         return action.epoch if action is not None else 0
 
+    def verdict(self, experiment_id: str) -> Mapping[str, Any] | None:
+        """The analyser's entry for the experiment, if it is of the current epoch."""
+        verdict = self.verdicts.get(experiment_id)
+        if isinstance(verdict, Mapping) and whole(verdict.get("epoch")) == self.epoch(
+            experiment_id
+        ):
+            return verdict
+        return None
+
     def hold(self, experiment_id: str) -> ExperimentHold | None:
         """What holds the experiment now, operators first; None: its manifest decides."""
         action = self.operators.get(experiment_id)
         if action is not None and action.stopped:
             return ExperimentHold(STOPPED, action.by, action.reason, action.at, operator=True)
         verdict = self.verdicts.get(experiment_id)
-        if not isinstance(verdict, Mapping) or int(verdict.get("epoch", 0)) != self.epoch(
+        if not isinstance(verdict, Mapping) or whole(verdict.get("epoch")) != self.epoch(
             experiment_id
         ):
             return None
@@ -91,18 +101,30 @@ class ExperimentStates:
         return None
 
 
+def whole(value: Any) -> int:
+    """A stored count (an epoch) as an int, whatever its shape; 0 when unreadable: one bad
+    field must not stop a client reading its overrides (break-glass rides on them)."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def operators_from_item(entries: Any) -> dict[str, OperatorAction]:
-    """The ``experiments`` entries of the overrides record."""
+    """The ``experiments`` entries of the overrides record (entries it cannot read skipped)."""
     found = {}
     if isinstance(entries, Mapping):
         for name, entry in entries.items():
             if isinstance(entry, Mapping):
+                at = entry.get("at")
+                resumed = entry.get("resumed_at")
                 found[str(name)] = OperatorAction(
                     stopped=entry.get("action") == "stop",
-                    epoch=int(entry.get("epoch", 0)),
+                    epoch=whole(entry.get("epoch", 0)),
                     by=str(entry.get("by", "")),
                     reason=str(entry.get("reason", "")),
-                    at=entry.get("at"),
+                    at=str(at) if at is not None else None,
+                    resumed_at=str(resumed) if resumed is not None else None,
                 )
     return found
 

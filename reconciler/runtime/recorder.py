@@ -49,6 +49,9 @@ DEFAULT_FLUSH_INTERVAL = 10.0
 MAX_SERIES = 10_000
 HISTORY = 64  # successful flushes remembered, for what the cost guard has seen
 MAX_UNITS = 100_000  # users remembered per process (to write each one's assignment once)
+EXPERIMENT_PREFIX = "ab/"
+MAX_EXPERIMENT_SERIES = 20_000  # experiment series in memory, apart from cost and outcomes
+MAX_BUCKET_SERIES = 3_000  # per experiment and day: ~200 KB a shard, half DynamoDB's limit
 MAX_PENDING_ASSIGNMENTS = 200_000
 
 
@@ -80,6 +83,8 @@ class Health:
     unflushed: int = 0  # records since the last successful flush: what a crash would lose
     lost: int = 0  # records that a final flush at close could not write
     metrics_failures: int = 0
+    failed_assignment_writes: int = 0  # experiments' first exposures: kept, written later
+    pending_assignments: int = 0
     last_error: str | None = None
     last_flush_at: str | None = None
 
@@ -95,6 +100,7 @@ class Recorder:
         metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.time,
         max_series: int = MAX_SERIES,
+        max_experiment_series: int = MAX_EXPERIMENT_SERIES,
         background: bool = True,
         writer: str | None = None,
     ) -> None:
@@ -103,6 +109,8 @@ class Recorder:
         self.flush_interval = flush_interval
         self.clock = clock
         self.max_series = max_series
+        self.max_experiment_series = max_experiment_series
+        self._ab_series = 0
         self.writer = writer or new_writer_id()
         self.health = Health()
         self._lock = threading.Lock()
@@ -203,18 +211,18 @@ class Recorder:
         now = self.clock()
         if now >= self._next_ab_roll:
             self._roll_ab(now)
-        names = self._exposure_names.get((key, variant))
-        if names is None:
-            names = self._exposure_names[(key, variant)] = (
-                experiment_bucket(key, self._ab_day),
-                f"{EXPOSURES}:{variant}",
-            )
-        bucket, name = names
-        with self._lock:
+        with self._lock:  # the day's bucket read under the lock: a roll cannot come between
+            names = self._exposure_names.get((key, variant))
+            if names is None:
+                names = self._exposure_names[(key, variant)] = (
+                    experiment_bucket(key, self._ab_day),
+                    f"{EXPOSURES}:{variant}",
+                )
+            bucket, name = names
             series = self._buckets.get(bucket)
             totals = series.get(name) if series is not None else None
             if totals is None:
-                if not self._room((bucket,), (name,)):
+                if not self._room_ab(bucket, (name,)):
                     return
                 self._ends.setdefault(bucket, self._ab_ends)
                 self._add(bucket, name, 1)
@@ -234,8 +242,8 @@ class Recorder:
         now = self.clock()
         if now >= self._next_ab_roll:
             self._roll_ab(now)
-        bucket = experiment_bucket(key, self._ab_day)
         with self._lock:
+            bucket = experiment_bucket(key, self._ab_day)
             known = self._units.get((key, unit))
             if known is not None and known[1] == variant and known[0] is not None:
                 cluster = known[0]
@@ -249,7 +257,7 @@ class Recorder:
                 (f"{METRIC}:{variant}:{metric}", f"{CLUSTER}:{variant}:{metric}:{cluster}", value)
                 for metric, value in values
             ]
-            if not self._room((bucket,), [n for whole, part, _ in names for n in (whole, part)]):
+            if not self._room_ab(bucket, [n for whole, part, _ in names for n in (whole, part)]):
                 return
             self._ends.setdefault(bucket, self._ab_ends)
             for whole, part, value in names:
@@ -305,6 +313,23 @@ class Recorder:
             return False
         return True
 
+    def _room_ab(self, bucket: str, names: Sequence[str]) -> bool:
+        """Room for an experiment's series: a budget of their own (``max_experiment_series``
+        in all, ``MAX_BUCKET_SERIES`` per experiment and day, so a shard stays well under
+        DynamoDB's item size), never taken from cost and outcomes."""
+        series = self._buckets.get(bucket) or {}
+        missing = sum(1 for name in names if name not in series)
+        if not missing:
+            return True
+        if (
+            self._ab_series + missing > self.max_experiment_series
+            or len(series) + missing > MAX_BUCKET_SERIES
+        ):
+            self.health.rejected["too_many_experiment_series"] += 1
+            return False
+        self._ab_series += missing
+        return True
+
     def _add(self, bucket: str, name: str, value: int | float) -> None:
         series = self._buckets.get(bucket)
         if series is None:
@@ -312,7 +337,8 @@ class Recorder:
         totals = series.get(name)
         if totals is None:
             totals = series[name] = Totals()
-            self._series_count += 1
+            if not bucket.startswith(EXPERIMENT_PREFIX):  # those count in _ab_series
+                self._series_count += 1
         totals.add(value)
         self._dirty.add(bucket)
 
@@ -395,12 +421,15 @@ class Recorder:
     def _flush(self) -> bool:
         forgotten: object = None
         with self._lock:
-            dirty = sorted(self._dirty)
+            # Spend first: a shard the store refuses must not hold back the cost guard's input.
+            dirty = sorted(self._dirty, key=lambda b: (b.startswith(EXPERIMENT_PREFIX), b))
             pending = self.health.unflushed
             changes, self._changes = self._changes, {}
             seen, self._assignments = self._assignments, []
-            if len(self._units) >= MAX_UNITS:
-                forgotten, self._units = self._units, {}  # freed below, outside the lock
+            if len(self._units) >= MAX_UNITS:  # forget the older half, freed outside the lock
+                forgotten = self._units
+                kept = list(forgotten.items())[MAX_UNITS // 2 :]
+                self._units = dict(kept)
             if not dirty and not changes and not seen:
                 self._release()
                 return True
@@ -428,13 +457,13 @@ class Recorder:
             try:
                 writer(assignments)
             except Exception as exc:  # kept for the next flush (rows are idempotent)
-                ok = False
                 with self._lock:
                     room = MAX_PENDING_ASSIGNMENTS - len(self._assignments)
                     self._assignments[:0] = seen[:room]
-                self.health.failed_flushes += 1
+                self.health.failed_assignment_writes += 1
                 self.health.last_error = f"assignments: {type(exc).__name__}: {exc}"
                 log.warning("experiment assignments not written (%s); retrying", exc)
+        self.health.pending_assignments = len(self._assignments)
         if ok:
             self._flushed(shards, pending, stamp)
         if self.metrics is not None and changes:
@@ -471,9 +500,15 @@ class Recorder:
         current = {*self._cost_buckets, self._ops_bucket}
         today = "/" + self._ab_day
         for bucket in [b for b, ends in self._ends.items() if ends <= now and b not in current]:
-            if bucket in self._dirty or (bucket.startswith("ab/") and bucket.endswith(today)):
+            if bucket in self._dirty or (
+                bucket.startswith(EXPERIMENT_PREFIX) and bucket.endswith(today)
+            ):
                 continue
-            self._series_count -= len(self._buckets.pop(bucket, {}))
+            released = len(self._buckets.pop(bucket, {}))
+            if bucket.startswith(EXPERIMENT_PREFIX):
+                self._ab_series -= released
+            else:
+                self._series_count -= released
             self._bucket_cost.pop(bucket, None)
             del self._ends[bucket]
 
@@ -488,7 +523,7 @@ class Recorder:
         self.writer = new_writer_id()
         self._seq = 0
         self._buckets, self._dirty, self._changes = {}, set(), {}
-        self._series_count = 0
+        self._series_count = self._ab_series = 0
         self._bucket_cost, self._ends = {}, {}
         self._history.clear()
         self._units, self._assignments, self._exposure_names = {}, [], {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -248,6 +249,9 @@ class DynamoDBSource:
         return with_controllers(overrides, found.get(COST_GUARD_ID), found.get(ANALYSER_ID))
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
+        """Each shard on its own: one the table refuses does not keep the others out (it is
+        raised once the rest are written)."""
+        failed: Exception | None = None
         for shard in shards:
             try:
                 self.client.put_item(
@@ -257,9 +261,10 @@ class DynamoDBSource:
                     ExpressionAttributeValues={":seq": {"N": str(shard.seq)}},
                 )
             except Exception as exc:
-                if _condition_failed(exc):
-                    continue  # this flush, or a later one, is stored already: a repeat
-                raise
+                if not _condition_failed(exc):  # else: this flush or a later one is stored
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def write_assignments(self, assignments: Sequence[Assignment]) -> None:
         write_assignment_items(self.client.batch_write_item, self.assignments_table, assignments)
@@ -272,11 +277,12 @@ def write_assignment_items(batch_write: Any, table: str, assignments: Sequence[A
     requests = [{"PutRequest": {"Item": dynamodb_item(a.to_item())}} for a in unique.values()]
     for start in range(0, len(requests), 25):
         pending: Any = {table: requests[start : start + 25]}
-        for _ in range(5):
+        for attempt in range(5):
             answer = batch_write(RequestItems=pending)
             pending = answer.get("UnprocessedItems") or {}
             if not pending:
                 break
+            time.sleep(0.05 * 2**attempt)  # throttled: back off (the flush thread, not a request)
         else:
             raise RuntimeError("assignment writes stayed unprocessed (throttled)")
 

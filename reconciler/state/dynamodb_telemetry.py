@@ -119,6 +119,8 @@ class DynamoDBTelemetry(DynamoDBBase):
     # -- telemetry shards -----------------------------------------------------------------------
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
+        """Each shard on its own: one refused does not keep the others out (raised after)."""
+        failed: Exception | None = None
         for shard in shards:
             try:
                 self._call(
@@ -134,6 +136,10 @@ class DynamoDBTelemetry(DynamoDBBase):
                 )
             except ClientError:
                 continue  # stored at this seq or a later one already
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def read_shards(self, bucket: str) -> list[Shard]:
         shards = []
