@@ -15,6 +15,7 @@ from reconciler.controllers.analyser_run import run_experiment_analyser
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.decision import Reason
 from reconciler.runtime.experiment_state import ANALYSER_ID
+from reconciler.state.records import format_time
 from tests.deployments import Deployment, cli
 from tests.test_cli import invoke
 
@@ -57,6 +58,9 @@ def test_an_experiment_concludes_itself_and_everyone_gets_the_winner(
     rng = random.Random(5)
     flags = FlagClient(deployment.source, background=False, clock=clock)
     seen: dict[str, str] = {}
+    # The analyser's first look, right after the apply: the experiment's days count from here.
+    first = run_experiment_analyser(deployment.store, now=start)
+    assert first.outcome.experiments[EXPERIMENT]["started"] == format_time(start)
     for day in range(8):
         clock.now = start + timedelta(days=day, hours=1)
         seen |= simulate_day(flags, rng, range(day * 300, day * 300 + 450))  # new and returning
@@ -66,7 +70,7 @@ def test_an_experiment_concludes_itself_and_everyone_gets_the_winner(
             assert entry["state"] == "running"
             assert any("minimum duration" in w for w in entry["waiting"])
     assert flags.health().rejected == {}
-    clock.now = start + timedelta(days=7, hours=2)
+    clock.now = start + timedelta(days=7, hours=1)
     run = run_experiment_analyser(deployment.store, now=clock.now)
     verdict = run.outcome.experiments[EXPERIMENT]
     assert verdict["state"] == "concluded", verdict

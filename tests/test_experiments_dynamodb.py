@@ -397,8 +397,10 @@ def test_stop_serves_the_control_and_resume_brings_the_same_users_back_under_a_n
     flags.record_response_quality(EXPERIMENT, USERS[0], 0.9, 1000, 0.01)
     assert flags.health().warnings["not_in_experiment"] == 1  # not recorded while stopped
     held = run_experiment_analyser(store, now=deployment.later)  # analysed, never decided
-    assert (store.read_control(ANALYSER_ID) or {})["experiments"][EXPERIMENT] == {
-        "state": "running",
+    entry = (store.read_control(ANALYSER_ID) or {})["experiments"][EXPERIMENT]
+    assert entry.pop("started")
+    assert entry == {
+        "state": "held",
         "epoch": 0,
         "waiting": ["operator"],
     }
@@ -424,7 +426,9 @@ def test_stop_serves_the_control_and_resume_brings_the_same_users_back_under_a_n
     run = run_experiment_analyser(store, now=deployment.later)
     analysis = run.analyses[EXPERIMENT]
     assert analysis.key == key
-    assert analysis.since == resumed_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Its days count from the analyser's first look at the new epoch, after the resume.
+    assert analysis.since == deployment.later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert analysis.since >= resumed_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert dict(analysis.exposures) == dict(Counter(variants.values()))  # since the resume
     result = quality(analysis)
     assert (result.observations, result.control_observations) == (

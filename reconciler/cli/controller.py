@@ -34,6 +34,7 @@ from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
 from reconciler.runtime.experiment_state import (
     ANALYSER_ID,
+    ExperimentStates,
     operators_from_item,
     verdicts_from_item,
 )
@@ -74,9 +75,13 @@ def _analyser_summary(result: AnalyserRun) -> list[str]:
         return ["experiment analyser: no active experiment in the store"]
     for name in result.not_started:
         lines.append(f"experiment analyser: {name}: not started yet")
+    for error in result.errors:
+        lines.append(f"experiment analyser: not analysed: {error}")
     for name, entry in sorted(result.outcome.experiments.items()):
         state = entry.get("state")
-        if state == "running":
+        if state == "held":
+            lines.append(f"experiment analyser: {name}: stopped by an operator, not decided")
+        elif state == "running":
             waiting = "; ".join(entry.get("waiting") or []) or "nothing"
             lines.append(f"experiment analyser: {name}: running, waiting for {waiting}")
         else:
@@ -135,6 +140,7 @@ def _json(result: GuardRun | AnalyserRun) -> dict[str, object]:
             "alerts_published": result.alerts_published,
             "publish_errors": result.publish_errors,
             "not_started": result.not_started,
+            "errors": result.errors,
         }
     return {
         "controller": "cost_guard",
@@ -359,11 +365,18 @@ def experiment_command(
                 "once `reconcile --apply` has stored it",
                 param_hint="NAME",
             )
-        operator = operators_from_item((store.read_overrides() or {}).get("experiments")).get(name)
+        operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
+        states = ExperimentStates(verdicts_from_item(store.read_control(ANALYSER_ID)), operators)
+        operator = operators.get(name)
+        verdict = states.verdict(name)  # of this epoch: a resume voids the one before
         analysis = analyse_experiment(
-            store, records[name].item, operator, utc_now(), write_rows=False
+            store,
+            records[name].item,
+            operator,
+            utc_now(),
+            started=str(verdict["started"]) if verdict and verdict.get("started") else None,
+            write_rows=False,
         )
-        verdict = verdicts_from_item(store.read_control(ANALYSER_ID)).get(name)
     finally:
         store.close()
     if analysis is None:

@@ -9,9 +9,10 @@ is stored, again at a later run if publishing failed (at least once).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from reconciler.controllers.experiment_analyser import (
@@ -22,18 +23,20 @@ from reconciler.controllers.experiment_analyser import (
 )
 from reconciler.controllers.experiment_analysis import Analysis, analyse
 from reconciler.controllers.experiment_data import read_experiment_data
-from reconciler.errors import UserError
+from reconciler.errors import ReconcilerError, UserError
 from reconciler.runtime.experiment_state import (
     ANALYSER_ID,
     OperatorAction,
     operators_from_item,
     recording_key,
     verdicts_from_item,
+    whole,
 )
-from reconciler.state.records import AuditEntry, Item, RecordKind, format_time
+from reconciler.state.records import AuditEntry, RecordKind, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
 ATTEMPTS = 5
+REPUBLISH_AFTER = timedelta(minutes=5)
 ANALYSER_RECORD = "controller/experiment_analyser"  # its name in the audit trail
 
 
@@ -50,17 +53,19 @@ class AnalyserRun:
     alerts_published: list[str] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # experiments that could not be analysed
 
 
 def analysis_window(
-    experiment: Mapping[str, Any], action: OperatorAction | None
+    experiment: Mapping[str, Any], action: OperatorAction | None, started: str | None
 ) -> datetime | None:
-    """When the analysis (of this epoch) starts: the manifest's start, the record's creation,
-    or the operator's last resume, whichever is latest; None when unknown."""
+    """When this epoch's analysis starts: the latest of the manifest's ``start_time``, the
+    moment the analyser first saw the experiment active (``started``; else, for a report
+    before any run, when it was applied) and the operator's last resume; None when unknown."""
     moments = [
         _moment(experiment.get("start_time")),
-        _moment(experiment.get("created_at")),
-        _moment(action.at) if action is not None and action.epoch > 0 else None,
+        _moment(started) if started else _moment(experiment.get("created_at")),
+        _moment(action.resumed_at) if action is not None and action.epoch > 0 else None,
     ]
     known = [m for m in moments if m is not None]
     return max(known) if known else None
@@ -72,14 +77,15 @@ def analyse_experiment(
     action: OperatorAction | None,
     now: datetime,
     *,
+    started: str | None = None,
     write_rows: bool = True,
 ) -> Analysis | None:
     """One experiment's analysis now; None before its start."""
-    since = analysis_window(experiment, action) or now
+    since = analysis_window(experiment, action, started) or now
     if since > now:
         return None
     key = recording_key(str(experiment["experiment_id"]), action.epoch if action else 0)
-    data, rows = read_experiment_data(store, key, since.date(), now)
+    data, rows = read_experiment_data(store, key, since.astimezone(UTC).date(), now)
     if write_rows and rows:
         store.write_results(rows)
     return analyse(experiment, data, since=since, now=now)
@@ -98,23 +104,35 @@ def run_experiment_analyser(
         if record.item.get("status") == "active"
     }
     operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
+    epochs = {name: action.epoch for name, action in operators.items()}
+    known = verdicts_from_item(store.read_control(ANALYSER_ID))
+    at = format_time(now)
+    started = {}
+    for name in experiments:
+        entry = known.get(name)
+        same = entry is not None and whole(entry.get("epoch")) == epochs.get(name, 0)
+        started[name] = str(entry.get("started") or at) if same and entry else at
     analyses: dict[str, Analysis] = {}
-    not_started = []
+    not_started, errors = [], []
     for name, item in sorted(experiments.items()):
-        found = analyse_experiment(store, item, operators.get(name), now)
+        try:
+            found = analyse_experiment(store, item, operators.get(name), now, started=started[name])
+        except ReconcilerError:
+            raise  # the store is down: the whole run fails, as the cost guard's would
+        except Exception as exc:  # one experiment's bad data must not stop the others
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
         if found is None:
             not_started.append(name)
         else:
             analyses[name] = found
-    epochs = {name: action.epoch for name, action in operators.items()}
     held = frozenset(name for name, action in operators.items() if action.stopped)
-    at = format_time(now)
     for _ in range(ATTEMPTS):
         stored = store.read_control(ANALYSER_ID) or {}
         previous = verdicts_from_item(stored)
-        outcome = decide(analyses, epochs, previous, at=at, held=held)
+        outcome = decide(analyses, epochs, previous, at=at, held=held, started=started)
         run = AnalyserRun(analyses, outcome, version=int(stored.get("version", 0)))
-        run.not_started = not_started
+        run.not_started, run.errors = not_started, errors
         if not outcome.changed:
             break
         record = {"version": run.version + 1, "updated_at": at, "experiments": outcome.experiments}
@@ -132,40 +150,61 @@ def run_experiment_analyser(
 
 
 def _publish(store: StateStore, run: AnalyserRun, publisher: AlertPublisher, now: datetime) -> None:
-    """Publish the verdicts not alerted yet, then mark them alerted in the state."""
-    pending = unalerted(run.outcome.experiments if run.written else _stored(store))
-    done: list[ExperimentAlert] = []
+    """Publish the verdicts not alerted yet: each is claimed first in the alerts table (a
+    conditional put by alert id), so however many analysers run, one publishes it; one claimed
+    but not out after five minutes (its publisher died) is published by a later run."""
+    stamp = format_time(now)
+    claim = uuid.uuid4().hex
+    entries = verdicts_from_item(store.read_control(ANALYSER_ID))
+    pending = unalerted(entries)
+    mine = []
     for alert in pending:
+        item = {**alert.to_item(), "at": stamp, "recorded_by": claim}
+        if store.put_alert(item):
+            mine.append(alert)
+    stale = format_time(now - REPUBLISH_AFTER)
+    for item in store.read_alerts():
+        waiting = item.get("experiment_id") and not item.get("published")
+        if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
+            mine.append(_alert_of(item))
+    for alert in mine:
         try:
             publisher.publish(alert)
-        except Exception as exc:  # stays unalerted: the next run tries again
+        except Exception as exc:  # claimed, not out: a later run publishes it
             run.publish_errors.append(f"{alert.alert_id}: {type(exc).__name__}: {exc}")
             continue
-        done.append(alert)
+        store.mark_alert_published(alert.alert_id, stamp)
         run.alerts_published.append(alert.alert_id)
-    if not done:
-        return
+    if pending:
+        _mark_alerted(store, {a.experiment: a.epoch for a in pending}, now)
+
+
+def _alert_of(item: Mapping[str, Any]) -> ExperimentAlert:
+    return ExperimentAlert(
+        str(item["experiment_id"]),
+        str(item.get("level", "")),
+        str(item.get("message", "")),
+        whole(item.get("epoch")),
+    )
+
+
+def _mark_alerted(store: StateStore, epochs: Mapping[str, int], now: datetime) -> None:
+    """The verdicts' alerts are in the alerts table now: the state need not ask again."""
     for _ in range(ATTEMPTS):
         stored = store.read_control(ANALYSER_ID) or {}
-        entries = verdicts_from_item(stored)
-        marked = {name: dict(entry) for name, entry in entries.items()}
-        for alert in done:
-            entry = marked.get(alert.experiment)
-            if entry is not None and int(entry.get("epoch", 0)) == alert.epoch:
+        marked = {name: dict(entry) for name, entry in verdicts_from_item(stored).items()}
+        for name, epoch in epochs.items():
+            entry = marked.get(name)
+            if entry is not None and whole(entry.get("epoch")) == epoch:
                 entry["alerted"] = True
         version = int(stored.get("version", 0))
-        record = {**stored, "version": version + 1, "updated_at": format_time(now)}
-        record["experiments"] = marked
-        record.pop("record_id", None)
+        record = {k: v for k, v in stored.items() if k != "record_id"}
+        record.update(version=version + 1, updated_at=format_time(now), experiments=marked)
         try:
             store.write_control(ANALYSER_ID, record, version, None)
             return
         except WriteConflictError:
             continue
-
-
-def _stored(store: StateStore) -> dict[str, Item]:
-    return {k: dict(v) for k, v in verdicts_from_item(store.read_control(ANALYSER_ID)).items()}
 
 
 def _audit(outcome: Outcome, actor: str, at: str) -> AuditEntry | None:

@@ -58,6 +58,7 @@ class ExperimentAlert:
         return {
             "alert_id": self.alert_id,
             "experiment_id": self.experiment,
+            "epoch": self.epoch,
             "level": self.point,
             "message": self.message,
         }
@@ -78,6 +79,7 @@ def decide(
     *,
     at: str,
     held: frozenset[str] = frozenset(),
+    started: Mapping[str, str] | None = None,
 ) -> Outcome:
     """The new per-experiment entries. ``analyses``: the active experiments git has (and has
     started); ``held``: those an operator has stopped (analysed, never decided)."""
@@ -91,8 +93,9 @@ def decide(
         if same_epoch and before is not None and before.get("state") in (CONCLUDED, STOPPED):
             entries[name] = dict(before)  # final for its epoch
             continue
+        first_seen = (started or {}).get(name, at)
         if name in held:
-            entry: dict[str, Any] = {"state": RUNNING, "epoch": epoch, "waiting": ["operator"]}
+            entry: dict[str, Any] = {"state": "held", "epoch": epoch, "waiting": ["operator"]}
         elif analysis.decision == CONCLUDE and analysis.winner:
             entry = {
                 "state": CONCLUDED,
@@ -122,10 +125,14 @@ def decide(
             )
             alerts.append(ExperimentAlert(name, STOPPED, message, epoch))
         else:
-            entry = {"state": RUNNING, "epoch": epoch, "waiting": list(analysis.waiting_for)}
+            # What it waits for, without the figures (they change every run; the report has
+            # them): the record is rewritten when the reasons change, not the counts.
+            reasons = list(dict.fromkeys(w.split(":")[0] for w in analysis.waiting_for))
+            entry = {"state": RUNNING, "epoch": epoch, "waiting": reasons}
+        entry["started"] = first_seen
         entries[name] = entry
         old_state = before.get("state") if same_epoch and before is not None else None
-        if entry["state"] != old_state and entry["state"] != RUNNING:
+        if entry["state"] != old_state and entry["state"] in (CONCLUDED, STOPPED):
             transitions.append(Transition(name, old_state, entry["state"], entry["reason"]))
     for name, before in sorted(previous.items()):
         if name not in analyses and before.get("state") in (CONCLUDED, STOPPED):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.controllers.experiment_data import ExperimentData, cluster_pairs
@@ -153,9 +153,18 @@ def analyse(
             )
     results = _adjusted(results)
     srm = sample_ratio(users, weights)
-    days = (now - since).total_seconds() / 86400
+    end = _moment(experiment.get("end_time"))
+    ended_at = end if end is not None and end <= now else None
+    days = ((ended_at or now) - since).total_seconds() / 86400
     decision, winner, why, waiting = _decide(
-        experiment, results, srm, users=users, days=days, control=control, treatments=treatments
+        experiment,
+        results,
+        srm,
+        users=users,
+        days=days,
+        ended_at=ended_at,
+        control=control,
+        treatments=treatments,
     )
     return Analysis(
         experiment_id=str(experiment["experiment_id"]),
@@ -200,12 +209,18 @@ def _compare(
     comparison = welch(treated, base, level)
     se = math.sqrt(treated.se**2 + base.se**2) if _finite(treated.se, base.se) else math.nan
     units = data.users_of(variant) + data.users_of(control)
+    difference = comparison.difference
     if units > 0 and math.isfinite(se) and se > 0:
-        low, high = confidence_sequence(comparison.difference, se, units, decision_level, rho)
-        p_any = anytime_p_value(comparison.difference, se, units, rho)
+        low, high = confidence_sequence(difference, se, units, decision_level, rho)
+        p_any = anytime_p_value(difference, se, units, rho)
         rel_se = _relative_se(treated.mean, base.mean, treated.se, base.se)
         scale = (high - low) / 2 / se
         relative = (comparison.relative - scale * rel_se, comparison.relative + scale * rel_se)
+    elif units > 0 and se == 0 and math.isfinite(difference):
+        # Every value the same in each arm (a fixed price): the difference is known exactly.
+        low = high = difference
+        p_any = 1.0 if difference == 0 else 0.0
+        relative = (comparison.relative, comparison.relative)
     else:
         low = high = p_any = math.nan
         relative = (math.nan, math.nan)
@@ -222,7 +237,7 @@ def _compare(
         anytime=(low, high),
         anytime_relative=relative,
         anytime_p=p_any,
-        verdict=_verdict(spec, (low, high), relative),
+        verdict=_verdict(spec, (low, high), base.mean),
     )
 
 
@@ -233,25 +248,23 @@ def _relative_se(mean_t: float, mean_c: float, se_t: float, se_c: float) -> floa
     return math.sqrt(se_t**2 / mean_c**2 + mean_t**2 * se_c**2 / mean_c**4)
 
 
-def _verdict(spec: MetricSpec, anytime: tuple[float, float], relative: tuple[float, float]) -> str:
+def _verdict(spec: MetricSpec, anytime: tuple[float, float], control_mean: float) -> str:
+    """better, worse or inconclusive by the anytime-valid interval; for a guardrail, breached
+    (confidently worse than its tolerance) or within limit (confidently inside it). The
+    tolerance is applied to the difference as a share of the control's mean: a control at 0
+    (no errors at all) tolerates no confident increase."""
     low, high = anytime
     if not _finite(low, high):
         return "no data"
     better_up = spec.direction == "increase"
     limit = spec.limit if spec.role == "guardrail" else None
-    # Breached: confidently worse than the tolerance allows.
-    if (
-        limit is not None
-        and _finite(*relative)
-        and ((limit > 0 and relative[0] > limit) or (limit < 0 and relative[1] < limit))
-    ):
-        return "breached"
-    if (
-        limit is not None
-        and _finite(*relative)
-        and ((limit > 0 and relative[1] < limit) or (limit < 0 and relative[0] > limit))
-    ):
-        return "within limit"  # shown to stay inside its tolerance
+    if limit is not None and math.isfinite(control_mean):
+        allowed = abs(limit) * abs(control_mean)  # the worst tolerated difference, the bad way
+        worse_by = (-high, -low) if better_up else (low, high)  # how much worse: (least, most)
+        if worse_by[0] > allowed or (allowed == 0 and worse_by[0] > 0):
+            return "breached"
+        if worse_by[1] < allowed or (allowed == 0 and worse_by[1] <= 0):
+            return "within limit"
     if low > 0:
         return "better" if better_up else "worse"
     if high < 0:
@@ -282,6 +295,7 @@ def _decide(
     *,
     users: Mapping[str, int],
     days: float,
+    ended_at: datetime | None,
     control: str,
     treatments: Sequence[str],
 ) -> tuple[str, str | None, str, list[str]]:
@@ -301,7 +315,15 @@ def _decide(
     waiting = []
     minimum_days = int(experiment.get("minimum_duration_days", 7))
     if days < minimum_days:
-        waiting.append(f"minimum duration: {days:.1f} of {minimum_days} days")
+        ended = " (it ended before: no conclusion)" if ended_at else ""
+        waiting.append(f"minimum duration: {days:.1f} of {minimum_days} days{ended}")
+    for result in results:
+        if result.metric.role == "guardrail" and result.verdict not in ("within limit", "better"):
+            waiting.append(
+                f"guardrail {result.metric.name} ({result.variant}): not yet shown within its "
+                f"tolerance of {_percent(result.metric.limit or 0.0)}"
+                + (" (no data)" if result.verdict == "no data" else "")
+            )
     minimum = int(experiment.get("minimum_sample_size", 1000))
     for variant in [control, *treatments]:
         if users.get(variant, 0) < minimum:
@@ -334,6 +356,16 @@ def _decide(
     if winner is None or waiting:
         return CONTINUE, None, why, waiting  # why: the evidence so far
     return CONCLUDE, winner, why, []
+
+
+def _moment(text: Any) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _sign(spec: MetricSpec) -> float:

@@ -89,8 +89,7 @@ def _cluster_parts(rest: str) -> tuple[str, str, int | None]:
 
 def to_rows(key: str, day: str, data: Mapping[tuple[str, str], MetricData], at: str) -> list[Item]:
     """A day's results rows (the original ``AB_RESULTS_TABLE``): per variant and metric, the
-    count, sum and sum of squares, and the clusters' counts and sums; an empty day gets one
-    marker row, so it is not read again."""
+    count, sum and sum of squares, and the clusters' counts and sums; then the day's seal."""
     rows: list[Item] = [
         {
             "experiment_id": key,
@@ -108,16 +107,11 @@ def to_rows(key: str, day: str, data: Mapping[tuple[str, str], MetricData], at: 
         }
         for (variant, metric), found in sorted(data.items())
     ]
-    if not rows:
-        rows.append(
-            {
-                "experiment_id": key,
-                "result_key": f"{day}#",
-                "day": day,
-                "count": 0,
-                "updated_at": at,
-            }
-        )
+    # The day's seal, written last: rows stand for the day only under a seal written after it
+    # ended (a run that failed halfway leaves the old seal, and the day is read again).
+    rows.append(
+        {"experiment_id": key, "result_key": f"{day}#", "day": day, "count": 0, "updated_at": at}
+    )
     return rows
 
 
@@ -154,15 +148,17 @@ def read_experiment_data(
     settled = (today - timedelta(days=1)).isoformat()  # days before it are read from rows
     results = store.read_results(key)
     stored = from_rows(results)
-    written: dict[str, str] = {}
-    for row in results:
-        day = str(row.get("day", ""))
-        written[day] = max(written.get(day, ""), str(row.get("updated_at", "")))
+    sealed = {
+        str(row.get("day", "")): str(row.get("updated_at", ""))
+        for row in results
+        if not row.get("variant")
+    }
     data = ExperimentData(key, read_at=format_time(now))
     rows: list[Item] = []
     at = format_time(now)
     for day in days_between(start, today):
-        found = stored.get(day) if day < settled and written.get(day, "") >= _closed(day) else None
+        sealed_after = sealed.get(day, "") >= _closed(day)
+        found = stored.get(day) if day < settled and sealed_after else None
         if found is None:
             found = day_series(merge_shards(store.read_shards(experiment_bucket(key, day))))
             rows.extend(to_rows(key, day, found, at))

@@ -176,6 +176,8 @@ def _publish_all(
     for item in store.read_alerts():
         if item.get("published") or item["alert_id"] in mine or str(item.get("at", "")) > cutoff:
             continue  # out already, or its recorder may still be publishing it
+        if "threshold_name" not in item:
+            continue  # another controller's alert (an experiment's): its own run republishes
         _publish(store, run, publisher, _from_item(item), stamp)
 
 

@@ -224,13 +224,14 @@ def hold_by_experiments(
         holds[name] = holds[str(item.get("feature_flag"))] = Hold(
             "controller", f"{who} ({hold.describe()})", hold.since
         )
+        control = str(item.get("control") or "")
         if hold.operator:
             edit = (
-                "status: paused (or concluded, with a winner), apply it, then lift the stop "
-                f"with `controller experiment-resume {name}`"
+                f"status: concluded and winner: {control} (or another winner), apply it, then "
+                f"lift the stop with `controller experiment-resume {name}`"
             )
         elif hold.state == STOPPED:
-            edit = "status: paused (or concluded, with a winner)"
+            edit = f"status: concluded and winner: {control}"
         else:
             edit = f"status: concluded and winner: {hold.winner}"
         notes.append(

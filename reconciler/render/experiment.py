@@ -150,7 +150,7 @@ def _decision_lines(
         else:
             yield (
                 f"Make it permanent in git: experiments.d/{analysis.experiment_id}.yaml "
-                "status: paused (or concluded with the control as winner)"
+                f"status: concluded, winner: {analysis.control}"
             )
         return
     yield f"Decision now: {DECISION[analysis.decision]}" + (
