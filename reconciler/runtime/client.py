@@ -108,6 +108,7 @@ class FlagClient:
         self._snapshot: Snapshot | None = None
         self._overrides = Overrides()
         self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # held while the source is read (see _before_fork)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The time as epoch seconds, for recording: the fast clock unless a test set its own.
@@ -447,14 +448,17 @@ class FlagClient:
 
     def refresh_configuration(self) -> bool:
         try:
-            self._install_configuration(self.source.read_configuration())
+            with self._read_lock:
+                configuration = self.source.read_configuration()
+            self._install_configuration(configuration)
         except Exception as exc:  # last known good: keep answering from the old snapshot
             return self._failed("configuration", exc)
         return True
 
     def refresh_overrides(self) -> bool:
         try:
-            overrides = self.source.read_overrides()
+            with self._read_lock:
+                overrides = self.source.read_overrides()
             with self._write_lock:
                 # Built before anything is swapped: records it cannot use leave all as it was.
                 held = _with_overrides(self._snapshot, overrides) if self._snapshot else None
@@ -516,6 +520,7 @@ class FlagClient:
         """In a forked child: the refresh thread did not come along; start one of its own.
         What admission remembered of the parent's spend is the parent's."""
         self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._admission, self._admission_until, self._baselines = {}, math.inf, {}
         after_fork = getattr(self.source, "after_fork", None)
         if callable(after_fork):
@@ -561,7 +566,23 @@ def _restart_after_fork() -> None:
         client._after_fork()
 
 
-os.register_at_fork(after_in_child=_restart_after_fork)
+def _before_fork() -> None:
+    """No fork in the middle of a refresh's read (see the recorder's ``_before_fork``)."""
+    for client in list(_clients):
+        client._read_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for client in list(_clients):
+        if client._read_lock.locked():
+            client._read_lock.release()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_restart_after_fork,
+)
 
 
 def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:

@@ -582,4 +582,20 @@ def _after_fork() -> None:
         recorder._start_over()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+def _before_fork() -> None:
+    """No fork in the middle of a flush: a child would inherit the store's driver state of a
+    write in progress (SQLite's locks on the file), and its own writes would wait on a lock no
+    one holds. The flush finishes first; the child starts with fresh locks."""
+    for recorder in list(_open):
+        recorder._flush_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for recorder in list(_open):
+        if recorder._flush_lock.locked():
+            recorder._flush_lock.release()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork
+)
