@@ -21,7 +21,7 @@ from reconciler.controllers.experiment_analyser import (
     decide,
     unalerted,
 )
-from reconciler.controllers.experiment_analysis import Analysis, analyse
+from reconciler.controllers.experiment_analysis import Analysis, analyse, parse_moment
 from reconciler.controllers.experiment_data import read_experiment_data
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.runtime.experiment_state import (
@@ -63,9 +63,9 @@ def analysis_window(
     moment the analyser first saw the experiment active (``started``; else, for a report
     before any run, when it was applied) and the operator's last resume; None when unknown."""
     moments = [
-        _moment(experiment.get("start_time")),
-        _moment(started) if started else _moment(experiment.get("created_at")),
-        _moment(action.resumed_at) if action is not None and action.epoch > 0 else None,
+        parse_moment(experiment.get("start_time")),
+        parse_moment(started) if started else parse_moment(experiment.get("created_at")),
+        parse_moment(action.resumed_at) if action is not None and action.epoch > 0 else None,
     ]
     known = [m for m in moments if m is not None]
     return max(known) if known else None
@@ -219,13 +219,3 @@ def _audit(outcome: Outcome, actor: str, at: str) -> AuditEntry | None:
         before=None,
         after={"experiments": outcome.experiments},
     )
-
-
-def _moment(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

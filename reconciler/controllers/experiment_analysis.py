@@ -153,7 +153,7 @@ def analyse(
             )
     results = _adjusted(results)
     srm = sample_ratio(users, weights)
-    end = _moment(experiment.get("end_time"))
+    end = parse_moment(experiment.get("end_time"))
     ended_at = end if end is not None and end <= now else None
     days = ((ended_at or now) - since).total_seconds() / 86400
     decision, winner, why, waiting = _decide(
@@ -358,7 +358,8 @@ def _decide(
     return CONCLUDE, winner, why, []
 
 
-def _moment(text: Any) -> datetime | None:
+def parse_moment(text: Any) -> datetime | None:
+    """A stored time as an aware datetime (UTC when it names no zone); None if unreadable."""
     if not text:
         return None
     try:
