@@ -34,6 +34,7 @@ def stop(store: StateStore, experiment: str, *, reason: str, by: str, now: datet
     changed = [False]
 
     def change(record: Item) -> Item | None:
+        changed[0] = False  # as of this attempt: a retry may find another's stop in place
         entries = record.setdefault("experiments", {})
         entry = entries.get(experiment) or {}
         if entry.get("action") == "stop":
@@ -63,6 +64,7 @@ def resume(store: StateStore, experiment: str, *, reason: str, by: str, now: dat
     epoch = [0]
 
     def change(record: Item) -> Item | None:
+        epoch[0] = 0  # as of this attempt
         entries = record.setdefault("experiments", {})
         entry = entries.get(experiment) or {}
         current = whole(entry.get("epoch", 0))

@@ -48,6 +48,7 @@ log = logging.getLogger("reconciler.runtime")
 DEFAULT_FLUSH_INTERVAL = 10.0
 MAX_SERIES = 10_000
 HISTORY = 64  # successful flushes remembered, for what the cost guard has seen
+MAX_UNIT_LENGTH = 256  # a user id longer than this is refused by experiment recording
 MAX_UNITS = 100_000  # users remembered per process (to write each one's assignment once)
 EXPERIMENT_PREFIX = "ab/"
 MAX_EXPERIMENT_SERIES = 20_000  # experiment series in memory, apart from cost and outcomes
@@ -208,6 +209,9 @@ class Recorder:
 
     def expose(self, key: str, variant: str, unit: str) -> None:
         """A decision assigned ``variant`` of the experiment recorded under ``key``."""
+        if len(unit) > MAX_UNIT_LENGTH:
+            self.reject("unit_too_long")  # not an id: kept out of memory and the tables
+            return
         now = self.clock()
         if now >= self._next_ab_roll:
             self._roll_ab(now)
@@ -239,6 +243,9 @@ class Recorder:
         self, key: str, variant: str, unit: str, values: Sequence[tuple[str, float]]
     ) -> None:
         """Values of an experiment's metrics for one user (in ``variant``)."""
+        if len(unit) > MAX_UNIT_LENGTH:
+            self.reject("unit_too_long")
+            return
         now = self.clock()
         if now >= self._next_ab_roll:
             self._roll_ab(now)
