@@ -1,0 +1,165 @@
+"""A rollout's health checks, judged: a pure function of what the users with the feature (and,
+for comparison, those without it) recorded over each check's window.
+
+Every check has three outcomes, not two: ``pass``, ``fail``, and ``insufficient`` when fewer
+than its minimum of requests were seen in the window, so that a quiet hour neither promotes a
+rollout nor rolls it back on noise. Error rates are in percent of requests; latencies are read
+from a histogram of response times (``latency_p50``/``p95``/``p99``: the upper edge of the bin
+holding that quantile, so never below the true value); cost is USD per request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MIN_SAMPLES = 100  # requests in a window before a check counts
+PASS = "pass"
+FAIL = "fail"
+INSUFFICIENT = "insufficient"
+DISABLED = "disabled"
+# Latency histogram bins: upper edges 1 ms * 2**(k/4), k = 0 .. 79 (about 1 ms to 16 minutes).
+BINS = 80
+
+
+def latency_bin(milliseconds: float) -> int:
+    """The bin of a response time: the smallest k with ms <= 2**(k/4) (clamped)."""
+    if milliseconds <= 1:
+        return 0
+    return min(BINS - 1, math.ceil(4 * math.log2(milliseconds)))
+
+
+def bin_edge(k: int) -> float:
+    return float(2 ** (k / 4))
+
+
+@dataclass(frozen=True)
+class Window:
+    """One cohort's outcomes over a window: requests, failures, response-time histogram
+    (bin -> count), spend in micro-dollars over the requests that recorded cost."""
+
+    requests: int = 0
+    failures: int = 0
+    latency: Mapping[int, int] = field(default_factory=dict)
+    cost_micros: int = 0
+    costed: int = 0
+
+    def measure(self, check_type: str) -> float | None:
+        """The check's measurement, or None when there is nothing to measure."""
+        if check_type == "error_rate":
+            return 100.0 * self.failures / self.requests if self.requests else None
+        if check_type.startswith("latency_p"):
+            return _quantile(self.latency, int(check_type.removeprefix("latency_p")) / 100)
+        if check_type == "cost_per_request":
+            return self.cost_micros / self.costed / 1_000_000 if self.costed else None
+        return None
+
+    def samples(self, check_type: str) -> int:
+        if check_type.startswith("latency_p"):
+            return sum(self.latency.values())
+        if check_type == "cost_per_request":
+            return self.costed
+        return self.requests
+
+
+def _quantile(histogram: Mapping[int, int], q: float) -> float | None:
+    total = sum(histogram.values())
+    if not total:
+        return None
+    wanted, seen = q * total, 0
+    for k in sorted(histogram):
+        seen += histogram[k]
+        if seen >= wanted:
+            return bin_edge(k)
+    return bin_edge(max(histogram))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A health check or a rollback condition, as the manifest states it."""
+
+    name: str
+    check_type: str
+    threshold: float
+    comparison: str  # how a healthy (checks) or a triggering (conditions) value compares
+    window_minutes: int
+    enabled: bool = True
+    action: str | None = None  # for rollback conditions: rollback | pause
+    min_samples: int = MIN_SAMPLES
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: Check
+    outcome: str  # pass | fail | insufficient | disabled (conditions: fail = triggered)
+    value: float | None
+    baseline: float | None  # the same measurement on the users without the feature
+    samples: int
+
+    def describe(self) -> str:
+        unit = _unit(self.check.check_type)
+        value = "n/a" if self.value is None else f"{self.value:.4g}{unit}"
+        base = "" if self.baseline is None else f", users without it {self.baseline:.4g}{unit}"
+        need = f" (needs {self.check.min_samples})" if self.outcome == INSUFFICIENT else ""
+        return (
+            f"{self.check.name}: {self.outcome}: {self.check.check_type} {value} "
+            f"{_words(self.check.comparison)} {self.check.threshold:g}{unit} over "
+            f"{self.check.window_minutes} min, {self.samples} requests{need}{base}"
+        )
+
+
+def _unit(check_type: str) -> str:
+    if check_type == "error_rate":
+        return "%"
+    if check_type.startswith("latency"):
+        return " ms"
+    if check_type == "cost_per_request":
+        return " USD"
+    return ""
+
+
+def _words(comparison: str) -> str:
+    return {
+        "less_than": "<",
+        "less_than_or_equal": "<=",
+        "greater_than": ">",
+        "greater_than_or_equal": ">=",
+    }.get(comparison, comparison)
+
+
+def compares(value: float, comparison: str, threshold: float) -> bool:
+    if comparison == "less_than":
+        return value < threshold
+    if comparison == "less_than_or_equal":
+        return value <= threshold
+    if comparison == "greater_than":
+        return value > threshold
+    return value >= threshold
+
+
+def judge(check: Check, treated: Window, untreated: Window | None = None) -> CheckResult:
+    """A health check passes when the treated users' measurement compares as stated; a
+    rollback condition fails (triggers) when it does; below the minimum sample, insufficient."""
+    if not check.enabled:
+        return CheckResult(check, DISABLED, None, None, 0)
+    value = treated.measure(check.check_type)
+    baseline = untreated.measure(check.check_type) if untreated is not None else None
+    samples = treated.samples(check.check_type)
+    if value is None or samples < check.min_samples:
+        return CheckResult(check, INSUFFICIENT, value, baseline, samples)
+    holds = compares(value, check.comparison, check.threshold)
+    if check.action is not None:  # a rollback condition: met means act
+        return CheckResult(check, FAIL if holds else PASS, value, baseline, samples)
+    return CheckResult(check, PASS if holds else FAIL, value, baseline, samples)
+
+
+def judge_all(
+    checks: Sequence[Check], windows: Mapping[int, tuple[Window, Window]]
+) -> list[CheckResult]:
+    """Each check over the window of its length (``windows``: minutes -> (with, without))."""
+    results = []
+    for check in checks:
+        treated, untreated = windows.get(check.window_minutes, (Window(), Window()))
+        results.append(judge(check, treated, untreated))
+    return results
