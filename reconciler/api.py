@@ -2,12 +2,14 @@
 
     GET  /health                          the store answers, and what is shut down
     GET  /feature-flags/status?flag=NAME  a flag's stored record and any shutdown of it
-    POST /emergency-shutdown              {"reason", "shutdown_by", "flags"?, "expires"?}
+    POST /emergency-shutdown              {"reason", "shutdown_by", "flags"?, "expires"?, "force"?}
     POST /emergency-restore               {"reason", "restored_by", "flags"?}
 
 Every request needs ``Authorization: Bearer <token>`` (compared in constant time with the token
 the server was started with); behind API Gateway, put IAM authorization in front as well.
-Unauthenticated, oversized or malformed requests get a 4xx answer and write nothing.
+Unauthenticated, oversized or malformed requests get a 4xx answer and write nothing; so does a
+shutdown of a flag the store has no record of (404, with the closest names), unless it says
+``"force": true`` (a flag not applied yet), as ``breakglass shutdown --force`` does.
 """
 
 from __future__ import annotations
@@ -139,16 +141,28 @@ def make_server(
             store = store_factory()
             try:
                 if path == "/emergency-shutdown":
-                    expires = body.get("expires")
+                    expires, force = body.get("expires"), body.get("force", False)
                     if expires is not None and not isinstance(expires, str):
                         raise ApiError(HTTPStatus.BAD_REQUEST, "'expires' must be a string")
+                    if not isinstance(force, bool):
+                        raise ApiError(HTTPStatus.BAD_REQUEST, "'force' must be true or false")
                     try:
                         expires_at = core.parse_expiry(expires, now)
                     except ReconcilerError as exc:
                         raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-                    held = core.shutdown(
-                        store, flags, reason=reason, by=who, expires_at=expires_at, now=now
-                    )
+                    try:
+                        held = core.shutdown(
+                            store,
+                            flags,
+                            reason=reason,
+                            by=who,
+                            expires_at=expires_at,
+                            now=now,
+                            force=force,
+                        )
+                    except core.UnknownFlagError as exc:
+                        refused = core.UnknownFlagError(exc.unknown, force='"force": true')
+                        raise ApiError(HTTPStatus.NOT_FOUND, str(refused)) from None
                     return {"shut_down": [_entry(a) for a in held]}
                 lifted = core.restore(store, flags, reason=reason, by=who, now=now)
                 return {"restored": lifted}

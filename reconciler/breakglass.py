@@ -3,22 +3,25 @@
 Shutdowns live in one record of the control table (``overrides``) that every runtime client
 polls every few seconds. ``reconcile`` never writes it. Every change is a conditional write on
 the record's version, with an audit entry in the same atomic step; a second shutdown of what is
-already shut down keeps the first one's start time and adds to its history.
+already shut down keeps the first one's start time and adds to its history. A flag is shut down
+only by a name the store has a record of (a typo is refused with the closest names), unless the
+operator forces it: a flag not applied yet can be shut down ahead of its first apply.
 """
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.errors import UserError
 from reconciler.runtime.sources import overrides_from_item
-from reconciler.state.records import OVERRIDES_RECORD, AuditEntry, Item, format_time
+from reconciler.state.records import OVERRIDES_RECORD, AuditEntry, Item, RecordKind, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
 GLOBAL = "global"
@@ -38,6 +41,46 @@ class Active:
     since: str
     expires_at: str | None
     history: tuple[dict[str, Any], ...] = ()
+
+
+class UnknownFlagError(UserError):
+    """Flag names the store has no record of (a typo, most likely): nothing was written."""
+
+    def __init__(self, unknown: Mapping[str, Sequence[str]], force: str | None = "--force") -> None:
+        self.unknown = {name: tuple(close) for name, close in unknown.items()}
+        names = "; ".join(
+            f"{name!r}" + (f" (did you mean {_either(close)}?)" if close else "")
+            for name, close in self.unknown.items()
+        )
+        how = (
+            f"; to shut down a flag that is not applied yet, give {force}"
+            if force is not None
+            else ""
+        )
+        plural = "s" if len(self.unknown) > 1 else ""
+        super().__init__(f"no flag{plural} {names} in the store: nothing was written{how}")
+
+
+def _either(names: Sequence[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def unknown_flags(store: StateStore, names: Sequence[str]) -> dict[str, list[str]]:
+    """The names that are neither a flag in the store nor a flag shutdown already recorded
+    (one forced ahead of its flag, or of a flag since deleted), each with the closest of those
+    names, best first; empty when every name is known."""
+    known = set(store.read_records(RecordKind.FLAG))
+    missing = [name for name in dict.fromkeys(names) if name not in known]
+    if not missing:
+        return {}
+    known |= {str(name) for name in (store.read_overrides() or {}).get("flags") or {}}
+    candidates = sorted(known)
+    return {
+        name: difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+        for name in missing
+        if name not in known
+    }
 
 
 def parse_expiry(text: str | None, now: datetime) -> str | None:
@@ -98,8 +141,17 @@ def shutdown(
     by: str,
     expires_at: str | None,
     now: datetime,
+    force: bool = False,
 ) -> list[Active]:
-    """Shut everything (``targets`` None) or the named flags down; returns what is now held."""
+    """Shut everything (``targets`` None) or the named flags down; returns what is now held.
+
+    A name the store has no flag record of is refused (``UnknownFlagError``, nothing written)
+    unless ``force``: the flag may not be applied yet, and the shutdown then holds it from
+    its first apply."""
+    if targets is not None and not force:
+        unknown = unknown_flags(store, targets)
+        if unknown:
+            raise UnknownFlagError(unknown)
     at = format_time(now)
 
     def change(record: Item) -> Item:
@@ -185,6 +237,15 @@ def update_overrides(
     raise UserError("the overrides record kept changing under this command; run it again")
 
 
+def scope(entry: Item) -> list[str]:
+    """What one audit entry of the overrides record shut down or restored: ``global`` and the
+    flag names whose shutdown it added, renewed or lifted, read from its before and after."""
+    before, after = entry.get("before") or {}, entry.get("after") or {}
+    touched = [GLOBAL] if before.get(GLOBAL) != after.get(GLOBAL) else []
+    old, new = before.get("flags") or {}, after.get("flags") or {}
+    return touched + sorted(name for name in {*old, *new} if old.get(name) != new.get(name))
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
@@ -229,6 +290,9 @@ def drill(
 
     if any(a.target in (flag, GLOBAL) for a in active(store, now())):
         raise UserError(f"{flag} is already shut down: a drill would lift a real shutdown")
+    unknown = unknown_flags(store, [flag])
+    if unknown:  # a client has no decision to obey for a flag it does not know
+        raise UnknownFlagError(unknown, force=None)
     shutdown(store, [flag], reason="break-glass drill", by=by, expires_at=None, now=now())
     try:
         to_off = wait(held=True)
@@ -255,7 +319,6 @@ def cost_holds(store: StateStore, now: datetime) -> list[CostHold]:
         cost_state_from_item,
         with_flags,
     )
-    from reconciler.state.records import RecordKind  # noqa: PLC0415
 
     state = cost_state_from_item(store.read_control(COST_GUARD_ID))
     if not state.budgets:

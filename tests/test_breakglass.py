@@ -35,12 +35,25 @@ def source_for(store: StateStore) -> SnapshotSource:
 
 
 def test_a_second_shutdown_keeps_the_first_start_and_adds_history(store: StateStore) -> None:
+    # force: these tests are about the record, not the names (the store has no flags)
     core.shutdown(
-        store, ["vc_bedrock_live"], reason="bad answers", by="ana", expires_at=None, now=NOW
+        store,
+        ["vc_bedrock_live"],
+        reason="bad answers",
+        by="ana",
+        expires_at=None,
+        now=NOW,
+        force=True,
     )
     later = NOW + timedelta(minutes=5)
     [held] = core.shutdown(
-        store, ["vc_bedrock_live"], reason="still bad", by="bo", expires_at=None, now=later
+        store,
+        ["vc_bedrock_live"],
+        reason="still bad",
+        by="bo",
+        expires_at=None,
+        now=later,
+        force=True,
     )
     assert held.since == "2026-01-09T03:00:00.000000Z"
     assert held.reason == "still bad"
@@ -50,7 +63,15 @@ def test_a_second_shutdown_keeps_the_first_start_and_adds_history(store: StateSt
 
 def test_restore_lifts_only_what_it_names_and_is_idempotent(store: StateStore) -> None:
     core.shutdown(store, None, reason="incident", by="ana", expires_at=None, now=NOW)
-    core.shutdown(store, ["vc_bedrock_live"], reason="incident", by="ana", expires_at=None, now=NOW)
+    core.shutdown(
+        store,
+        ["vc_bedrock_live"],
+        reason="incident",
+        by="ana",
+        expires_at=None,
+        now=NOW,
+        force=True,
+    )
     assert core.restore(store, ["vc_bedrock_live"], reason="fixed", by="ana", now=NOW) == [
         "vc_bedrock_live"
     ]
@@ -80,7 +101,9 @@ def test_bad_input_writes_nothing(store: StateStore) -> None:
 
 def test_concurrent_operators_both_land(store: StateStore) -> None:
     def shut(flag: str) -> None:
-        core.shutdown(store, [flag], reason="incident", by=flag, expires_at=None, now=NOW)
+        core.shutdown(
+            store, [flag], reason="incident", by=flag, expires_at=None, now=NOW, force=True
+        )
 
     threads = [threading.Thread(target=shut, args=(f"vc_flag_{i}",)) for i in range(4)]
     for thread in threads:
@@ -108,6 +131,7 @@ def test_end_to_end_git_is_outranked_until_restore(store: StateStore) -> None:
     state = desired()
     apply(store, plan(store, state))
     with FlagClient(source_for(store), override_interval=0.2) as client:
+        assert client.wait_until_ready()
         assert client.decide("vc_bedrock_live", PRO_DE).enabled
         now = datetime.now(UTC)
         core.shutdown(store, None, reason="runaway cost", by="oncall", expires_at=None, now=now)
@@ -191,7 +215,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "Missing option '--reason'" in out
     code, out = invoke("status", "--history")
     assert code == 0
-    assert "shutdown ana: runaway cost" in out
+    assert "shutdown ALL AI features by ana: runaway cost" in out
     code, out = invoke("restore", "--all", "--reason", "fixed", "--by", "ana")
     assert code == 0
     assert "Restored ALL AI features." in out.splitlines()
@@ -279,7 +303,13 @@ class _LoseFirstAnswer:
 def test_a_lost_answer_is_not_applied_twice(moto_store: DynamoDBStore) -> None:
     lose = _LoseFirstAnswer(moto_store)
     held = core.shutdown(
-        moto_store, ["vc_bedrock_live"], reason="bad answers", by="ana", expires_at=None, now=NOW
+        moto_store,
+        ["vc_bedrock_live"],
+        reason="bad answers",
+        by="ana",
+        expires_at=None,
+        now=NOW,
+        force=True,
     )
     assert lose.lost == 1
     assert [a.target for a in held] == ["vc_bedrock_live"]

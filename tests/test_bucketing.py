@@ -6,15 +6,19 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.runtime.bucketing import bucket, pick_variant, variant_ranges
+from reconciler.runtime.evaluate import evaluate
+from reconciler.runtime.snapshot import build_snapshot
 from tests.conftest import REPO_ROOT
 
 VECTORS = json.loads((REPO_ROOT / "tests" / "vectors" / "bucketing.json").read_text())
 IDS = [f"user-{i}" for i in range(100_000)]
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def test_at_least_fifty_published_vectors_hold() -> None:
@@ -49,13 +53,22 @@ def test_buckets_are_in_the_unit_interval(salt: str, unit: str) -> None:
     assert 0.0 <= bucket(salt, unit) < 1.0
 
 
-@given(st.floats(0, 100), st.floats(0, 100))
-def test_raising_a_rollout_keeps_everyone_who_was_in(low: float, high: float) -> None:
+def users_in(flag: str, percentage: float, units: list[str]) -> set[str]:
+    """The units the evaluation core lets into a rollout of ``percentage``, as services ask."""
+    item = {"flag_name": flag, "enabled": True, "rollout_percentage": percentage}
+    snapshot = build_snapshot("v1", [item])
+    return {u for u in units if evaluate(snapshot, flag, {"user_id": u}, NOW).enabled}
+
+
+@given(st.text(min_size=1, max_size=20), st.floats(0, 100), st.floats(0, 100))
+def test_raising_a_rollout_keeps_everyone_who_was_in(flag: str, low: float, high: float) -> None:
+    """Asked of the decision itself, not of the arithmetic: everyone in at ``low`` is still in
+    at ``high``, and the users in are exactly those the contract puts below the percentage."""
     low, high = sorted((low, high))
-    for unit in IDS[:300]:
-        position = bucket("vc_bedrock_live", unit) * 100
-        if position < low:
-            assert position < high
+    units = IDS[:300]
+    before, after = users_in(flag, low, units), users_in(flag, high, units)
+    assert before <= after, f"raising {low}% to {high}% dropped {sorted(before - after)[:5]}"
+    assert before == {u for u in units if bucket(flag, u) * 100 < low}
 
 
 def test_rollout_share_is_honoured() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,3 +175,51 @@ def test_console_script_in_a_real_process(example_tree: Path) -> None:
 def test_repository_manifests_are_valid() -> None:
     code, out, _ = invoke("--validate", str(REPO_ROOT))
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("args", "given"),
+    [
+        (["--validate", "--plan"], "--validate and --plan"),
+        (["--plan", "--validate"], "--plan and --validate"),
+        (["--plan", "--apply", "--yes"], "--plan and --apply"),
+        (["--validate", "--bootstrap", "--force-unlock"], "--validate and --bootstrap and "),
+    ],
+)
+def test_two_modes_are_refused_not_decided_by_the_last(
+    example_tree: Path, args: list[str], given: str
+) -> None:
+    before = snapshot(example_tree)
+    code, out, err = invoke(*args, str(example_tree))
+    assert (code, out) == (1, "")
+    assert given in err
+    assert "are different modes; choose one of: --validate, --plan, --apply" in err
+    assert snapshot(example_tree) == before, "nothing ran"
+
+
+def test_the_same_mode_twice_is_that_mode(example_tree: Path) -> None:
+    assert invoke("--validate", "--validate", str(example_tree))[0] == 0
+
+
+def test_out_is_only_for_plan(example_tree: Path) -> None:
+    code, _, err = invoke("--validate", "--out", str(example_tree / "plan.json"), str(example_tree))
+    assert code == 1
+    assert "--out saves a plan and is only for --plan" in err
+    assert not (example_tree / "plan.json").exists()
+
+
+def test_the_saved_plan_the_readme_names_is_ignored_by_git() -> None:
+    if not (REPO_ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    readme = (REPO_ROOT / "README.md").read_text()
+    names = set(re.findall(r"--out (\S+\.json)", readme))
+    assert names == {"plan.json"}, "the README names one saved plan"
+
+    def ignored(path: str) -> bool:
+        found = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "check-ignore", "-q", path], check=False
+        )
+        return found.returncode == 0
+
+    assert all(ignored(name) for name in names)
+    assert not ignored("tests/golden/plan.json"), "the golden plan stays tracked"

@@ -527,22 +527,27 @@ def test_a_group_is_one_transaction_of_its_writes_and_their_audit_entries(
         sent.append(json.loads(params["body"]))
 
     dynamo.client.meta.events.register("before-call.dynamodb.TransactWriteItems", capture)
-    dynamo.apply_writes([create(f"vc_{i:02d}") for i in range(50)], "g")
+    dynamo.apply_writes([create(f"vc_{i:02d}") for i in range(49)], "g", overrides_version=0)
     [request] = sent
-    assert len(request["TransactItems"]) == 100
-    puts = [action["Put"] for action in request["TransactItems"]]
+    assert len(request["TransactItems"]) == 99, "49 writes, 49 audit entries, 1 check"
+    [check] = [a["ConditionCheck"] for a in request["TransactItems"] if "ConditionCheck" in a]
+    assert (check["TableName"], check["Key"]) == (
+        dynamo.control_table,
+        {"record_id": {"S": "overrides"}},
+    )
+    puts = [action["Put"] for action in request["TransactItems"] if "Put" in action]
     audits = [put for put in puts if put["TableName"] == dynamo.audit_table]
-    assert len(audits) == 50
+    assert len(audits) == 49
     ids = [put["Item"]["audit_id"]["S"] for put in audits]
-    assert len(set(ids)) == 50
+    assert len(set(ids)) == 49
     assert all(i.startswith("2026-03-01T12:00:00.") and "#" in i for i in ids)
     assert 1 <= len(request["ClientRequestToken"]) <= 36
-    assert len(dynamo.read_audit(limit=1000)) == 50
+    assert len(dynamo.read_audit(limit=1000)) == 49
 
 
 def test_groups_are_checked_before_anything_is_sent(dynamo: DynamoDBStore) -> None:
-    with pytest.raises(ValueError, match="at most 50"):
-        dynamo.apply_writes([create(f"vc_{i}") for i in range(51)], "g")
+    with pytest.raises(ValueError, match="at most 49"):
+        dynamo.apply_writes([create(f"vc_{i}") for i in range(50)], "g")
     with pytest.raises(ValueError, match="expected version"):
         dynamo.apply_writes([Write(RecordKind.FLAG, "vc_a", "update", None, {"a": 1})], "g")
     with pytest.raises(ValueError, match="twice"):
@@ -713,29 +718,34 @@ def test_a_scan_of_3000_records_takes_a_few_pages(dynamo: DynamoDBStore) -> None
     assert 3 <= scans <= 6, f"{scans} Scan calls: pages of 1 MB, not one call per item"
 
 
-def test_2000_creates_in_groups_of_50_take_40_transactions(moto_store: DynamoDBStore) -> None:
+def test_1960_creates_in_groups_of_49_take_40_transactions(moto_store: DynamoDBStore) -> None:
     # Spread over the four record tables and without audit entries only because moto copies a
     # table for every item of every transaction (its rollback), which grows with the tables;
-    # a group of 50 writes with their audit entries is one call too (see above).
+    # a group of 49 writes with their audit entries and the overrides check is one call too
+    # (see above).
     kinds = list(RecordKind)
     for group in range(40):
         kind = kinds[group % 4]
         writes = [
             Write(kind, f"r_{group:02d}_{i:02d}", "create", None, {"managed_by": "reconciler"})
-            for i in range(50)
+            for i in range(49)
         ]
-        moto_store.apply_writes(writes, f"group-{group}")
+        moto_store.apply_writes(writes, f"group-{group}", overrides_version=0)
     assert moto_store.calls["TransactWriteItems"] == 40
-    assert sum(len(moto_store.read_records(kind)) for kind in kinds) == 2000
+    assert sum(len(moto_store.read_records(kind)) for kind in kinds) == 1960
 
 
 # -- the lease -------------------------------------------------------------------------------
 
 
 def test_the_lock_is_exclusive_until_released_or_expired(dynamo: DynamoDBStore) -> None:
-    lock = dynamo.acquire_lock("alice", "apply plan p1", 60, NOW)
+    lock = dynamo.acquire_lock("alice", "apply plan p1", 60, NOW, token="t-alice")
     assert lock == Lock(
-        "alice", format_time(NOW), format_time(NOW + timedelta(seconds=60)), "apply plan p1"
+        "alice",
+        format_time(NOW),
+        format_time(NOW + timedelta(seconds=60)),
+        "apply plan p1",
+        "t-alice",
     )
     assert dynamo.read_lock() == lock
     raw = dynamo.client.get_item(

@@ -75,7 +75,8 @@ def test_quickstart(example_tree: Path, backend_env: str) -> None:
     assert code == 2
     changed = [line.strip() for line in out.splitlines() if line.startswith("    ")]
     assert changed == [
-        "! rollout 100% -> 30%: 70% of users change decision",
+        "! rollout 100% -> 30%: no user's decision changes now or in the next 24 h "
+        "(rollout strategy bedrock_gradual_rollout's schedule decides)",
         "~ rollout_percentage: 100 -> 30",
     ]
     saved = json.loads(plan_file.read_text())

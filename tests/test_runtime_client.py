@@ -64,6 +64,8 @@ def test_decisions_from_the_local_store_after_apply(local: Path) -> None:
         assert integration.variant in {"claude", "gemini"}
         assert integration.variant_config["model"] in {"claude-3.5-sonnet", "gemini-pro"}
         assert client.failed_refreshes == 0
+        assert client.ready, "background=False: loaded in the constructor"
+        assert client.wait_until_ready(0)
 
 
 class FaultySource:
@@ -118,6 +120,8 @@ def test_with_no_snapshot_at_all_the_callers_default_decides(tmp_path: Path) -> 
     client = FlagClient(SQLiteSource(tmp_path / "missing.db"), background=False)
     assert client.failed_refreshes == 2
     assert client.snapshot is None
+    assert not client.ready
+    assert client.wait_until_ready() is False, "nothing loads in the background: no waiting"
     assert client.is_enabled("vc_bedrock_live", PRO_DE, default=True) is True
     assert client.decide("vc_bedrock_live", PRO_DE, default="fallback").value == "fallback"
 
@@ -158,6 +162,7 @@ def _measure_propagation(clients: list[FlagClient], write: Any, flag: str) -> fl
 def test_an_override_reaches_every_client_within_the_interval(local: Path) -> None:
     clients = [FlagClient(SQLiteSource(local), override_interval=0.2) for _ in range(3)]
     try:
+        assert all(c.wait_until_ready() for c in clients)
         record = {"flags": {"vc_bedrock_live": {"by": "oncall", "reason": "drill"}}, "version": 1}
         delay = _measure_propagation(
             clients, lambda: _write_overrides_local(local, record), "vc_bedrock_live"
@@ -183,6 +188,7 @@ def test_an_override_reaches_dynamodb_clients(moto_server_store: DynamoDBStore) 
     applied(store)
     source = DynamoDBSource(store.client, tables=store.tables)
     clients = [FlagClient(source, override_interval=0.2) for _ in range(2)]
+    assert all(c.wait_until_ready() for c in clients)
 
     def write() -> None:
         record = {

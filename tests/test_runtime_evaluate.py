@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +16,9 @@ from reconciler.codec import encode
 from reconciler.config import load_config
 from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.decision import ErrorCode, Reason
-from reconciler.runtime.evaluate import evaluate
+from reconciler.runtime.evaluate import evaluate, variant_value
 from reconciler.runtime.rules import compile_condition, semver_key
-from reconciler.runtime.snapshot import Shutdown, Snapshot, build_snapshot
+from reconciler.runtime.snapshot import Shutdown, Snapshot, build_flag, build_snapshot
 from reconciler.state.records import RecordKind
 from reconciler.validation import validate
 from tests.conftest import REPO_ROOT
@@ -241,10 +242,23 @@ json_values = st.recursive(
     )
 )
 def test_no_context_makes_a_decision_raise(context: dict[str, Any]) -> None:
+    """``evaluate`` turns any exception into an ERROR decision with code GENERAL (the promise
+    that nothing reaches the request path), so "did not raise" is seen as "did not come out as
+    GENERAL": a context the core cannot handle fails here."""
     snap = snapshot()
-    for flag in ("vc_bedrock_live", "ai_model_selection", "vc_unknown"):
+    for flag in ("vc_bedrock_live", "ai_model_selection"):
         decision = evaluate(snap, flag, context, NOW)
-        assert isinstance(decision.enabled, bool)
+        assert decision.error_code is not ErrorCode.GENERAL, decision.detail
+        assert decision.reason is not Reason.ERROR, decision
+    unknown = evaluate(snap, "vc_unknown", context, NOW)
+    assert (unknown.reason, unknown.error_code) == (Reason.ERROR, ErrorCode.FLAG_NOT_FOUND)
+
+
+@pytest.mark.parametrize("country", [[], ["DE"], {}, {"code": "DE"}])
+def test_a_list_or_object_where_a_rule_tests_membership_does_not_raise(country: object) -> None:
+    decision = evaluate(snapshot(), "vc_bedrock_live", {**PRO_DE, "country": country}, NOW)
+    assert decision.error_code is not ErrorCode.GENERAL, decision.detail
+    assert decision.reason is Reason.TARGETING_NO_MATCH  # a list is no country in the list
 
 
 @pytest.mark.parametrize(
@@ -328,3 +342,108 @@ def test_semver_precedence() -> None:
     keys = [semver_key(v) for v in order]
     assert keys == sorted(keys)  # type: ignore[type-var]
     assert semver_key("not a version") is None
+
+
+SHUTDOWN = Shutdown("oncall", "incident", "2026-06-01T03:00:00.000000Z")
+FLAG_SHUTDOWN = {"emergency_shutdown": True, "shutdown_by": "oncall", "shutdown_reason": "x"}
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("global", Reason.EMERGENCY_SHUTDOWN),
+        ("overrides", Reason.EMERGENCY_SHUTDOWN),
+        ("item", Reason.EMERGENCY_SHUTDOWN),
+        ("kill switch", Reason.DISABLED),
+    ],
+)
+@pytest.mark.parametrize(
+    ("flag", "value"), [("vc_bedrock_live", False), ("ai_model_selection", None)]
+)
+def test_one_off_value_per_flag_type_whatever_turns_it_off(
+    how: str, reason: Reason, flag: str, value: object
+) -> None:
+    """A boolean flag that is off says False, every other type None (the caller's default),
+    whether a global shutdown, a flag shutdown or the kill switch turned it off."""
+    changes = {
+        "item": {flag: FLAG_SHUTDOWN},
+        "kill switch": {flag: {"enabled": False}},
+    }.get(how, {})
+    snap = snapshot(changes, global_shutdown=SHUTDOWN if how == "global" else None)
+    if how == "overrides":
+        snap = dataclasses.replace(snap, flag_shutdowns={flag: SHUTDOWN})
+    decision = evaluate(snap, flag, PRO_DE, NOW)
+    assert (decision.enabled, decision.reason) == (False, reason)
+    assert decision.value is value, f"{how}: {decision.value!r}"
+
+
+def test_a_global_shutdown_of_a_flag_the_snapshot_does_not_know() -> None:
+    decision = evaluate(snapshot(global_shutdown=SHUTDOWN), "vc_unknown", PRO_DE, NOW)
+    assert (decision.enabled, decision.reason, decision.value) == (
+        False,
+        Reason.EMERGENCY_SHUTDOWN,
+        None,
+    )
+
+
+def test_a_string_flag_in_an_experiment_serves_the_variants_value() -> None:
+    snap = snapshot()
+    served = {}
+    for user in USERS[:400]:
+        decision = evaluate(snap, "ai_model_selection", {"user_id": user}, NOW)
+        assert decision.value == decision.variant_config["model"], decision
+        served[decision.variant] = decision.value
+    assert served == {"claude": "claude-3.5-sonnet", "gemini": "gemini-pro"}
+
+
+def test_a_concluded_experiment_serves_the_winners_value() -> None:
+    config = items()[RecordKind.FLAG]
+    ab = next(i for i in config if i["flag_name"] == "ai_model_selection")["ab_test_config"]
+    concluded = {**ab, "status": "concluded", "winner": "gemini", "active": False}
+    snap = snapshot({"ai_model_selection": {"ab_test_config": concluded}})
+    values = {evaluate(snap, "ai_model_selection", {"user_id": u}, NOW).value for u in USERS[:50]}
+    assert values == {"gemini-pro"}
+
+
+def test_a_boolean_flag_in_an_experiment_keeps_its_value() -> None:
+    snap = snapshot({"ai_model_selection": {"flag_type": "boolean", "value": True}})
+    decisions = [evaluate(snap, "ai_model_selection", {"user_id": u}, NOW) for u in USERS[:200]]
+    assert {d.value for d in decisions} == {True}
+    assert {d.variant for d in decisions} == {"claude", "gemini"}
+    assert {d.variant_config["model"] for d in decisions} == {"claude-3.5-sonnet", "gemini-pro"}
+
+
+def _flag(flag_type: str, value: object) -> Any:
+    return build_flag({"flag_name": "f", "enabled": True, "flag_type": flag_type, "value": value})
+
+
+@pytest.mark.parametrize(
+    ("flag_type", "value", "config", "served"),
+    [
+        # the config's `value` entry, when it has the flag's type
+        ("string", "a", {"value": "b", "model": "m"}, "b"),
+        ("number", 1, {"value": 2.5, "x": 3}, 2.5),
+        ("json", {"k": 1}, {"value": [1, 2], "x": 3}, [1, 2]),
+        # a `value` of another type is not used
+        ("string", "a", {"value": 3}, "a"),
+        ("number", 1, {"value": True}, 1),
+        # else the only entry, when it has the flag's type
+        ("string", "a", {"model": "gemini-pro"}, "gemini-pro"),
+        ("number", 1, {"temperature": 0.2}, 0.2),
+        ("string", "a", {"model": 4}, "a"),
+        ("number", 1, {"on": False}, 1),
+        # else, for a json flag, the config itself
+        ("json", {"k": 1}, {"model": "gemini-pro"}, {"model": "gemini-pro"}),
+        ("json", {"k": 1}, {"settings": {"t": 1}}, {"t": 1}),
+        # else the flag's own value
+        ("string", "a", {"model": "m", "temperature": 0.2}, "a"),
+        ("string", "a", {}, "a"),
+        ("json", {"k": 1}, {}, {"k": 1}),
+        # a boolean flag serves its value with every variant
+        ("boolean", True, {"value": False}, True),
+    ],
+)
+def test_the_variant_value_rule(
+    flag_type: str, value: object, config: dict[str, Any], served: object
+) -> None:
+    assert variant_value(_flag(flag_type, value), config) == served

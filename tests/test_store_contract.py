@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.state.records import AuditEntry, RecordKind, Write, format_time
-from reconciler.state.store import LockHeldError, StateStore, WriteConflictError
+from reconciler.state.store import LockHeldError, LockLostError, StateStore, WriteConflictError
 
 NOW = datetime(2026, 1, 9, 10, 0, tzinfo=UTC)
 
@@ -154,7 +154,8 @@ def test_audit_entries_land_with_their_writes(store: StateStore) -> None:
 def test_many_records_page_through(store: StateStore) -> None:
     size = min(store.max_group_size, 50)
     for start in range(0, 150, size):
-        store.apply_writes([create(f"vc_{i:04d}") for i in range(start, start + size)], f"t{start}")
+        names = range(start, min(start + size, 150))
+        store.apply_writes([create(f"vc_{i:04d}") for i in names], f"t{start}")
     assert len(store.read_records(RecordKind.FLAG)) == 150
 
 
@@ -204,3 +205,80 @@ def test_concurrent_lock_takers_get_one_winner(store: StateStore) -> None:
         thread.join()
     assert len(winners) == 1
     assert len(losers) == 5
+
+
+def test_a_lease_taken_again_with_its_own_token_is_the_same_lease(store: StateStore) -> None:
+    first = store.acquire_lock("alice", "apply", 60, NOW, token="t-1")
+    again = store.acquire_lock("alice", "apply", 60, NOW + timedelta(seconds=1), token="t-1")
+    assert (again.holder, again.token) == ("alice", "t-1"), "a retry finds its own lease"
+    assert store.read_lock() == again
+    assert first.token == "t-1"
+    with pytest.raises(LockHeldError):
+        store.acquire_lock("alice", "apply", 60, NOW + timedelta(seconds=2), token="t-2")
+    with pytest.raises(LockHeldError):
+        store.acquire_lock("alice", "apply", 60, NOW + timedelta(seconds=2))
+    assert store.release_lock("alice", "t-2") is False, "another lease of the same holder"
+    assert store.release_lock("alice", "t-1") is True
+    assert store.read_lock() is None
+
+
+def test_a_held_lock_says_who_since_when_until_when_and_what_to_do(store: StateStore) -> None:
+    store.acquire_lock("ci@runner-7 pid 42 plan p1", "apply plan p1", 60, NOW, token="t")
+    store.renew_lock(store.read_lock(), 60, NOW + timedelta(seconds=15))  # type: ignore[arg-type]
+    with pytest.raises(LockHeldError) as held:
+        store.acquire_lock("bob", "apply", 60, NOW + timedelta(seconds=20))
+    message = str(held.value)
+    assert message.startswith(
+        "another apply holds the lock: ci@runner-7 pid 42 plan p1 (apply plan p1), taken at "
+        "2026-01-09T10:00:00.000000Z (20 s ago), last renewed at 2026-01-09T10:00:15.000000Z "
+        "(5 s ago); its lease runs out at 2026-01-09T10:01:15.000000Z (in 55 s)."
+    ), message
+    assert "if it died, the lease runs out by itself" in message
+    assert 'reconcile --force-unlock --reason "..."' in message
+
+
+def test_a_renewed_lease_outlives_its_first_expiry(store: StateStore) -> None:
+    lock = store.acquire_lock("alice", "apply", 60, NOW, token="t")
+    renewed = store.renew_lock(lock, 60, NOW + timedelta(seconds=45))
+    assert renewed.expires_at == format_time(NOW + timedelta(seconds=105))
+    assert renewed.renewed_at == format_time(NOW + timedelta(seconds=45))
+    assert renewed.acquired_at == lock.acquired_at
+    assert store.read_lock() == renewed
+    with pytest.raises(LockHeldError):
+        store.acquire_lock("bob", "apply", 60, NOW + timedelta(seconds=90))
+    taken = store.acquire_lock("bob", "apply", 60, NOW + timedelta(seconds=106), token="b")
+    with pytest.raises(LockLostError) as lost:
+        store.renew_lock(renewed, 60, NOW + timedelta(seconds=107))
+    assert lost.value.current == taken
+    assert "now held by bob" in str(lost.value)
+    assert store.read_lock() == taken, "a lost lease's renewal changes nothing"
+
+
+def test_a_lease_broken_by_force_unlock_cannot_be_renewed(store: StateStore) -> None:
+    lock = store.acquire_lock("alice", "apply", 60, NOW, token="t")
+    store.force_unlock("oncall", "stuck", NOW)
+    with pytest.raises(LockLostError, match="it was removed"):
+        store.renew_lock(lock, 60, NOW + timedelta(seconds=15))
+    assert store.read_lock() is None, "renewal never takes a lease again"
+
+
+def _overrides(store: StateStore, version: int, flags: dict[str, object]) -> None:
+    at = format_time(NOW)
+    entry = AuditEntry("overrides/breakglass", "shutdown", "oncall", at, reason="test")
+    store.write_overrides({"flags": flags, "version": version + 1}, version, entry)
+
+
+def test_a_group_checks_the_overrides_record_it_was_decided_on(store: StateStore) -> None:
+    store.apply_writes([create("vc_a")], "t0", overrides_version=0)  # no record yet: version 0
+    _overrides(store, 0, {"vc_other": {"by": "oncall", "reason": "r"}})
+    before = store.read_records(RecordKind.FLAG)
+    audit_before = store.read_audit()
+    with pytest.raises(WriteConflictError) as caught:
+        store.apply_writes([update("vc_a", 1), create("vc_b")], "t1", overrides_version=0)
+    assert caught.value.records[0] == "overrides/breakglass"
+    assert "overrides/breakglass is at version 1" in str(caught.value)
+    assert store.read_records(RecordKind.FLAG) == before, "nothing of the group is written"
+    assert store.read_audit() == audit_before
+    store.apply_writes([update("vc_a", 1), create("vc_b")], "t2", overrides_version=1)
+    assert sorted(store.read_records(RecordKind.FLAG)) == ["vc_a", "vc_b"]
+    store.apply_writes([update("vc_a", 2)], "t3")  # without a version: no check

@@ -62,8 +62,14 @@ def _operator(by: str | None, store: StateStore) -> str:
     return core.default_operator()
 
 
+def _what(targets: list[str]) -> str:
+    """``ALL AI features``, or the flags, for people: the scope of a shutdown or restore."""
+    names = ["ALL AI features" if t == core.GLOBAL else t for t in targets]
+    return ", ".join(names) if names else "(nothing)"
+
+
 def _describe(entry: core.Active) -> str:
-    what = "ALL AI features" if entry.target == core.GLOBAL else entry.target
+    what = _what([entry.target])
     until = f", until {entry.expires_at}" if entry.expires_at else ", until restored"
     return f"{what}: shut down by {entry.by} since {entry.since}{until} ({entry.reason})"
 
@@ -87,6 +93,7 @@ def breakglass(ctx: click.Context) -> None:
 Examples:
   breakglass shutdown --all --reason "runaway Bedrock cost, INC-4211"
   breakglass shutdown --flag vc_bedrock_live --reason "bad answers" --expires 2h
+  breakglass shutdown --flag vc_new_feature --force --reason "hold it from its first apply"
 """
 )
 @click.option("--all", "everything", is_flag=True, help="Every AI feature.")
@@ -94,6 +101,11 @@ Examples:
 @click.option("--reason", required=True, help="Why: for the people who read the trail later.")
 @click.option("--by", help="Who (default: the AWS caller identity, else the OS user).")
 @click.option("--expires", help="Lift it automatically: 30m, 2h, 1d, or an RFC 3339 time.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Shut down a --flag the store has no record of yet (not applied yet).",
+)
 @_store_options
 def shutdown(
     everything: bool,
@@ -101,17 +113,27 @@ def shutdown(
     reason: str,
     by: str | None,
     expires: str | None,
+    force: bool,
     root: Path,
     backend: str | None,
 ) -> int:
-    """Shut AI features down now."""
+    """Shut AI features down now.
+
+    A --flag the store has no record of is refused, with the closest names, unless --force.
+    """
     targets = _targets(everything, flags)
     now = utc_now()
     expires_at = core.parse_expiry(expires, now)
     store = make_context(root, backend, "").open_store()
     try:
         held = core.shutdown(
-            store, targets, reason=reason, by=_operator(by, store), expires_at=expires_at, now=now
+            store,
+            targets,
+            reason=reason,
+            by=_operator(by, store),
+            expires_at=expires_at,
+            now=now,
+            force=force,
         )
     finally:
         store.close()
@@ -145,7 +167,7 @@ def restore(
     finally:
         store.close()
     for target in lifted:
-        click.echo(f"Restored {'ALL AI features' if target == core.GLOBAL else target}.")
+        click.echo(f"Restored {_what([target])}.")
     if not lifted:
         click.echo("Nothing to restore: no such shutdown was in force (nothing written).")
     for entry in still:
@@ -166,11 +188,15 @@ def _hold(hold: core.CostHold) -> str:
 
 
 @breakglass.command()
-@click.option("--history", is_flag=True, help="Also every shutdown and restore, newest first.")
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Also every shutdown and restore (what, who, why), newest first.",
+)
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
 @_store_options
 def status(history: bool, output_format: str, root: Path, backend: str | None) -> int:
-    """What is shut down now (and, with --history, who did what when)."""
+    """What is shut down now (and, with --history, who shut down or restored what, when)."""
     store = make_context(root, backend, "").open_store()
     try:
         now = utc_now()
@@ -191,7 +217,13 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
                 }
                 for a in held
             ],
-            "history": [{k: e.get(k) for k in ("at", "action", "actor", "reason")} for e in trail],
+            "history": [
+                {
+                    **{k: e.get(k) for k in ("at", "action", "actor", "reason")},
+                    "scope": core.scope(e),
+                }
+                for e in trail
+            ],
             "cost_guard": [
                 {"flag": h.flag, "state": h.state, "budget": h.budget, "until": h.until}
                 for h in guard
@@ -208,7 +240,8 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
         click.echo(f"Held by the cost guard: {_hold(hold)} (see `controller cost`)")
     for event in trail:
         action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
-        click.echo(f"{event.get('at')}  {action:<8} {actor}: {why}")
+        what = _what(core.scope(event))
+        click.echo(f"{event.get('at')}  {action:<8} {what} by {actor}: {why}")
     return ExitCode.CLEAN
 
 
@@ -228,6 +261,7 @@ def drill(flag: str, interval: float, by: str | None, root: Path, backend: str |
         source = SQLiteSource(store.path)
     try:
         with FlagClient(source, override_interval=interval) as client:
+            client.wait_until_ready()  # the first load is not part of the time to obey
             result = core.drill(store, client, flag, by=_operator(by, store))
     finally:
         store.close()

@@ -40,14 +40,30 @@ Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
 (--plan --detailed-exitcode), 3 internal error, 130 interrupted.
 """,
 )
+# The modes share one list (each occurrence appends its name), so two of them are seen and
+# refused, not silently decided by whichever came last.
 @click.option(
-    "--validate", "mode", flag_value="validate", help="Check every manifest; write nothing."
+    "--validate",
+    "modes",
+    flag_value="validate",
+    multiple=True,
+    help="Check every manifest; write nothing.",
 )
-@click.option("--plan", "mode", flag_value="plan", help="Show what apply would change.")
-@click.option("--apply", "mode", flag_value="apply", help="Make the store equal to git.")
-@click.option("--bootstrap", "mode", flag_value="bootstrap", help="Create missing tables.")
 @click.option(
-    "--force-unlock", "mode", flag_value="force-unlock", help="Break a dead apply's lock."
+    "--plan", "modes", flag_value="plan", multiple=True, help="Show what apply would change."
+)
+@click.option(
+    "--apply", "modes", flag_value="apply", multiple=True, help="Make the store equal to git."
+)
+@click.option(
+    "--bootstrap", "modes", flag_value="bootstrap", multiple=True, help="Create missing tables."
+)
+@click.option(
+    "--force-unlock",
+    "modes",
+    flag_value="force-unlock",
+    multiple=True,
+    help="Break a dead apply's lock.",
 )
 @click.argument("target", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -64,7 +80,11 @@ Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
     help="Output of --validate (text, json) and --plan (text, markdown, json).",
 )
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan (JSON)."
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="--plan: also save the plan (JSON) for `reconcile --apply FILE`; usually plan.json "
+    "(the repository's .gitignore ignores it). Nothing is saved without --out.",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="--plan exits 2 when changes are pending.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (for CI).")
@@ -91,7 +111,7 @@ Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
 @click.option("--reason", help="Why (required by --force-unlock).")
 @click.version_option(__version__, prog_name="reconcile")
 def reconcile(
-    mode: str | None,
+    modes: tuple[str, ...],
     target: Path | None,
     root: Path | None,
     output_format: str,
@@ -110,8 +130,11 @@ def reconcile(
     TARGET is the repository holding flags.d/, experiments.d/, rollouts.d/ and costs.d/
     (default: the current directory); for --apply it is a saved plan file.
     """
-    if mode is None:
-        raise click.UsageError(f"choose one of: {', '.join('--' + m for m in MODES)}")
+    chosen = list(dict.fromkeys(modes))
+    if len(chosen) != 1:
+        given = f"{' and '.join('--' + m for m in chosen)} are different modes; " if chosen else ""
+        raise click.UsageError(f"{given}choose one of: {', '.join('--' + m for m in MODES)}")
+    [mode] = chosen
     plan_file = None
     if mode == "apply" and target is not None and not target.is_dir():
         plan_file = target
@@ -124,6 +147,10 @@ def reconcile(
         raise UserError(f"{root} is not a directory")
     if output_format == "markdown" and mode != "plan":
         raise click.UsageError("--format markdown is only for --plan")
+    if out is not None and mode != "plan":
+        raise click.UsageError(
+            "--out saves a plan and is only for --plan (apply a saved plan with --apply FILE)"
+        )
     context = make_context(root, backend, actor)
     if mode == "validate":
         return run_validate(context, output_format)

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import click
 
-from reconciler.apply import apply_plan
+from reconciler.apply import LEASE_SECONDS, apply_plan
 from reconciler.commands.common import Context, desired_state
 from reconciler.commands.plan import make_plan, print_plan
 from reconciler.errors import ExitCode, UserError
 from reconciler.gitinfo import head_commit
 from reconciler.plan.model import Plan
+from reconciler.render.text import SYMBOL
 from reconciler.runtime.client import utc_now
+
+LEASE_ENV = "RECONCILER_LEASE_SECONDS"
+
+
+def lease_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """The apply lease's length: ``RECONCILER_LEASE_SECONDS``, else a minute."""
+    text = (os.environ if environ is None else environ).get(LEASE_ENV, "").strip()
+    if not text:
+        return LEASE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(
+            f"{LEASE_ENV}={text!r}: give the apply lease's length in seconds, such as 60"
+        )
+    return seconds
 
 
 def load_saved_plan(path: Path) -> Plan:
@@ -36,9 +58,16 @@ def run_apply(
     allow_empty: bool,
     force_delete_held: bool = False,
 ) -> int:
+    seconds = lease_seconds()
+    echo_store = click.echo
     if plan_file is None:
         plan = make_plan(context, allow_empty=allow_empty, force_delete_held=force_delete_held)
-        print_plan(plan, "text")
+        echo_store = _silent  # make_plan named the store already
+        if not plan.has_changes or not yes:
+            print_plan(plan, "text")  # what a person confirms is the whole plan
+        else:
+            for line in brief(plan):  # the plan once: `reconcile --plan` shows its fields
+                click.echo(line)
         if not plan.has_changes:
             return ExitCode.CLEAN
         _confirm(yes)
@@ -52,7 +81,7 @@ def run_apply(
                 f"{commit[:12]}; make a new plan"
             )
         click.echo(f"Applying saved plan {plan.plan_id}: {plan.summary()}", err=True)
-    store = context.open_store()
+    store = context.open_store(echo_store)
     try:
         if plan.store != store.describe():
             raise UserError(
@@ -66,6 +95,7 @@ def run_apply(
             now=utc_now,
             max_deletions=max_deletions,
             progress=lambda message: click.echo(message, err=True),
+            lease_seconds=seconds,
         )
     finally:
         store.close()
@@ -73,6 +103,29 @@ def run_apply(
         click.echo(f"held: {address} is under an emergency shutdown; its change waits", err=True)
     click.echo(result.summary())
     return ExitCode.CLEAN
+
+
+def brief(plan: Plan) -> Iterator[str]:
+    """What ``--apply --yes`` shows of the plan it makes: each record it changes, with its
+    holds, risks and blocks, and the summary; not the field-by-field diff, which
+    ``reconcile --plan`` shows (so ``reconcile --plan && reconcile --apply --yes`` prints the
+    plan once)."""
+    commit = plan.git_commit[:12] if plan.git_commit else "not a git work tree"
+    yield f"Applying plan {plan.plan_id} (commit {commit}):"
+    for change in plan.pending:
+        version = f", version {change.expected_version}" if change.expected_version else ""
+        yield f"{SYMBOL[change.action]} {change.address} ({change.action}{version})"
+        if change.blocked:
+            yield f"    x blocked: {change.blocked}"
+        for hold in change.holds:
+            yield f"    | held by {hold.detail}"
+        for risk in change.risks:
+            yield f"    ! {risk.message}"
+    yield plan.summary()
+
+
+def _silent(*_: object, **__: object) -> None:
+    return None
 
 
 def _confirm(yes: bool) -> None:

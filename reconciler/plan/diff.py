@@ -51,12 +51,20 @@ def diff(
                         after=after,
                         desired_hash=content_hash(after),
                         fields=tuple(_fields(None, after)),
-                        risks=tuple(risks_of(kind, name, None, after)),
+                        risks=tuple(risks_of(kind, name, None, after, now=_moment(now))),
                     )
                 )
             else:
                 changes.append(_update(record, after, now))
     return changes + deletes, unmanaged
+
+
+def _moment(now: str) -> datetime | None:
+    """The plan's time, from which the risks read schedules (None: unreadable, the clock's)."""
+    try:
+        return datetime.fromisoformat(now.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _update(record: StoredRecord, after: Item, now: str) -> Change:
@@ -78,7 +86,7 @@ def _update(record: StoredRecord, after: Item, now: str) -> Change:
         expected_version=record.version,
         desired_hash=content_hash(after),
         fields=tuple(_fields(before, after)) if action == "update" else (),
-        risks=tuple(risks_of(record.kind, record.name, before, after))
+        risks=tuple(risks_of(record.kind, record.name, before, after, now=_moment(now)))
         if action == "update"
         else (),
         holds=tuple(_holds(record, now)),
@@ -105,7 +113,7 @@ def _delete(record: StoredRecord, now: str) -> Change:
         before=before,
         expected_version=record.version,
         fields=tuple(_fields(before, None)),
-        risks=tuple(risks_of(record.kind, record.name, before, None)),
+        risks=tuple(risks_of(record.kind, record.name, before, None, now=_moment(now))),
         holds=holds,
         drift=record.content_hash != content_hash(record.item),
         blocked=blocked,

@@ -1,9 +1,11 @@
 """The client a service holds: decisions from an in-process snapshot refreshed in the background.
 
-Requests never wait on the network: the snapshot is replaced whole by a background thread
-(configuration every few minutes, overrides every few seconds) and read without a lock. When the
-store is slow, down or answers garbage, the last good snapshot keeps answering and the failed
-refresh is counted. With no snapshot at all, decisions follow the caller's default.
+Neither requests nor construction wait on the network: the client starts from its bootstrap file
+if given (else with no snapshot) and loads from the store in the background, where the snapshot
+is replaced whole (configuration every few minutes, overrides every few seconds) and read without
+a lock. When the store is slow, down or answers garbage, the last good snapshot keeps answering
+and the failed refresh is counted. With no snapshot at all, decisions follow the caller's
+default; a flag the snapshot holds but cannot use decides by its ``fail_mode``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ TIME_METRIC = "response_time_ms"
 COST_METRIC = "cost_usd"
 BEDROCK_FLAG = "vc_bedrock_live"
 MODEL_FLAG = "ai_model_selection"
+# How long close() waits for the refresh thread: one waiting for its next turn ends at once; one
+# in the middle of a read is a daemon and is left to end with its read's timeout.
+CLOSE_WAIT = 0.5
+READY_WAIT = 5.0  # wait_until_ready's default
+MAX_WARNED = 100  # names get_user_variant warns of, once each
 
 
 def utc_now() -> datetime:
@@ -84,7 +91,13 @@ class IntegrationDecision:
 
 
 class FlagClient:
-    """Flag decisions for a service, in microseconds, never raising, never blocking on I/O."""
+    """Flag decisions for a service, in microseconds, never raising, never blocking on I/O.
+
+    Construction returns at once; the first load from the store runs in the background (at
+    once, then as for every refresh), and ``wait_until_ready()`` waits for it where a caller
+    prefers to. ``background=False`` loads in the constructor instead and never refreshes on
+    its own (tests, scripts: call ``refresh_configuration``/``refresh_overrides``).
+    """
 
     def __init__(
         self,
@@ -111,6 +124,10 @@ class FlagClient:
         self._read_lock = threading.Lock()  # held while the source is read (see _before_fork)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ready = threading.Event()  # a configuration and the overrides read from the store
+        self._attempted = threading.Event()  # the first load has been tried, well or not
+        self._configured = self._overridden = False
+        self._warned: set[str] = set()
         # The time as epoch seconds, for recording: the fast clock unless a test set its own.
         self._epoch: Callable[[], float] = (
             time.time if clock is utc_now else lambda: self.clock().timestamp()
@@ -135,18 +152,33 @@ class FlagClient:
         self._baselines: dict[tuple[float, str, tuple[str, ...] | None], int] = {}
         if bootstrap is not None:
             self._load_bootstrap(bootstrap)
-        self.refresh_configuration()
-        self.refresh_overrides()
+        _clients.add(self)  # before the first read: no fork in the middle of it
         if background:
             self._thread = threading.Thread(target=self._run, name="flag-refresh", daemon=True)
             self._thread.start()
-        _clients.add(self)
+        else:
+            self._first_load()
 
     # -- decisions (the request path: no I/O, no locks, no exceptions) -----------------------
 
     @property
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
+
+    @property
+    def ready(self) -> bool:
+        """Whether decisions come from the store: its configuration and its overrides have
+        been read (before that, from the bootstrap file or the caller's defaults)."""
+        return self._ready.is_set()
+
+    def wait_until_ready(self, timeout: float | None = READY_WAIT) -> bool:
+        """Wait until the first load from the store has been tried (at most ``timeout``
+        seconds; None: as long as the source's timeouts let it take) and say whether the
+        client is ready. False: the store has not answered yet; the client keeps trying in
+        the background and serves the bootstrap file or the caller's defaults meanwhile."""
+        if self._thread is not None and not self._stop.is_set():
+            self._attempted.wait(timeout)
+        return self._ready.is_set()
 
     def decide(self, flag: str, context: Mapping[str, Any], default: Any = None) -> Decision:
         decision = evaluate(self._snapshot, flag, context, self.clock)  # time asked only if needed
@@ -173,13 +205,40 @@ class FlagClient:
         return self.decide(flag, user_context)
 
     def get_user_variant(self, experiment_id: str, user_context: Mapping[str, Any]) -> str | None:
-        snapshot = self._snapshot
-        if snapshot is None:
+        """The user's variant in an experiment, named by its ``experiment_id`` or by the name of
+        the flag it runs on (the id first); None when the user is in no variant or there is no
+        snapshot yet. A name that is neither is counted in ``health().rejected``
+        (``unknown_experiment:NAME``) and logged once; nothing is raised."""
+        try:
+            snapshot = self._snapshot
+            if snapshot is None:
+                return None
+            name = experiment_id if type(experiment_id) is str else None
+            flag = snapshot.experiments.get(name) if name is not None else None
+            if flag is None and name is not None:
+                named = snapshot.flags.get(name)
+                flag = name if named is not None and named.experiment is not None else None
+            if flag is None:
+                self._unknown_experiment(experiment_id, snapshot)
+                return None
+            return self.decide(flag, user_context).variant
+        except Exception:
+            self.recorder.reject("internal")
             return None
-        for flag in snapshot.flags.values():
-            if flag.experiment is not None and flag.experiment.experiment_id == experiment_id:
-                return self.decide(flag.name, user_context).variant
-        return None
+
+    def _unknown_experiment(self, name: Any, snapshot: Snapshot) -> None:
+        shown = str(name)[:64]
+        self.recorder.reject(f"unknown_experiment:{shown}")
+        if shown in self._warned or len(self._warned) >= MAX_WARNED:
+            return
+        self._warned.add(shown)
+        flag = snapshot.flags.get(name) if type(name) is str else None
+        log.warning(
+            "get_user_variant(%r): %s; it returns None (experiments: %s)",
+            shown,
+            "that flag runs no experiment" if flag is not None else "no such experiment or flag",
+            ", ".join(f"{e} (flag {f})" for e, f in sorted(snapshot.experiments.items())) or "none",
+        )
 
     def should_enable_bedrock(self, request_context: Mapping[str, Any]) -> IntegrationDecision:
         """Bedrock on for this request, and with which model (the model-selection experiment)."""
@@ -453,6 +512,8 @@ class FlagClient:
             self._install_configuration(configuration)
         except Exception as exc:  # last known good: keep answering from the old snapshot
             return self._failed("configuration", exc)
+        self._configured = True
+        self._loaded()
         return True
 
     def refresh_overrides(self) -> bool:
@@ -473,7 +534,24 @@ class FlagClient:
             return self._failed("overrides", exc)
         if changed and self._snapshot is not None:
             self._remember_baselines(self._snapshot)
+        self._overridden = True
+        self._loaded()
         return True
+
+    def _loaded(self) -> None:
+        if self._configured and self._overridden and not self._ready.is_set():
+            self._ready.set()
+            log.info("flags loaded from the store: ready")
+
+    def _first_load(self) -> None:
+        """The overrides first: a shutdown in force holds from the first decision the store's
+        configuration makes."""
+        try:
+            self.refresh_overrides()
+            if not self._stop.is_set():  # closed while it read: not another read
+                self.refresh_configuration()
+        finally:
+            self._attempted.set()
 
     def _remember_baselines(self, snapshot: Snapshot) -> None:
         """Work out, while the flush history still reaches back to it, how much of this
@@ -508,11 +586,14 @@ class FlagClient:
         return False
 
     def _run(self) -> None:
+        if not self._attempted.is_set():
+            self._first_load()
         since_config = 0.0
         while not self._stop.wait(self.override_interval):
             self.refresh_overrides()
             since_config += self.override_interval
-            if since_config >= self.config_interval:
+            # Until a configuration has come, it is asked for at every turn.
+            if since_config >= self.config_interval or not self._configured:
                 since_config = 0.0
                 self.refresh_configuration()
 
@@ -522,6 +603,7 @@ class FlagClient:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._admission, self._admission_until, self._baselines = {}, math.inf, {}
+        self._ready, self._attempted = _event(self._ready), _event(self._attempted)
         after_fork = getattr(self.source, "after_fork", None)
         if callable(after_fork):
             after_fork()  # a connection of its own (boto3 clients are not fork-safe)
@@ -540,10 +622,13 @@ class FlagClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop refreshing and flush what was recorded (see ``health().lost``)."""
+        """Stop refreshing and flush what was recorded (see ``health().lost``). Returns at
+        once, but for that flush: a refresh thread in the middle of a read is not waited for
+        (a daemon, it ends with its read)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(self.override_interval, 1.0) + 5)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=CLOSE_WAIT)
         self.recorder.close()
 
     def __enter__(self) -> FlagClient:
@@ -583,6 +668,14 @@ os.register_at_fork(
     after_in_parent=_after_fork_in_parent,
     after_in_child=_restart_after_fork,
 )
+
+
+def _event(inherited: threading.Event) -> threading.Event:
+    """A new event in the state of one inherited from the parent (whose lock may be held)."""
+    fresh = threading.Event()
+    if inherited.is_set():
+        fresh.set()
+    return fresh
 
 
 def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:

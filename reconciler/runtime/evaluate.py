@@ -46,14 +46,16 @@ def _evaluate(
     if snapshot is None:
         return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
     version = snapshot.version
+    flag = snapshot.flags.get(name)
     if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(_time(now)):
         detail = (
             f"global shutdown by {snapshot.global_shutdown.by}: {snapshot.global_shutdown.reason}"
         )
-        return Decision(
+        if flag is not None:  # the same value as any other "off": False for a boolean flag
+            return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
+        return Decision(  # a flag this snapshot does not know: its type is unknown too
             name, False, Reason.EMERGENCY_SHUTDOWN, snapshot_version=version, detail=detail
         )
-    flag = snapshot.flags.get(name)
     if flag is None:
         return Decision(
             name, False, Reason.ERROR, snapshot_version=version, error_code=ErrorCode.FLAG_NOT_FOUND
@@ -197,6 +199,45 @@ def _percentage(flag: Flag, rule_percentage: float | None, now: datetime) -> flo
     return flag.rollout_percentage
 
 
+def off_value(flag: Flag) -> Any:
+    """The value of every decision that turns ``flag`` off, whatever the reason (a shutdown,
+    global or of the flag, the kill switch, cost, targeting, rollout): ``False`` for a boolean
+    flag; ``None`` for the others, so the caller's default applies."""
+    return False if flag.flag_type == "boolean" else None
+
+
+def variant_value(flag: Flag, config: Mapping[str, Any]) -> Any:
+    """The value a non-boolean flag serves with a variant whose configuration is ``config``.
+
+    In this order: the config's ``value`` entry, when it has the flag's type; else the config's
+    only entry, when it has exactly one and that has the flag's type (``{"model": "gemini-pro"}``
+    serves ``"gemini-pro"`` from a string flag); for a ``json`` flag, else the config itself,
+    when it is not empty; else the flag's own value. A boolean flag serves its value with every
+    variant: the variant and its config are in the decision beside it.
+    """
+    if flag.flag_type == "boolean":
+        return flag.value
+    if "value" in config and _has_type(flag.flag_type, config["value"]):
+        return config["value"]
+    if len(config) == 1:
+        [only] = config.values()
+        if _has_type(flag.flag_type, only):
+            return only
+    if flag.flag_type == "json" and config:
+        return dict(config)
+    return flag.value
+
+
+def _has_type(flag_type: str, value: Any) -> bool:
+    if flag_type == "string":
+        return isinstance(value, str)
+    if flag_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if flag_type == "json":
+        return isinstance(value, Mapping | list)
+    return False
+
+
 def _off(
     flag: Flag,
     reason: Reason,
@@ -211,7 +252,7 @@ def _off(
     cached = flag.decisions.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    value = False if flag.flag_type == "boolean" else None
+    value = off_value(flag)
     decision = flag.decisions[key] = Decision(
         flag.name,
         False,
@@ -239,13 +280,14 @@ def _on(
     cached = flag.decisions.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    config = experiment.configs.get(variant, {}) if experiment and variant else {}
     decision = flag.decisions[key] = Decision(
         flag.name,
         True,
         reason,
-        flag.value,
+        variant_value(flag, config) if variant else flag.value,
         variant=variant,
-        variant_config=experiment.configs.get(variant, {}) if experiment and variant else {},
+        variant_config=config,
         matched_rule=rule,
         experiment=experiment.experiment_id if experiment else None,
         snapshot_version=version,

@@ -51,6 +51,11 @@ class ReconcilerProvider(AbstractProvider):
     def __init__(self, client: FlagClient) -> None:
         self.client = client
 
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Wait (a few seconds at most) for the client's first load, so that
+        ``set_provider_and_wait`` returns with flags to evaluate."""
+        self.client.wait_until_ready()
+
     def get_metadata(self) -> Metadata:
         return Metadata(name="ai-flag-reconciler")
 

@@ -50,7 +50,14 @@ def compile_condition(condition: Mapping[str, Any]) -> Predicate:
     values: list[Any] = condition.get("values") or []
     if "." not in attribute and operator == "in" and all(isinstance(v, str) for v in values):
         members = frozenset(values)  # the common case, made fast: country in [DE, FR, ...]
-        return lambda context: context.get(attribute) in members
+
+        def member(context: Context) -> bool:
+            try:
+                return context.get(attribute) in members
+            except TypeError:  # a list or an object is no member of a set of strings
+                return False
+
+        return member
     get = attribute_getter(attribute)
     test = _operator(operator, expected, values)
 
@@ -68,9 +75,16 @@ def _operator(name: str, expected: Any, values: Any) -> Callable[[Any], bool]:
         return lambda value: True  # present: absence was handled before
     if name in ("in", "not_in"):
         members = frozenset(_key(v) for v in values)
+
+        def contained(value: Any) -> bool:
+            try:
+                return _key(value) in members
+            except TypeError:  # a list or an object: a member of no set of scalars
+                return False
+
         if name == "in":
-            return lambda value: _key(value) in members
-        return lambda value: _key(value) not in members
+            return contained
+        return lambda value: not contained(value)
     if name == "equals":
         return lambda value: _key(value) == _key(expected)
     if name == "not_equals":

@@ -3,6 +3,10 @@
 Two reads of different weight: the configuration (every flag and cost threshold, in pages, every
 few minutes) and the overrides (one small item in the control table, every few seconds), so an
 emergency shutdown reaches every client quickly without thousands of processes scanning tables.
+
+Reads give up quickly: a store that accepts connections and never answers costs a refresh a few
+seconds (DynamoDB: ``CONNECT_TIMEOUT``, ``READ_TIMEOUT``, ``MAX_ATTEMPTS``; SQLite:
+``SQLITE_READ_TIMEOUT``), and the client keeps serving what it had meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ from reconciler.runtime.snapshot import Shutdown
 from reconciler.runtime.telemetry import Assignment, Shard, dynamodb_item
 
 OVERRIDES_ID = "overrides"  # the control-table record break-glass writes
+# A DynamoDB call that takes longer is given up, and tried once more: at most ~5 s a call.
+CONNECT_TIMEOUT = 1.0
+READ_TIMEOUT = 2.0
+MAX_ATTEMPTS = 2  # in all, the first included
+# Shards the store did not answer: the assignments written right after them (the same flush)
+# are not sent, within as long as one unanswered call takes.
+QUIET_AFTER_NO_ANSWER = MAX_ATTEMPTS * READ_TIMEOUT
+SQLITE_READ_TIMEOUT = 1.0  # waiting on a lock: the file is local, a writer holds it briefly
 Item = dict[str, Any]
 TELEMETRY_TABLE = ("TELEMETRY_TABLE", "bedrock-flag-telemetry")
 TELEMETRY_DDL = (
@@ -141,7 +153,7 @@ class SQLiteSource:
         if not self.path.exists():
             raise FileNotFoundError(f"no local store at {self.path}; run reconcile --apply")
         uri = f"file:{self.path}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=2)) as connection:
+        with closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_READ_TIMEOUT)) as connection:
             return connection.execute(sql, args).fetchall()
 
     def read_configuration(self) -> Configuration:
@@ -197,22 +209,34 @@ class SQLiteSource:
 
 
 class DynamoDBSource:
-    """Reads the flag, cost-threshold and control tables (boto3 is needed for this one)."""
+    """Reads the flag, cost-threshold and control tables (boto3 is needed for this one).
 
-    def __init__(self, client: Any = None, *, tables: Mapping[str, str] | None = None) -> None:
+    Without ``client``, one of its own with short timeouts (see ``CONNECT_TIMEOUT``), at
+    ``endpoint_url`` if given (else as boto3 finds it: ``AWS_ENDPOINT_URL_DYNAMODB``, ...).
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        tables: Mapping[str, str] | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
         env = {**os.environ, **(tables or {})}
         self.flags_table = env.get("FEATURE_FLAGS_TABLE", "bedrock-feature-flags")
         self.thresholds_table = env.get("COST_THRESHOLDS_TABLE", "bedrock-cost-thresholds")
         self.control_table = env.get("CONTROL_TABLE", "bedrock-flag-control")
         self.telemetry_table = env.get(*TELEMETRY_TABLE)
         self.assignments_table = env.get(*ASSIGNMENTS_TABLE)
+        self.endpoint_url = endpoint_url
+        self._unanswered_at: float | None = None  # the last shards' write the store ignored
         self._owns_client = client is None
-        self.client = client if client is not None else _client()
+        self.client = client if client is not None else _client(endpoint_url)
 
     def after_fork(self) -> None:
         """In a forked child: a client of its own, unless the caller gave one."""
         if self._owns_client:
-            self.client = _client()
+            self.client = _client(self.endpoint_url)
 
     def describe(self) -> str:
         return f"DynamoDB tables {self.flags_table}, {self.thresholds_table}, {self.control_table}"
@@ -250,7 +274,9 @@ class DynamoDBSource:
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
         """Each shard on its own: one the table refuses does not keep the others out (it is
-        raised once the rest are written)."""
+        raised once the rest are written). A store that does not answer in time is not asked
+        for the rest: each would wait as long (the next flush carries them all again)."""
+        self._unanswered_at = None
         failed: Exception | None = None
         for shard in shards:
             try:
@@ -261,12 +287,21 @@ class DynamoDBSource:
                     ExpressionAttributeValues={":seq": {"N": str(shard.seq)}},
                 )
             except Exception as exc:
+                if _unanswered(exc):
+                    self._unanswered_at = time.monotonic()
+                    raise
                 if not _condition_failed(exc):  # else: this flush or a later one is stored
                     failed = failed or exc
         if failed is not None:
             raise failed
 
     def write_assignments(self, assignments: Sequence[Assignment]) -> None:
+        """Right after shards the store did not answer (the same flush), fail at once: a flush,
+        the one at ``close()`` too, waits for one unanswered call, not two. The recorder keeps
+        the assignments for its next flush."""
+        silent, self._unanswered_at = self._unanswered_at, None
+        if silent is not None and time.monotonic() - silent < QUIET_AFTER_NO_ANSWER:
+            raise TimeoutError(f"{self.describe()} did not answer the shards just written")
         write_assignment_items(self.client.batch_write_item, self.assignments_table, assignments)
 
 
@@ -287,12 +322,28 @@ def write_assignment_items(batch_write: Any, table: str, assignments: Sequence[A
             raise RuntimeError("assignment writes stayed unprocessed (throttled)")
 
 
-def _client() -> Any:
+def _client(endpoint_url: str | None = None) -> Any:
     import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
     from botocore.config import Config  # noqa: PLC0415
 
-    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
-    return boto3.client("dynamodb", config=config)
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+    )
+    return boto3.client("dynamodb", config=config, endpoint_url=endpoint_url)
+
+
+def _unanswered(exc: Exception) -> bool:
+    """The store did not answer in time (a timeout, after the client's retries), as opposed to
+    an answer, a refused connection or a dropped one: those end quickly."""
+    if isinstance(exc, TimeoutError):
+        return True
+    try:
+        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError  # noqa: PLC0415
+    except ImportError:  # a client of the caller's, without botocore
+        return False
+    return isinstance(exc, ConnectTimeoutError | ReadTimeoutError)
 
 
 def _condition_failed(exc: Exception) -> bool:

@@ -45,6 +45,7 @@ from reconciler.state.records import (
 )
 from reconciler.state.store import (
     LockHeldError,
+    LockLostError,
     StoreBugError,
     StoreUnavailableError,
     TablesMissingError,
@@ -75,7 +76,9 @@ LOCK_TTL_GRACE = timedelta(days=1)  # DynamoDB removes a dead lease's item a day
 class DynamoDBStore(DynamoDBExperiments):
     """A StateStore in DynamoDB tables."""
 
-    max_group_size = 50  # each write also puts its audit entry; TransactWriteItems takes 100
+    # Each write also puts its audit entry, and a group may check the overrides record once:
+    # 49 x 2 + 1 actions, within the 100 TransactWriteItems takes.
+    max_group_size = 49
 
     def _key_schemas(self) -> dict[str, list[KeySchemaElementTypeDef]]:
         schemas: dict[str, list[KeySchemaElementTypeDef]] = {
@@ -230,7 +233,9 @@ class DynamoDBStore(DynamoDBExperiments):
             records[name] = StoredRecord(kind, name, item)
         return dict(sorted(records.items()))
 
-    def apply_writes(self, writes: Sequence[Write], token: str) -> None:
+    def apply_writes(
+        self, writes: Sequence[Write], token: str, overrides_version: int | None = None
+    ) -> None:
         if len(writes) > self.max_group_size:
             raise ValueError(f"a group holds at most {self.max_group_size} writes")
         seen: set[tuple[RecordKind, str]] = set()
@@ -244,7 +249,10 @@ class DynamoDBStore(DynamoDBExperiments):
             return
         now = now_text()
         actions: list[TransactWriteItemTypeDef] = []
-        owners: list[Write | None] = []  # the write each action belongs to, by position
+        owners: list[Write | str | None] = []  # the write each action belongs to, by position
+        if overrides_version is not None:
+            actions.append(self._overrides_check(overrides_version))
+            owners.append(OVERRIDES_RECORD)
         for write in writes:
             actions.append(self._action(write, now))
             owners.append(write)
@@ -263,6 +271,8 @@ class DynamoDBStore(DynamoDBExperiments):
                 owners.append(None)
         request_token = _request_token(token, actions)
         tables = sorted({self.table(w.kind) for w in writes} | {self.audit_table})
+        if overrides_version is not None:
+            tables = sorted({*tables, self.control_table})
         try:
             self._call(
                 "TransactWriteItems",
@@ -277,8 +287,28 @@ class DynamoDBStore(DynamoDBExperiments):
                 raise StoreBugError(f"idempotency token {request_token} reused") from exc
             raise self._cancelled(exc, owners, now, tables) from None
 
+    def _overrides_check(self, version: int) -> TransactWriteItemTypeDef:
+        """The overrides record is still at ``version`` (0: absent, or without a version)."""
+        condition = "#version = :expected"
+        if version == 0:
+            condition = "attribute_not_exists(#version) OR #version = :expected"
+        return {
+            "ConditionCheck": {
+                "TableName": self.control_table,
+                "Key": {"record_id": {"S": OVERRIDES_ID}},
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":expected": {"N": str(version)}},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
     def _cancelled(
-        self, exc: ClientError, owners: Sequence[Write | None], now: str, tables: Sequence[str]
+        self,
+        exc: ClientError,
+        owners: Sequence[Write | str | None],
+        now: str,
+        tables: Sequence[str],
     ) -> Exception:
         """What a cancelled transaction means: a condition failed (the records it names), a
         table is missing, or DynamoDB will not take the request (too large, invalid)."""
@@ -289,13 +319,19 @@ class DynamoDBStore(DynamoDBExperiments):
             code = str(reason.get("Code"))
             write = owners[index] if index < len(owners) else None
             if code == "ConditionalCheckFailed":
+                raw = reason.get("Item")
+                item = from_dynamodb(raw) if raw else None
                 if write is None:  # an audit id taken already: only a retry of a landed group
                     details.append("an audit entry exists already")
                     continue
+                if isinstance(write, str):  # the overrides record moved since apply read it
+                    failed.append(write)
+                    found = int((item or {}).get("version", 0))
+                    details.append(f"{write} is at version {found} now")
+                    continue
                 address = f"{write.kind.label}/{write.name}"
                 failed.append(address)
-                raw = reason.get("Item")
-                details.append(f"{address} {_why(write, from_dynamodb(raw) if raw else None, now)}")
+                details.append(f"{address} {_why(write, item, now)}")
             elif code == "ResourceNotFoundException":
                 return TablesMissingError(self._missing_tables(tables))
             elif code not in ("None", ""):
@@ -398,46 +434,87 @@ class DynamoDBStore(DynamoDBExperiments):
 
     # -- the lease --------------------------------------------------------------------------
 
-    def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
-        expires = now + timedelta(seconds=ttl_seconds)
-        lock = Lock(holder, format_time(now), format_time(expires), reason)
+    def acquire_lock(
+        self,
+        holder: str,
+        reason: str,
+        ttl_seconds: float,
+        now: datetime,
+        token: str | None = None,
+    ) -> Lock:
+        """One conditional put: no lease, a lease that has run out, or this caller's own lease
+        (``token``): the retry of a put whose answer was lost passes its own condition."""
+        lock = Lock.taken(holder, reason, ttl_seconds, now, token or uuid.uuid4().hex)
+        for _ in range(3):  # the holder may release between our put and our read
+            try:
+                self._put_lock(
+                    lock,
+                    "attribute_not_exists(#id) OR #expires < :now OR #token = :token",
+                    {"#id": "record_id", "#expires": "expires_at", "#token": "token"},
+                    {":now": {"S": format_time(now)}, ":token": {"S": lock.token}},
+                )
+            except ClientError:
+                current = self.read_lock()
+                if current is not None:
+                    raise LockHeldError(current, now) from None
+                continue
+            return lock
+        raise StoreUnavailableError("the lock kept changing hands; try again")
+
+    def renew_lock(self, lock: Lock, ttl_seconds: float, now: datetime) -> Lock:
+        """A put conditional on the lease still carrying ``lock.token`` (a PutItem, the one
+        write the apply role may make on the lock)."""
+        renewed = lock.renewed(now, ttl_seconds)
+        try:
+            self._put_lock(
+                renewed,
+                "#token = :token",
+                {"#token": "token"},
+                {":token": {"S": lock.token or "-"}},
+            )
+        except ClientError:
+            raise LockLostError(lock, self.read_lock()) from None
+        return renewed
+
+    def _put_lock(
+        self, lock: Lock, condition: str, names: dict[str, str], values: dict[str, Any]
+    ) -> None:
+        expires = datetime.fromisoformat(lock.expires_at)
         item = {
             "record_id": LOCK_ID,
             **lock.to_item(),
             TTL_ATTRIBUTE: int((expires + LOCK_TTL_GRACE).timestamp()),
         }
-        for _ in range(3):  # the holder may release between our put and our read
-            try:
-                self._call(
-                    "PutItem",
-                    lambda: self.client.put_item(
-                        TableName=self.control_table,
-                        Item=to_dynamodb(item),
-                        ConditionExpression="attribute_not_exists(#id) OR #expires < :now",
-                        ExpressionAttributeNames={"#id": "record_id", "#expires": "expires_at"},
-                        ExpressionAttributeValues={":now": {"S": format_time(now)}},
-                    ),
-                    handled={CONDITION_FAILED},
-                    tables=[self.control_table],
-                )
-            except ClientError:
-                current = self.read_lock()
-                if current is not None:
-                    raise LockHeldError(current) from None
-                continue
-            return lock
-        raise StoreUnavailableError("the lock kept changing hands; try again")
+        self._call(
+            "PutItem",
+            lambda: self.client.put_item(
+                TableName=self.control_table,
+                Item=to_dynamodb(item),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            ),
+            handled={CONDITION_FAILED},
+            tables=[self.control_table],
+        )
 
-    def release_lock(self, holder: str) -> bool:
+    def release_lock(self, holder: str, token: str | None = None) -> bool:
+        condition = "#holder = :holder"
+        names = {"#holder": "holder"}
+        values = {":holder": {"S": holder}}
+        if token is not None:
+            condition += " AND #token = :token"
+            names["#token"] = "token"
+            values[":token"] = {"S": token}
         try:
             self._call(
                 "DeleteItem",
                 lambda: self.client.delete_item(
                     TableName=self.control_table,
                     Key={"record_id": {"S": LOCK_ID}},
-                    ConditionExpression="#holder = :holder",
-                    ExpressionAttributeNames={"#holder": "holder"},
-                    ExpressionAttributeValues={":holder": {"S": holder}},
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
                 ),
                 handled={CONDITION_FAILED},
                 tables=[self.control_table],

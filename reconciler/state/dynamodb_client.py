@@ -75,6 +75,8 @@ class DynamoDBRequestError(StoreUnavailableError):
     """DynamoDB refused a request in a way that repeating it cannot fix (permissions,
     credentials, validation, limits); the store cannot be used until that is fixed."""
 
+    retryable = False
+
 
 def to_dynamodb(item: Mapping[str, Any]) -> dict[str, Any]:
     """A plain JSON item as DynamoDB attribute values (floats as exact decimals, at any depth)."""

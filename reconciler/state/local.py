@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -32,7 +32,12 @@ from reconciler.state.records import (
     format_time,
 )
 from reconciler.state.sqlite import dump, transaction
-from reconciler.state.store import LockHeldError, StoreUnavailableError, WriteConflictError
+from reconciler.state.store import (
+    LockHeldError,
+    LockLostError,
+    StoreUnavailableError,
+    WriteConflictError,
+)
 
 DEFAULT_PATH = Path(".reconciler") / "state.db"
 SCHEMA_VERSION = 1
@@ -139,7 +144,9 @@ class LocalStore(LocalTelemetry, LocalExperiments):
         return {name: StoredRecord(kind, name, json.loads(item)) for name, item in rows}
 
     @_serialized
-    def apply_writes(self, writes: Sequence[Write], token: str) -> None:
+    def apply_writes(
+        self, writes: Sequence[Write], token: str, overrides_version: int | None = None
+    ) -> None:
         if len(writes) > self.max_group_size:
             raise ValueError(f"a group holds at most {self.max_group_size} writes")
         connection = self._connect(create=True)
@@ -154,8 +161,17 @@ class LocalStore(LocalTelemetry, LocalExperiments):
             failed = [
                 f"{w.kind.label}/{w.name}" for w in writes if not _allowed(connection, w, now)
             ]
+            details = []
+            if overrides_version is not None:
+                found = _overrides_version(connection)
+                if found != overrides_version:
+                    failed.insert(0, OVERRIDES_RECORD)
+                    details.append(
+                        f"{OVERRIDES_RECORD} is at version {found}, apply read version "
+                        f"{overrides_version}"
+                    )
             if failed:
-                raise WriteConflictError(failed)
+                raise WriteConflictError(failed, "; ".join(details))
             for write in writes:
                 _write(connection, write)
                 if write.audit is not None:
@@ -169,30 +185,47 @@ class LocalStore(LocalTelemetry, LocalExperiments):
             )
 
     @_serialized
-    def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
+    def acquire_lock(
+        self,
+        holder: str,
+        reason: str,
+        ttl_seconds: float,
+        now: datetime,
+        token: str | None = None,
+    ) -> Lock:
         connection = self._connect(create=True)
         assert connection is not None
-        lock = Lock(
-            holder, format_time(now), format_time(now + timedelta(seconds=ttl_seconds)), reason
-        )
+        lock = Lock.taken(holder, reason, ttl_seconds, now, token or uuid.uuid4().hex)
         with transaction(connection):
             current = _read_lock(connection)
-            if current is not None and current.expires_at >= format_time(now):
-                raise LockHeldError(current)
-            connection.execute(
-                "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
-                (LOCK_ID, dump(lock.to_item())),
-            )
+            mine = current is not None and token is not None and current.token == token
+            if current is not None and not mine and current.expires_at >= format_time(now):
+                raise LockHeldError(current, now)
+            _write_lock(connection, lock)
         return lock
 
     @_serialized
-    def release_lock(self, holder: str) -> bool:
+    def renew_lock(self, lock: Lock, ttl_seconds: float, now: datetime) -> Lock:
+        connection = self._connect(create=True)
+        assert connection is not None
+        renewed = lock.renewed(now, ttl_seconds)
+        with transaction(connection):
+            current = _read_lock(connection)
+            if current is None or not lock.token or current.token != lock.token:
+                raise LockLostError(lock, current)
+            _write_lock(connection, renewed)
+        return renewed
+
+    @_serialized
+    def release_lock(self, holder: str, token: str | None = None) -> bool:
         connection = self._connect(create=False)
         if connection is None:
             return False
         with transaction(connection):
             current = _read_lock(connection)
             if current is None or current.holder != holder:
+                return False
+            if token is not None and current.token != token:
                 return False
             connection.execute("DELETE FROM control WHERE record_id = ?", (LOCK_ID,))
         return True
@@ -293,6 +326,21 @@ def _write(connection: sqlite3.Connection, write: Write) -> None:
         "INSERT OR REPLACE INTO records (kind, name, item) VALUES (?, ?, ?)",
         (write.kind.label, write.name, dump(item)),
     )
+
+
+def _write_lock(connection: sqlite3.Connection, lock: Lock) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
+        (LOCK_ID, dump(lock.to_item())),
+    )
+
+
+def _overrides_version(connection: sqlite3.Connection) -> int:
+    """The overrides record's version as apply reads it (0: no record, or no version)."""
+    row = connection.execute(
+        "SELECT item FROM control WHERE record_id = ?", (OVERRIDES_ID,)
+    ).fetchone()
+    return 0 if row is None else int(json.loads(row[0]).get("version", 0))
 
 
 def _read_lock(connection: sqlite3.Connection) -> Lock | None:

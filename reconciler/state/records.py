@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -198,24 +198,57 @@ class Write:
 
 @dataclass(frozen=True)
 class Lock:
-    """The apply lease: who holds it, and until when."""
+    """The apply lease: who holds it, since when, until when.
+
+    ``token`` is the holder's own id for this lease, written with it: a holder that asks again
+    (a retry after a lost answer, a heartbeat) is recognised by it. ``renewed_at`` is the last
+    heartbeat (empty until the first).
+    """
 
     holder: str
     acquired_at: str
     expires_at: str
     reason: str = ""
+    token: str = ""
+    renewed_at: str = ""
 
     def to_item(self) -> Item:
-        return {
+        item: Item = {
             "holder": self.holder,
             "acquired_at": self.acquired_at,
             "expires_at": self.expires_at,
             "reason": self.reason,
         }
+        if self.token:
+            item["token"] = self.token
+        if self.renewed_at:
+            item["renewed_at"] = self.renewed_at
+        return item
 
     @classmethod
     def from_item(cls, item: Item) -> Lock:
-        return cls(item["holder"], item["acquired_at"], item["expires_at"], item.get("reason", ""))
+        return cls(
+            str(item["holder"]),
+            str(item["acquired_at"]),
+            str(item["expires_at"]),
+            str(item.get("reason", "")),
+            str(item.get("token", "")),
+            str(item.get("renewed_at", "")),
+        )
+
+    @classmethod
+    def taken(cls, holder: str, reason: str, ttl_seconds: float, now: datetime, token: str) -> Lock:
+        """A new lease, from ``now`` for ``ttl_seconds``."""
+        expires = format_time(now + timedelta(seconds=ttl_seconds))
+        return cls(holder, format_time(now), expires, reason, token)
+
+    def renewed(self, now: datetime, ttl_seconds: float) -> Lock:
+        """The same lease, extended to ``ttl_seconds`` from ``now``."""
+        return replace(
+            self,
+            expires_at=format_time(now + timedelta(seconds=ttl_seconds)),
+            renewed_at=format_time(now),
+        )
 
 
 def exact_cost(row: Item) -> Item:

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.runtime.telemetry import Assignment, Shard
-from reconciler.state.records import AuditEntry, Item, Lock, RecordKind, StoredRecord, Write
+from reconciler.state.records import (
+    AuditEntry,
+    Item,
+    Lock,
+    RecordKind,
+    StoredRecord,
+    Write,
+    parse_time,
+)
 
 
 class StoreUnavailableError(UserError):
     """The store could not be reached or kept failing after retries."""
+
+    # Whether asking again later may succeed (an outage, a lost answer); not for a request
+    # the store refuses as such (permissions, validation).
+    retryable = True
 
 
 class TablesMissingError(UserError):
@@ -41,13 +53,53 @@ class WriteConflictError(UserError):
 class LockHeldError(UserError):
     """Another apply holds the lease."""
 
-    def __init__(self, lock: Lock) -> None:
-        super().__init__(
-            f"another apply holds the lock: {lock.holder} since {lock.acquired_at} "
-            f"(expires {lock.expires_at}); wait for it, or if it died, run "
-            '`reconcile --force-unlock --reason "..."`'
-        )
+    def __init__(self, lock: Lock, now: datetime | None = None) -> None:
+        super().__init__(_held_message(lock, now))
         self.lock = lock
+
+
+class LockLostError(UserError):
+    """The lease this apply held is no longer its own (broken by --force-unlock, or run out
+    and taken over)."""
+
+    def __init__(self, lock: Lock, current: Lock | None) -> None:
+        if current is None:
+            why = "it was removed (reconcile --force-unlock?)"
+        else:
+            why = f"it is now held by {current.holder} since {current.acquired_at}"
+        super().__init__(f"the apply lock of {lock.holder} was lost: {why}")
+        self.lock = lock
+        self.current = current
+
+
+def _held_message(lock: Lock, now: datetime | None) -> str:
+    def ago(text: str) -> str:
+        return f" ({_duration(now - parse_time(text))} ago)" if now is not None else ""
+
+    reason = f" ({lock.reason})" if lock.reason else ""
+    renewed = (
+        f"last renewed at {lock.renewed_at}{ago(lock.renewed_at)}"
+        if lock.renewed_at
+        else "not renewed since"
+    )
+    left = f" (in {_duration(parse_time(lock.expires_at) - now)})" if now is not None else ""
+    return (
+        f"another apply holds the lock: {lock.holder}{reason}, taken at "
+        f"{lock.acquired_at}{ago(lock.acquired_at)}, {renewed}; its lease runs out at "
+        f"{lock.expires_at}{left}. A running apply renews its lease until it ends: if it is "
+        "still running, wait for it and apply again; if it died, the lease runs out by itself "
+        "and the next apply after that proceeds. To break it now (only if you are sure it is "
+        'dead): reconcile --force-unlock --reason "..."'
+    )
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class StoreBugError(ReconcilerError):
@@ -72,14 +124,38 @@ class StateStore(Protocol):
     def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
         """Every record of a kind, read in pages."""
 
-    def apply_writes(self, writes: Sequence[Write], token: str) -> None:
-        """Apply one atomic group; ``token`` makes a retried group idempotent."""
+    def apply_writes(
+        self, writes: Sequence[Write], token: str, overrides_version: int | None = None
+    ) -> None:
+        """Apply one atomic group; ``token`` makes a retried group idempotent.
 
-    def acquire_lock(self, holder: str, reason: str, ttl_seconds: int, now: datetime) -> Lock:
-        """Take the lease, or raise ``LockHeldError``; an expired lease may be taken over."""
+        With ``overrides_version``, the group lands only while the overrides record (the
+        operators' shutdowns) is still at that version (0: no record, or one without a
+        version), checked in the same atomic step as the writes; otherwise nothing is written
+        and ``WriteConflictError`` names ``overrides/breakglass``. The caller decided which
+        changes an operator holds from the record at that version; the check makes that
+        decision hold at the moment the group commits."""
 
-    def release_lock(self, holder: str) -> bool:
-        """Release the lease if ``holder`` holds it; False when it did not."""
+    def acquire_lock(
+        self,
+        holder: str,
+        reason: str,
+        ttl_seconds: float,
+        now: datetime,
+        token: str | None = None,
+    ) -> Lock:
+        """Take the lease for ``ttl_seconds``, or raise ``LockHeldError``. A lease that has run
+        out may be taken over; a lease that carries ``token`` already is the caller's own (a
+        retry whose first answer was lost) and is taken again, not refused. Without ``token``
+        the store makes one up (every call is then a new taker)."""
+
+    def renew_lock(self, lock: Lock, ttl_seconds: float, now: datetime) -> Lock:
+        """Extend the caller's lease (the one carrying ``lock.token``) to ``ttl_seconds`` from
+        ``now``; ``LockLostError`` when the stored lease is no longer it."""
+
+    def release_lock(self, holder: str, token: str | None = None) -> bool:
+        """Release the lease if ``holder`` (and, when given, ``token``) holds it; False when it
+        did not."""
 
     def read_lock(self) -> Lock | None:
         """The current lease, if any (expired or not)."""
