@@ -105,3 +105,23 @@ def test_a_flag_the_snapshot_does_not_hold_takes_the_callers_default(
     client = client_with(tmp_path, configuration)
     decision = client.decide("vc_not_a_flag", PRO_DE, default=True)
     assert (decision.enabled, decision.error_code) == (True, ErrorCode.FLAG_NOT_FOUND)
+
+
+def test_a_fail_open_flag_whose_item_cannot_be_used_keeps_its_type_and_value() -> None:
+    from datetime import UTC, datetime
+
+    from reconciler.runtime.evaluate import evaluate
+    from reconciler.runtime.snapshot import build_snapshot
+
+    broken = {
+        "flag_name": "model",
+        "enabled": True,
+        "flag_type": "string",
+        "value": "claude-3.5-sonnet",
+        "fail_mode": "open",
+        "rollout_percentage": "not a number",
+    }
+    now = datetime.now(UTC)
+    decision = evaluate(build_snapshot("v", [broken]), "model", {"user_id": "u"}, now)
+    assert decision.enabled
+    assert decision.value == "claude-3.5-sonnet"

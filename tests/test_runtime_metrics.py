@@ -275,7 +275,7 @@ def test_no_client_is_made_until_there_is_something_to_send() -> None:
         sink.emit(flush_changes(), AT)
         made: Any = sink.client
         config = made.meta.config
-        assert (config.connect_timeout, config.read_timeout) == (2, 5)
+        assert (config.connect_timeout, config.read_timeout) == (1, 2)
         assert config.retries["total_max_attempts"] == 3  # two retries after the first attempt
         assert len(all_metrics(made)) == 8
 

@@ -222,7 +222,10 @@ class CloudWatchMetrics:
             import boto3  # noqa: PLC0415 - only services publishing to CloudWatch need boto3
             from botocore.config import Config  # noqa: PLC0415
 
-            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
+            # As the snapshot source's: a slow CloudWatch delays only the flush thread, briefly.
+            config = Config(
+                connect_timeout=1, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"}
+            )
             self.client = boto3.client("cloudwatch", config=config)
         return self.client
 

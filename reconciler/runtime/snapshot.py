@@ -224,8 +224,12 @@ def build_flag(item: Item) -> Flag:
     try:
         return _flag(name, item)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        kind = item.get("flag_type")
+        flag_type = kind if isinstance(kind, str) and kind else "boolean"
+        # A fail-open flag keeps what can still be read of it: its type and value.
+        value = item.get("value", True if flag_type == "boolean" else None)
         return Flag(
-            name, False, "boolean", None, fail_open, 0.0, broken=f"{type(exc).__name__}: {exc}"
+            name, False, flag_type, value, fail_open, 0.0, broken=f"{type(exc).__name__}: {exc}"
         )
 
 
