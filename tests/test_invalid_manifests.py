@@ -2317,6 +2317,42 @@ EXPERIMENT_CASES = [
         ),
         id="invalid-date-month-13",
     ),
+    pytest.param(
+        Case(
+            {
+                EXPERIMENT: doc("""
+                    kind: Experiment
+                    experiment_id: vc_demo_test
+                    name: Demo test
+                    description: Demo experiment.
+                    owner: team-demo
+                    feature_flag: vc_bedrock_live
+                    status: draft
+                    start_time: "2026-12-10T00:00:00Z"
+                    end_time: "2026-12-09T00:00:00Z"
+                    variants:
+                      - name: a
+                        weight: 50
+                      - name: b
+                        weight: 50
+                    success_metrics:
+                      - metric_name: quality
+                        metric_type: numeric
+                        primary: true
+                """)
+            },
+            [
+                error(
+                    EXPERIMENT,
+                    9,
+                    11,
+                    "end_time",
+                    "ends at 2026-12-09T00:00:00Z, not after its start_time 2026-12-10T00:00:00Z",
+                )
+            ],
+        ),
+        id="end-before-start",
+    ),
 ]
 
 # --------------------------------------------------------------------------------------------
