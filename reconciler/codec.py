@@ -114,6 +114,12 @@ def encode_flag(
                 "configuration": strategy.configuration.model_dump(
                     mode="json", by_alias=True, exclude_none=True
                 ),
+                # Moved by the rollout controller's checks (else by time alone).
+                "gated": bool(
+                    [c for c in strategy.health_checks if c.enabled]
+                    or strategy.rollback_conditions
+                    or strategy.configuration.promotion_criteria
+                ),
             }
         )
     return item
@@ -143,5 +149,5 @@ def _experiment_for(flag: Flag, experiments: list[Experiment]) -> Experiment | N
 def _strategy_for(flag: Flag, strategies: list[RolloutStrategy]) -> RolloutStrategy | None:
     mine = [s for s in strategies if s.feature_flag == flag.flag_name]
     active = [s for s in mine if s.active]
-    linked = [s for s in mine if s.strategy_name == flag.rollout_strategy]
-    return next(iter(active or linked), None)
+    linked = [s for s in active if s.strategy_name == flag.rollout_strategy]
+    return next(iter(linked or active), None)  # an inactive strategy drives nothing

@@ -23,7 +23,9 @@ from reconciler.controllers.rollout_controller import (
 )
 
 START = datetime(2026, 12, 1, 10, tzinfo=UTC)
-RAMP = Strategy("bedrock_gradual_rollout", "vc_bedrock_live", "percentage", 10, 10, 24, 100)
+RAMP = Strategy(
+    "bedrock_gradual_rollout", "vc_bedrock_live", "percentage", 10, 10, 24, 100, gated=True
+)
 HEALTH = Check("error_rate_check", "error_rate", 5, "less_than", 60)
 SPIKE = Check("error_rate_spike", "error_rate", 10, "greater_than", 15, action="rollback")
 
@@ -103,6 +105,7 @@ CANARY = Strategy(
     24,
     100,
     stages=(Stage("canary", 5, 24), Stage("early", 25, 24), Stage("full", 100)),
+    gated=True,
 )
 LATENCY = Check("p95", "latency_p95", 2000, "less_than", 60, min_samples=100)
 

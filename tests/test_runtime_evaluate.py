@@ -17,8 +17,15 @@ from reconciler.config import load_config
 from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.decision import ErrorCode, Reason
 from reconciler.runtime.evaluate import evaluate, variant_value
+from reconciler.runtime.rollout_state import PAUSED, ROLLED_BACK, Entry, RolloutStates
 from reconciler.runtime.rules import compile_condition, semver_key
-from reconciler.runtime.snapshot import Shutdown, Snapshot, build_flag, build_snapshot
+from reconciler.runtime.snapshot import (
+    Shutdown,
+    Snapshot,
+    build_flag,
+    build_snapshot,
+    with_rollout_states,
+)
 from reconciler.state.records import RecordKind
 from reconciler.validation import validate
 from tests.conftest import REPO_ROOT
@@ -26,6 +33,7 @@ from tests.conftest import REPO_ROOT
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PRO_DE = {"user_id": "user-7", "country": "DE", "plan": "pro"}
 USERS = [f"user-{i}" for i in range(10_000)]
+STRATEGY = "bedrock_gradual_rollout"
 
 
 def items() -> dict[RecordKind, list[dict[str, Any]]]:
@@ -203,13 +211,18 @@ def test_a_concluded_experiment_serves_its_winner_to_everyone() -> None:
     assert {(d.variant, d.reason) for d in decisions} == {("gemini", Reason.EXPERIMENT_CONCLUDED)}
 
 
-def test_controller_state_caps_the_rollout() -> None:
-    rolled_back = snapshot({"vc_bedrock_live": {"controller_state": {"rolled_back": True}}})
+def test_the_rollout_controllers_state_caps_the_rollout() -> None:
+    since = NOW - timedelta(hours=1)
+    back = Entry(ROLLED_BACK, 0.0, since, reason="health check error_rate_check: fail")
+    rolled_back = with_rollout_states(snapshot(), RolloutStates({STRATEGY: back}))
     assert share_enabled(rolled_back, "vc_bedrock_live", country="DE", plan="pro") == 0
-    paused = snapshot({"vc_bedrock_live": {"controller_state": {"paused": True, "percentage": 20}}})
+    staff = {"user_id": "u1", "email": "ana@example.com"}  # a rule at 100%: rolled back too
+    assert not evaluate(rolled_back, "vc_bedrock_live", staff, NOW).enabled
+    paused = with_rollout_states(snapshot(), RolloutStates({STRATEGY: Entry(PAUSED, 20, since)}))
     assert share_enabled(paused, "vc_bedrock_live", country="DE", plan="pro") == pytest.approx(
         0.2, abs=0.015
     )
+    assert evaluate(paused, "vc_bedrock_live", staff, NOW).enabled
 
 
 def test_a_rollout_without_a_user_id_is_out_with_a_reason() -> None:

@@ -31,7 +31,6 @@ import itertools
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -46,6 +45,7 @@ from reconciler.plan.witnesses import rule_conditions
 from reconciler.runtime.bucketing import bucket
 from reconciler.runtime.decision import Decision
 from reconciler.runtime.evaluate import UNIT_ATTRIBUTE, evaluate
+from reconciler.runtime.rollout_state import serve, valid_until
 from reconciler.runtime.snapshot import Experiment, Flag, Snapshot, build_snapshot
 
 WINDOW = timedelta(hours=24)
@@ -162,21 +162,19 @@ def instants(flags: Iterable[Flag], now: datetime) -> list[datetime]:
 
 
 def _schedule_steps(flag: Flag, now: datetime, end: datetime) -> Iterable[datetime]:
+    """The moments the flag's rollout changes share between now and ``end``, as clients
+    compute them (an ungated schedule moves by time; a gated one only by the controller)."""
     schedule = flag.schedule
-    if schedule is None or schedule.stages or schedule.start is None:
+    if schedule is None:
         return
-    start = schedule.start if schedule.start.tzinfo else schedule.start.replace(tzinfo=UTC)
-    if now < start <= end:
-        yield start
-    interval = timedelta(hours=schedule.interval_hours)
-    if schedule.increment <= 0 or interval <= timedelta(0):
-        return
-    step = 1 if now < start else (now - start) // interval + 1
-    for k in range(step, step + 10_000):
-        moment = start + k * interval
-        if moment > end or schedule.percentage + schedule.increment * (k - 1) >= schedule.maximum:
+    moment = now
+    for _ in range(10_000):
+        served = serve(schedule, flag.rollout_entry, flag.rollout_action, moment)
+        following = valid_until(schedule, served, flag.rollout_action)
+        if following > end or following <= moment:
             return
-        yield moment
+        yield following
+        moment = following
 
 
 def _snapshot(name: str, item: Mapping[str, Any] | None, held: Mapping[str, Any]) -> Snapshot:
@@ -266,13 +264,12 @@ def _rollout_points(flag: Flag, times: Sequence[datetime]) -> set[float]:
     points.update(r.rollout_percentage for r in flag.rules if r.rollout_percentage is not None)
     schedule = flag.schedule
     if schedule is not None:
-        points.update(p for _, p in schedule.stages)
+        points.update(stage.percentage for stage in schedule.stages)
         for moment in times:
-            with suppress(TypeError):  # a start time without a zone: the runtime errs too
-                points.add(schedule.percentage_at(moment, flag.controller.get("stage")))
-    held = flag.controller.get("percentage")
-    if isinstance(held, int | float):
-        points.add(float(held))
+            served = serve(schedule, flag.rollout_entry, flag.rollout_action, moment)
+            points.add(served.percentage)
+    if flag.rollout_entry is not None:
+        points.add(flag.rollout_entry.percentage)
     return {p / 100 for p in points}
 
 

@@ -13,9 +13,12 @@ from typing import Any
 from reconciler.runtime.bucketing import bucket, pick_variant
 from reconciler.runtime.decision import Decision, ErrorCode, Reason
 from reconciler.runtime.experiment_state import STOPPED
+from reconciler.runtime.rollout_state import ROLLED_BACK, Entry, Strategy, serve, valid_until
 from reconciler.runtime.snapshot import Experiment, Flag, Snapshot
 
 UNIT_ATTRIBUTE = "user_id"
+OUTSIDE_SCOPE = "outside the rollout's targeting"
+_ROLLOUT = ("rollout",)  # the key of a flag's rollout position in its decisions cache
 
 
 def evaluate(
@@ -98,10 +101,18 @@ def _evaluate(
         if not flag.default_include:
             return _off(flag, Reason.TARGETING_NO_MATCH, version)
 
-    if rule_percentage is None and flag.schedule is None and not flag.controller:
-        percentage = flag.rollout_percentage  # the common case, without a call
+    if flag.schedule is None:
+        percentage = flag.rollout_percentage if rule_percentage is None else rule_percentage
     else:
-        percentage = _percentage(flag, rule_percentage, _time(now))
+        served = _rollout(flag, flag.schedule, _time(now))
+        if served.state == ROLLED_BACK:  # rolled back for everyone, the rules' users too
+            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=served.reason)
+        if rule_percentage is not None:
+            percentage = rule_percentage
+        elif flag.schedule.scope is not None and not flag.schedule.scope.covers(context):
+            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=OUTSIDE_SCOPE)
+        else:
+            percentage = served.percentage
     unit = context.get(UNIT_ATTRIBUTE)
     if percentage < 100 or throttled:
         if unit is None or unit == "":
@@ -184,19 +195,15 @@ def _time(now: datetime | Callable[[], datetime]) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # naive: UTC
 
 
-def _percentage(flag: Flag, rule_percentage: float | None, now: datetime) -> float:
-    """The share of users in: the rule's, else the strategy's schedule, else the flag's,
-    capped by the rollout controller's state (paused, rolled back)."""
-    controller = flag.controller
-    if controller.get("rolled_back"):
-        return 0.0
-    if rule_percentage is not None:
-        return rule_percentage
-    if flag.schedule is not None:
-        if controller.get("paused") and controller.get("percentage") is not None:
-            return float(controller["percentage"])
-        return flag.schedule.percentage_at(now, controller.get("stage"))
-    return flag.rollout_percentage
+def _rollout(flag: Flag, strategy: Strategy, now: datetime) -> Entry:
+    """Where the flag's rollout is now (``rollout_state.serve``), kept with the flag until it
+    next changes: most decisions of a rolled-out flag do not compute it."""
+    cached = flag.decisions.get(_ROLLOUT)
+    if cached is not None and cached[1] <= now < cached[2]:
+        return cached[0]  # type: ignore[no-any-return]
+    served = serve(strategy, flag.rollout_entry, flag.rollout_action, now)
+    flag.decisions[_ROLLOUT] = (served, now, valid_until(strategy, served, flag.rollout_action))
+    return served
 
 
 def off_value(flag: Flag) -> Any:

@@ -17,6 +17,13 @@ from reconciler.runtime.bucketing import variant_ranges
 from reconciler.runtime.budgets import Budget, budgets_from_items
 from reconciler.runtime.cost_state import CostState, flag_verdicts
 from reconciler.runtime.experiment_state import ExperimentHold, ExperimentStates, recording_key
+from reconciler.runtime.rollout_state import (
+    Action,
+    Entry,
+    RolloutStates,
+    Strategy,
+    strategy_from_item,
+)
 from reconciler.runtime.rules import Predicate, compile_condition
 
 Item = Mapping[str, Any]
@@ -60,27 +67,6 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """A rollout strategy's ramp: start percentage plus increments per interval, up to a max."""
-
-    percentage: float
-    increment: float
-    interval_hours: float
-    maximum: float
-    start: datetime | None
-    stages: tuple[tuple[str, float], ...] = ()
-
-    def percentage_at(self, now: datetime, stage: str | None = None) -> float:
-        if self.stages:
-            named = dict(self.stages)
-            return named.get(stage or "", self.stages[0][1])
-        if self.start is None or now < self.start:
-            return self.percentage if self.start is None else 0.0
-        steps = int((now - self.start).total_seconds() // (self.interval_hours * 3600))
-        return min(self.maximum, self.percentage + self.increment * steps)
-
-
-@dataclass(frozen=True)
 class Experiment:
     experiment_id: str
     status: str
@@ -110,11 +96,12 @@ class Flag:
     rollout_percentage: float
     rules: tuple[Rule, ...] = ()
     default_include: bool = True
-    schedule: Schedule | None = None
+    schedule: Strategy | None = None  # the rollout strategy that drives the share
     experiment: Experiment | None = None
     request_type: str | None = None
     shutdown: Shutdown | None = None
-    controller: Mapping[str, Any] = field(default_factory=dict)
+    rollout_entry: Entry | None = None  # the rollout controller's, for the strategy
+    rollout_action: Action | None = None  # an operator's last, for the strategy
     broken: str | None = None  # why the item could not be understood
     cost_salt: str = ""  # the cost throttle's bucketing salt: cost:<request type or flag name>
     # Decisions that are the same for every user (off by kill switch, no match, ...) are made
@@ -144,6 +131,10 @@ class Snapshot:
     cost: Mapping[str, CostVerdict] = field(default_factory=dict)  # flags the guard holds
     experiment_states: ExperimentStates = field(default_factory=ExperimentStates)
     experiments: Mapping[str, str] = field(default_factory=dict)  # experiment id -> flag name
+    rollout_states: RolloutStates = field(default_factory=RolloutStates)
+    rollouts: Mapping[str, str] = field(default_factory=dict)  # strategy name -> flag name
+    # request type -> the flags with a gated rollout whose health its outcomes tell
+    watched: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def build_snapshot(
@@ -165,7 +156,20 @@ def build_snapshot(
         for name, flag in flags.items()
         if flag.experiment is not None
     }
-    snapshot = Snapshot(version, flags, budgets, global_shutdown, experiments=experiments)
+    rollouts = {f.schedule.name: name for name, f in flags.items() if f.schedule is not None}
+    watched: dict[str, list[str]] = {}
+    for name, flag in sorted(flags.items()):
+        if flag.schedule is not None and flag.schedule.gated and flag.request_type:
+            watched.setdefault(flag.request_type, []).append(name)
+    snapshot = Snapshot(
+        version,
+        flags,
+        budgets,
+        global_shutdown,
+        experiments=experiments,
+        rollouts=rollouts,
+        watched={kind: tuple(names) for kind, names in watched.items()},
+    )
     return with_cost_state(snapshot, cost_state or CostState())
 
 
@@ -191,6 +195,24 @@ def with_experiment_states(snapshot: Snapshot, states: ExperimentStates) -> Snap
     return dataclasses.replace(
         snapshot, flags=flags if changed else snapshot.flags, experiment_states=states
     )
+
+
+def with_rollout_states(snapshot: Snapshot, states: RolloutStates) -> Snapshot:
+    """The snapshot with where each rollout is (the controller's entry, an operator's last
+    action); flags whose rollout is unchanged are kept as they are."""
+    if snapshot.rollout_states == states:
+        return snapshot
+    flags = dict(snapshot.flags)
+    for strategy, name in snapshot.rollouts.items():
+        flag = flags.get(name)
+        if flag is None:
+            continue
+        entry, action = states.entries.get(strategy), states.operators.get(strategy)
+        if flag.rollout_entry != entry or flag.rollout_action != action:
+            flags[name] = dataclasses.replace(
+                flag, rollout_entry=entry, rollout_action=action, decisions={}
+            )
+    return dataclasses.replace(snapshot, flags=flags, rollout_states=states)
 
 
 def with_cost_state(snapshot: Snapshot, state: CostState) -> Snapshot:
@@ -265,29 +287,18 @@ def _flag(name: str, item: Item) -> Flag:
         rollout_percentage=float(item.get("rollout_percentage", 100)),
         rules=rules,
         default_include=default_include,
-        schedule=_schedule(item.get("rollout"), item.get("created_at")),
+        schedule=_schedule(name, item.get("rollout"), item.get("created_at")),
         experiment=_experiment(item.get("ab_test_config")),
         request_type=item.get("request_type"),
         cost_salt=f"cost:{item.get('request_type') or name}",
         shutdown=shutdown,
-        controller=item.get("controller_state") or {},
     )
 
 
-def _schedule(rollout: Any, created_at: Any) -> Schedule | None:
+def _schedule(name: str, rollout: Any, created_at: Any) -> Strategy | None:
     if not isinstance(rollout, Mapping):
         return None
-    conf = rollout.get("configuration", {})
-    start = conf.get("start_time") or created_at
-    stages = tuple((str(s["name"]), float(s["percentage"])) for s in conf.get("stages", []))
-    return Schedule(
-        percentage=float(conf.get("percentage", 100)),
-        increment=float(conf.get("increment_percentage", 0)),
-        interval_hours=float(conf.get("increment_interval_hours", 24)),
-        maximum=float(conf.get("max_percentage", 100)),
-        start=datetime.fromisoformat(start) if start else None,
-        stages=stages if rollout.get("rollout_type") == "canary" else (),
-    )
+    return strategy_from_item(rollout, flag=name, created_at=created_at)
 
 
 def _experiment(config: Any) -> Experiment | None:
