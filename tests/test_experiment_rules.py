@@ -66,10 +66,15 @@ def test_a_malformed_overrides_record_still_carries_its_shutdowns() -> None:
     item = {
         "global": {"by": "oncall", "reason": "drill"},
         "experiments": {"exp": {"action": "resume", "epoch": "1.0x"}, "bad": "not a map"},
+        "rollouts": {"r": {"action": "pause", "at": "never"}, "s": {"action": "abort"}, "t": 3},
     }
-    overrides = with_controllers(
-        overrides_from_item(item), None, {"experiments": {"exp": {"epoch": None}}}
-    )
+    records = {
+        "experiment_analyser": {"experiments": {"exp": {"epoch": None}}},
+        "rollout_controller": {"strategies": {"r": {"state": "gone", "since": 1}, "s": []}},
+    }
+    overrides = with_controllers(overrides_from_item(item), records)
+    assert overrides.rollouts.operators == {}
+    assert overrides.rollouts.entries == {}
     assert overrides.global_shutdown is not None
     assert overrides.experiments.epoch("exp") == 0
     assert overrides.experiments.hold("exp") is None

@@ -2560,11 +2560,13 @@ ROLLOUT_CASES = [
                     13,
                     17,
                     "health_checks[0].check_type",
-                    "check_type custom_metric needs metric_name",
+                    "check_type custom_metric is not measured yet (nothing records custom "
+                    "metrics for rollouts); use one of error_rate, latency_p50, latency_p95, "
+                    "latency_p99, cost_per_request, quality_score",
                 )
             ],
         ),
-        id="custom-metric-without-metric-name",
+        id="custom-metric-is-refused",
     ),
     pytest.param(
         Case(

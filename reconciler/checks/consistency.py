@@ -13,7 +13,7 @@ from reconciler.diagnostics import Diagnostic, FieldPath
 from reconciler.loader import Source, Tree
 from reconciler.manifests import CostThreshold, Experiment, Flag, RolloutStrategy
 from reconciler.manifests.cost import CostScope
-from reconciler.manifests.rollout import HealthCheck, RollbackCondition
+from reconciler.manifests.rollout import MEASURED, HealthCheck, RollbackCondition
 from reconciler.manifests.targeting import (
     AllCondition,
     AnyCondition,
@@ -153,13 +153,14 @@ def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
         )
         for field, items in measured:
             for index, item in enumerate(items):
-                if item.check_type == "custom_metric" and item.metric_name is None:
+                if item.check_type == "custom_metric":
                     yield source.diagnostic(
                         (field, index, "check_type"),
-                        "check_type custom_metric needs metric_name",
+                        "check_type custom_metric is not measured yet (nothing records custom "
+                        f"metrics for rollouts); use one of {', '.join(MEASURED)}",
                         "metric",
                     )
-                elif item.check_type != "custom_metric" and item.metric_name is not None:
+                elif item.metric_name is not None:
                     yield source.diagnostic(
                         (field, index, "metric_name"),
                         "metric_name is only used with check_type custom_metric",
@@ -199,6 +200,14 @@ def _check_rollout_type(strategy: RolloutStrategy, source: Source) -> Iterator[D
                 (*at, field),
                 f"{field} is only used with rollout_type canary, not {kind}",
                 "rollout-type",
+            )
+    for index, criterion in enumerate(conf.promotion_criteria):
+        if criterion.metric_name not in MEASURED:
+            yield source.diagnostic(
+                (*at, "promotion_criteria", index, "metric_name"),
+                f"unknown metric {criterion.metric_name!r}: a promotion criterion measures one "
+                f"of {', '.join(MEASURED)}",
+                "metric",
             )
     for index in range(1, len(conf.stages)):
         if conf.stages[index].percentage <= conf.stages[index - 1].percentage:

@@ -10,24 +10,19 @@ holding that quantile, so never below the true value); cost is USD per request.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from reconciler.runtime.telemetry import LATENCY_BINS, latency_bin
+
+__all__ = ["BINS", "Check", "CheckResult", "Window", "bin_edge", "judge", "latency_bin"]
 
 MIN_SAMPLES = 100  # requests in a window before a check counts
 PASS = "pass"
 FAIL = "fail"
 INSUFFICIENT = "insufficient"
 DISABLED = "disabled"
-# Latency histogram bins: upper edges 1 ms * 2**(k/4), k = 0 .. 79 (about 1 ms to 16 minutes).
-BINS = 80
-
-
-def latency_bin(milliseconds: float) -> int:
-    """The bin of a response time: the smallest k with ms <= 2**(k/4) (clamped)."""
-    if milliseconds <= 1:
-        return 0
-    return min(BINS - 1, math.ceil(4 * math.log2(milliseconds)))
+BINS = LATENCY_BINS
 
 
 def bin_edge(k: int) -> float:
@@ -44,6 +39,8 @@ class Window:
     latency: Mapping[int, int] = field(default_factory=dict)
     cost_micros: int = 0
     costed: int = 0
+    scored: int = 0  # requests that recorded a quality score
+    quality: float = 0.0  # the sum of their scores
 
     def measure(self, check_type: str) -> float | None:
         """The check's measurement, or None when there is nothing to measure."""
@@ -53,6 +50,8 @@ class Window:
             return _quantile(self.latency, int(check_type.removeprefix("latency_p")) / 100)
         if check_type == "cost_per_request":
             return self.cost_micros / self.costed / 1_000_000 if self.costed else None
+        if check_type == "quality_score":
+            return self.quality / self.scored if self.scored else None
         return None
 
     def samples(self, check_type: str) -> int:
@@ -60,6 +59,8 @@ class Window:
             return sum(self.latency.values())
         if check_type == "cost_per_request":
             return self.costed
+        if check_type == "quality_score":
+            return self.scored
         return self.requests
 
 

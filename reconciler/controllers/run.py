@@ -16,6 +16,7 @@ from typing import Protocol
 
 from reconciler.controllers.analyser_run import AnalyserRun, run_experiment_analyser
 from reconciler.controllers.cost_guard import Alert, Outcome, decide
+from reconciler.controllers.rollout_run import RolloutRun, run_rollout_controller
 from reconciler.controllers.spend import SpendReading, read_spend
 from reconciler.errors import UserError
 from reconciler.runtime.budgets import Budget, budgets_from_items
@@ -177,7 +178,7 @@ def _publish_all(
         if item.get("published") or item["alert_id"] in mine or str(item.get("at", "")) > cutoff:
             continue  # out already, or its recorder may still be publishing it
         if "threshold_name" not in item:
-            continue  # another controller's alert (an experiment's): its own run republishes
+            continue  # another controller's alert (an experiment's, a rollout's): its own run
         _publish(store, run, publisher, _from_item(item), stamp)
 
 
@@ -212,10 +213,13 @@ def run_once(
     now: datetime,
     publisher: Publisher | None = None,
     experiments: bool = True,
-) -> Sequence[GuardRun | AnalyserRun]:
-    """Every controller, once (the rollout controller joins here); ``experiments`` False
-    leaves the experiment analyser out (a loop runs it less often than the cost guard)."""
-    runs: list[GuardRun | AnalyserRun] = [run_cost_guard(store, now=now, publisher=publisher)]
+) -> Sequence[GuardRun | AnalyserRun | RolloutRun]:
+    """Every controller, once: the cost guard, the rollout controller and, unless
+    ``experiments`` is False (a loop runs it less often), the experiment analyser."""
+    runs: list[GuardRun | AnalyserRun | RolloutRun] = [
+        run_cost_guard(store, now=now, publisher=publisher),
+        run_rollout_controller(store, now=now, publisher=publisher),
+    ]
     if experiments:
         runs.append(run_experiment_analyser(store, now=now, publisher=publisher))
     return runs

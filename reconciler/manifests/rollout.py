@@ -16,8 +16,18 @@ CheckType = Literal[
     "latency_p95",
     "latency_p99",
     "cost_per_request",
+    "quality_score",
     "custom_metric",
 ]
+# What a check or a promotion criterion can measure today (from the services' recorded outcomes).
+MEASURED = (
+    "error_rate",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "cost_per_request",
+    "quality_score",
+)
 
 
 class CanaryStage(StrictModel):
@@ -33,7 +43,10 @@ class CanaryStage(StrictModel):
 class PromotionCriterion(StrictModel):
     """A condition a canary stage must meet before it is promoted to the next."""
 
-    metric_name: Name = Field(description="The metric measured on the stage's users.")
+    metric_name: Name = Field(
+        description="What is measured on the stage's users: error_rate (%), latency_p50, "
+        "latency_p95, latency_p99 (ms), cost_per_request (USD) or quality_score."
+    )
     comparison: Comparison = Field(description="How the metric must compare with threshold.")
     threshold: float = Field(description="The value the metric is compared with.")
     window_minutes: Integer = Field(default=60, ge=1, description="Measurement window.")

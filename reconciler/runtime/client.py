@@ -50,8 +50,10 @@ from reconciler.runtime.snapshot import (
     build_snapshot,
     with_cost_state,
     with_experiment_states,
+    with_rollout_states,
 )
 from reconciler.runtime.sources import Configuration, Overrides, SnapshotSource
+from reconciler.runtime.telemetry import IN, OUT
 
 log = logging.getLogger("reconciler.runtime")
 
@@ -455,7 +457,14 @@ class FlagClient:
             if request_type is None:
                 return
             self.record_request_cost(request_type, tokens or 0, cost_usd, request_context)
-            self._outcome(request_type, False, response_time_ms, quality_score)
+            self._outcome(
+                request_type,
+                False,
+                response_time_ms,
+                quality_score,
+                request_context,
+                cost_usd=cost_usd,
+            )
         except Exception:
             self.recorder.reject("internal")
 
@@ -470,7 +479,7 @@ class FlagClient:
             request_type = self._known_type(request_context)
             if request_type is None:
                 return
-            self._outcome(request_type, True, response_time_ms, None)
+            self._outcome(request_type, True, response_time_ms, None, request_context)
         except Exception:
             self.recorder.reject("internal")
 
@@ -485,7 +494,14 @@ class FlagClient:
         return request_type
 
     def _outcome(
-        self, request_type: str, failed: bool, response_time_ms: Any, quality: Any
+        self,
+        request_type: str,
+        failed: bool,
+        response_time_ms: Any,
+        quality: Any,
+        context: Mapping[str, Any],
+        *,
+        cost_usd: Any = None,
     ) -> None:
         if response_time_ms is not None and not _finite(response_time_ms, minimum=0):
             self.recorder.reject("invalid_response_time")
@@ -494,6 +510,20 @@ class FlagClient:
             self.recorder.reject("invalid_quality")
             quality = None
         self.recorder.record_outcome(request_type, failed, response_time_ms, quality)
+        snapshot = self._snapshot
+        watched = snapshot.watched.get(request_type) if snapshot is not None else None
+        if watched:  # the health of the rollouts this request type tells of, by cohort
+            micros = _micros(cost_usd) if cost_usd is not None else None
+            for flag in watched:
+                decision = evaluate(snapshot, flag, context, self.clock)
+                self.recorder.record_rollout(
+                    flag,
+                    IN if decision.enabled else OUT,
+                    failed=failed,
+                    response_time_ms=response_time_ms,
+                    quality=quality,
+                    micros=micros,
+                )
 
     def health(self) -> Health:
         """What recording and refreshing have done: counts of records, rejects, flushes."""
@@ -682,7 +712,8 @@ def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
     held = dataclasses.replace(
         snapshot, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
     )
-    return with_experiment_states(with_cost_state(held, overrides.cost), overrides.experiments)
+    held = with_experiment_states(with_cost_state(held, overrides.cost), overrides.experiments)
+    return with_rollout_states(held, overrides.rollouts)
 
 
 def _micros(amount: Any) -> int | None:

@@ -38,8 +38,10 @@ from reconciler.runtime.telemetry import (
     Totals,
     cost_bucket,
     experiment_bucket,
+    latency_bin,
     new_writer_id,
     ops_bucket,
+    rollout_series,
     series_name,
 )
 
@@ -120,6 +122,7 @@ class Recorder:
         self._series_count = 0
         self._bucket_cost: dict[str, int] = {}
         self._names: dict[str, tuple[str, ...]] = {}
+        self._rollout_names: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._ends: dict[str, float] = {}  # bucket -> the epoch second its time is over
         self._dirty: set[str] = set()
         self._changes: dict[str, Totals] = {}
@@ -206,6 +209,47 @@ class Recorder:
                     self._change(score, quality)
             self.health.recorded += 1
             self.health.unflushed += 1
+
+    def record_rollout(
+        self,
+        flag: str,
+        cohort: str,
+        *,
+        failed: bool,
+        response_time_ms: float | None,
+        quality: float | None,
+        micros: int | None,
+    ) -> None:
+        """An outcome of a request of a flag's rollout cohort (``in`` or ``out``), for the
+        rollout controller's health checks (only when the values are valid: the caller's)."""
+        now = self.clock()
+        if now >= self._next_ops_roll:
+            self._roll_ops(now)
+        bucket = self._ops_bucket
+        key = (flag, cohort)
+        names = self._rollout_names.get(key)
+        if names is None:
+            names = rollout_series(flag, cohort)
+            if len(self._rollout_names) < self.max_series:
+                self._rollout_names[key] = names
+        outcome, latency, cost, score = names
+        wanted = [outcome]
+        if response_time_ms is not None:
+            wanted.append(f"{latency}:{latency_bin(response_time_ms)}")
+        if micros is not None:
+            wanted.append(cost)
+        if quality is not None:
+            wanted.append(score)
+        with self._lock:
+            if not self._room((bucket,), wanted):
+                return
+            self._add(bucket, outcome, 1 if failed else 0)
+            if response_time_ms is not None:
+                self._add(bucket, wanted[1], response_time_ms)
+            if micros is not None:
+                self._add(bucket, cost, micros)
+            if quality is not None:
+                self._add(bucket, score, quality)
 
     def expose(self, key: str, variant: str, unit: str) -> None:
         """A decision assigned ``variant`` of the experiment recorded under ``key``."""

@@ -30,6 +30,12 @@ from reconciler.runtime.experiment_state import (
     operators_from_item,
     verdicts_from_item,
 )
+from reconciler.runtime.rollout_state import (
+    CONTROLLER_ID,
+    RolloutStates,
+    actions_from_item,
+    entries_from_item,
+)
 from reconciler.runtime.snapshot import Shutdown
 from reconciler.runtime.telemetry import Assignment, Shard, dynamodb_item
 
@@ -83,6 +89,7 @@ class Overrides:
     version: int = 0
     cost: CostState = field(default_factory=CostState)  # the cost guard's, read with them
     experiments: ExperimentStates = field(default_factory=ExperimentStates)  # analyser, operators
+    rollouts: RolloutStates = field(default_factory=RolloutStates)  # controller, operators
 
     def in_force(self, now: datetime) -> Overrides:
         """Only the shutdowns that have not expired at ``now``."""
@@ -93,6 +100,7 @@ class Overrides:
             self.version,
             self.cost,
             self.experiments,
+            self.rollouts,
         )
 
 
@@ -129,15 +137,23 @@ def overrides_from_item(item: Mapping[str, Any] | None) -> Overrides:
         flags,
         int(item.get("version", 0)),
         experiments=ExperimentStates(operators=operators_from_item(item.get("experiments"))),
+        rollouts=RolloutStates(operators=actions_from_item(item.get("rollouts"))),
     )
 
 
-def with_controllers(
-    overrides: Overrides, cost: Mapping[str, Any] | None, analyser: Mapping[str, Any] | None
-) -> Overrides:
+CONTROL_RECORDS = (OVERRIDES_ID, COST_GUARD_ID, ANALYSER_ID, CONTROLLER_ID)  # read together
+
+
+def with_controllers(overrides: Overrides, records: Mapping[str, Mapping[str, Any]]) -> Overrides:
     """The overrides with the controllers' records read alongside them."""
-    states = replace(overrides.experiments, verdicts=verdicts_from_item(analyser))
-    return replace(overrides, cost=cost_state_from_item(cost), experiments=states)
+    states = replace(overrides.experiments, verdicts=verdicts_from_item(records.get(ANALYSER_ID)))
+    rollouts = replace(overrides.rollouts, entries=entries_from_item(records.get(CONTROLLER_ID)))
+    return replace(
+        overrides,
+        cost=cost_state_from_item(records.get(COST_GUARD_ID)),
+        experiments=states,
+        rollouts=rollouts,
+    )
 
 
 class SQLiteSource:
@@ -168,14 +184,11 @@ class SQLiteSource:
         rows = {
             record: json.loads(item)
             for record, item in self._query(
-                "SELECT record_id, item FROM control WHERE record_id IN (?, ?, ?)",
-                OVERRIDES_ID,
-                COST_GUARD_ID,
-                ANALYSER_ID,
+                "SELECT record_id, item FROM control WHERE record_id IN (?, ?, ?, ?)",
+                *CONTROL_RECORDS,
             )
         }
-        overrides = overrides_from_item(rows.get(OVERRIDES_ID))
-        return with_controllers(overrides, rows.get(COST_GUARD_ID), rows.get(ANALYSER_ID))
+        return with_controllers(overrides_from_item(rows.get(OVERRIDES_ID)), rows)
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
         if not self.path.exists():
@@ -255,8 +268,8 @@ class DynamoDBSource:
         return Configuration(self._scan(self.flags_table), self._scan(self.thresholds_table))
 
     def read_overrides(self) -> Overrides:
-        """The overrides and the cost guard's state: two small items in one request."""
-        keys = [{"record_id": {"S": r}} for r in (OVERRIDES_ID, COST_GUARD_ID, ANALYSER_ID)]
+        """The overrides and the controllers' records: four small items in one request."""
+        keys = [{"record_id": {"S": r}} for r in CONTROL_RECORDS]
         request: dict[str, Any] = {self.control_table: {"Keys": keys}}
         found: dict[str, Item] = {}
         for _ in range(3):  # unprocessed keys (throttling) are asked for again, briefly
@@ -269,8 +282,7 @@ class DynamoDBSource:
                 break
         else:
             raise RuntimeError("the control records stayed unprocessed (throttled)")
-        overrides = overrides_from_item(found.get(OVERRIDES_ID))
-        return with_controllers(overrides, found.get(COST_GUARD_ID), found.get(ANALYSER_ID))
+        return with_controllers(overrides_from_item(found.get(OVERRIDES_ID)), found)
 
     def write_shards(self, shards: Sequence[Shard]) -> None:
         """Each shard on its own: one the table refuses does not keep the others out (it is

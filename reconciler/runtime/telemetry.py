@@ -16,7 +16,12 @@ Series: ``cost:<request_type>`` (count = requests, sum = micro-dollars),
 ``latency:<request_type>`` (milliseconds) and ``quality:<request_type>``; in an experiment's
 bucket ``exposures:<variant>`` (count = decisions that assigned the variant),
 ``metric:<variant>:<metric>`` (the metric's values) and ``cluster:<variant>:<metric>:<n>`` (the
-values of the users of cluster n; see ``reconciler.runtime.experiment_state.unit_hash``).
+values of the users of cluster n; see ``reconciler.runtime.experiment_state.unit_hash``); in
+an ops bucket, for each flag a gated rollout watches and each cohort (``in``: the users the flag
+was on for, ``out``: the others), ``rollout:<flag>:<cohort>`` (count = outcomes, sum =
+failures), ``rollout_latency:<flag>:<cohort>:<bin>`` (the response times in one bin of
+``reconciler.controllers.rollout_checks.latency_bin``), ``rollout_cost:<flag>:<cohort>``
+(count = costed requests, sum = micro-dollars) and ``rollout_quality:<flag>:<cohort>``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ OUTCOME = "outcome"
 LATENCY = "latency"
 QUALITY = "quality"
 EXPERIMENT = "ab"
+ROLLOUT = "rollout"
+ROLLOUT_LATENCY = "rollout_latency"
+ROLLOUT_COST = "rollout_cost"
+ROLLOUT_QUALITY = "rollout_quality"
+IN, OUT = "in", "out"  # a rollout's cohorts: the users with the feature, and the others
+LATENCY_BINS = 80  # response-time bins: upper edges 1 ms * 2**(k/4), k = 0 .. 79
 EXPOSURES = "exposures"
 METRIC = "metric"
 CLUSTER = "cluster"
@@ -117,6 +128,24 @@ def ops_bucket(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
     start = moment.replace(minute=moment.minute - moment.minute % OPS_MINUTES, second=0)
     return "ops/" + start.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def latency_bin(milliseconds: float) -> int:
+    """The bin of a response time: the smallest k with ms <= 2**(k/4) (clamped)."""
+    if milliseconds <= 1:
+        return 0
+    return min(LATENCY_BINS - 1, math.ceil(4 * math.log2(milliseconds)))
+
+
+def rollout_series(flag: str, cohort: str) -> tuple[str, str, str, str]:
+    """The names of a rollout cohort's outcome, latency (a prefix: ``<name>:<bin>``), cost and
+    quality series."""
+    return (
+        f"{ROLLOUT}:{flag}:{cohort}",
+        f"{ROLLOUT_LATENCY}:{flag}:{cohort}",
+        f"{ROLLOUT_COST}:{flag}:{cohort}",
+        f"{ROLLOUT_QUALITY}:{flag}:{cohort}",
+    )
 
 
 def experiment_bucket(key: str, day: str) -> str:
