@@ -30,7 +30,7 @@ def test_an_error_rate_under_its_threshold_passes_and_over_it_fails() -> None:
     assert failed.outcome == FAIL
     assert failed.value == pytest.approx(7.0)
     assert failed.baseline == pytest.approx(3.0)
-    assert "error_rate 7% < 5% over 60 min, 1000 requests" in failed.describe()
+    assert "error_rate 7% not < 5% over 60 min, 1000 requests" in failed.describe()
 
 
 def test_too_few_requests_are_insufficient_whatever_they_say() -> None:

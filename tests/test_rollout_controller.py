@@ -72,7 +72,7 @@ def test_an_error_rate_of_7_percent_rolls_it_back_at_the_next_run_and_it_stays_b
     assert bad.entry.state == ROLLED_BACK
     assert bad.entry.percentage == 0
     assert bad.alert
-    assert "error_rate 7% < 5%" in bad.entry.reason
+    assert "error_rate 7% not < 5%" in bad.entry.reason
     # Healthy again, days later: still back, until a person resumes it.
     again = step(bad.entry, later + timedelta(days=3), Window(5000, 10)).entry
     assert (again.state, again.percentage) == (ROLLED_BACK, 0)

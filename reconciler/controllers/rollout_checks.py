@@ -103,9 +103,13 @@ class CheckResult:
         value = "n/a" if self.value is None else f"{self.value:.4g}{unit}"
         base = "" if self.baseline is None else f", users without it {self.baseline:.4g}{unit}"
         need = f" (needs {self.check.min_samples})" if self.outcome == INSUFFICIENT else ""
+        bound = f"{_words(self.check.comparison)} {self.check.threshold:g}{unit}"
+        if self.value is not None and not compares(
+            self.value, self.check.comparison, self.check.threshold
+        ):
+            bound = f"not {bound}"  # "error_rate 8% not < 5%": the comparison does not hold
         return (
-            f"{self.check.name}: {self.outcome}: {self.check.check_type} {value} "
-            f"{_words(self.check.comparison)} {self.check.threshold:g}{unit} over "
+            f"{self.check.name}: {self.outcome}: {self.check.check_type} {value} {bound} over "
             f"{self.check.window_minutes} min, {self.samples} requests{need}{base}"
         )
 

@@ -8,10 +8,17 @@ from dataclasses import replace
 from datetime import datetime
 
 from reconciler.codec import DesiredState
-from reconciler.plan.diff import diff, hold_by_cost_guard, hold_by_experiments, hold_overridden
+from reconciler.plan.diff import (
+    diff,
+    hold_by_cost_guard,
+    hold_by_experiments,
+    hold_by_rollouts,
+    hold_overridden,
+)
 from reconciler.plan.model import Change, Plan
 from reconciler.runtime.cost_state import COST_GUARD_ID, cost_state_from_item, with_flags
 from reconciler.runtime.experiment_state import ANALYSER_ID, ExperimentStates, verdicts_from_item
+from reconciler.runtime.rollout_state import CONTROLLER_ID, entries_from_item
 from reconciler.runtime.sources import overrides_from_item
 from reconciler.state.records import RecordKind, format_time
 from reconciler.state.store import StateStore
@@ -28,8 +35,11 @@ def build_plan(
     notes: tuple[str, ...] = (),
 ) -> Plan:
     actual = {kind: store.read_records(kind) for kind in RecordKind}
-    changes, unmanaged = diff(desired, actual, now=format_time(now))
     in_force = overrides_from_item(store.read_overrides()).in_force(now)
+    rollouts = replace(
+        in_force.rollouts, entries=entries_from_item(store.read_control(CONTROLLER_ID))
+    )
+    changes, unmanaged = diff(desired, actual, now=format_time(now), rollouts=rollouts)
     changes, held_notes = hold_overridden(changes, in_force, block_deletes=not force_delete_held)
     ai_flags = [r.name for r in actual[RecordKind.FLAG].values() if r.item.get("request_type")]
     guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), ai_flags, now)
@@ -39,7 +49,9 @@ def build_plan(
         verdicts_from_item(store.read_control(ANALYSER_ID)), in_force.experiments.operators
     )
     changes, experiment_notes = hold_by_experiments(changes, experiments, states)
-    notes = (*notes, *held_notes, *experiment_notes)
+    strategies = {**desired.get(RecordKind.ROLLOUT, {})}
+    changes, rollout_notes = hold_by_rollouts(changes, strategies, rollouts, now)
+    notes = (*notes, *held_notes, *experiment_notes, *rollout_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
     if empty and not allow_empty:
         changes = [_refuse_empty(c) for c in changes]

@@ -15,6 +15,17 @@ from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, 
 from reconciler.plan.risk import risks_of
 from reconciler.runtime.cost_state import CostState
 from reconciler.runtime.experiment_state import STOPPED, ExperimentStates
+from reconciler.runtime.rollout_state import (
+    COMPLETE,
+    HOLDING,
+    PAUSED,
+    ROLLED_BACK,
+    RolloutStates,
+    pending,
+    serve,
+    stamp,
+    strategy_from_item,
+)
 from reconciler.runtime.sources import Overrides
 from reconciler.state.records import Item, RecordKind, StoredRecord
 
@@ -22,10 +33,15 @@ ActualState = Mapping[RecordKind, Mapping[str, StoredRecord]]
 
 
 def diff(
-    desired: DesiredState, actual: ActualState, *, now: str
+    desired: DesiredState,
+    actual: ActualState,
+    *,
+    now: str,
+    rollouts: RolloutStates | None = None,
 ) -> tuple[list[Change], list[Unmanaged]]:
     """Changes that make ``actual`` equal to ``desired``: creates and updates kind by kind,
-    then deletes. Records reconcile did not create are never changed, only reported."""
+    then deletes. Records reconcile did not create are never changed, only reported.
+    ``rollouts``: where the rollouts are, for the risks (both sides are served from there)."""
     changes: list[Change] = []
     deletes: list[Change] = []
     unmanaged: list[Unmanaged] = []
@@ -51,11 +67,13 @@ def diff(
                         after=after,
                         desired_hash=content_hash(after),
                         fields=tuple(_fields(None, after)),
-                        risks=tuple(risks_of(kind, name, None, after, now=_moment(now))),
+                        risks=tuple(
+                            risks_of(kind, name, None, after, now=_moment(now), rollouts=rollouts)
+                        ),
                     )
                 )
             else:
-                changes.append(_update(record, after, now))
+                changes.append(_update(record, after, now, rollouts))
     return changes + deletes, unmanaged
 
 
@@ -67,7 +85,9 @@ def _moment(now: str) -> datetime | None:
         return None
 
 
-def _update(record: StoredRecord, after: Item, now: str) -> Change:
+def _update(
+    record: StoredRecord, after: Item, now: str, rollouts: RolloutStates | None = None
+) -> Change:
     before = git_owned(record.item)
     drift = record.managed and record.content_hash != content_hash(record.item)
     blocked = None
@@ -86,7 +106,9 @@ def _update(record: StoredRecord, after: Item, now: str) -> Change:
         expected_version=record.version,
         desired_hash=content_hash(after),
         fields=tuple(_fields(before, after)) if action == "update" else (),
-        risks=tuple(risks_of(record.kind, record.name, before, after, now=_moment(now)))
+        risks=tuple(
+            risks_of(record.kind, record.name, before, after, now=_moment(now), rollouts=rollouts)
+        )
         if action == "update"
         else (),
         holds=tuple(_holds(record, now)),
@@ -254,3 +276,46 @@ def hold_by_experiments(
 
 
 _EXPERIMENT_KINDS = (RecordKind.EXPERIMENT, RecordKind.FLAG)
+
+
+def hold_by_rollouts(
+    changes: list[Change], strategies: Mapping[str, Item], states: RolloutStates, now: datetime
+) -> tuple[list[Change], list[str]]:
+    """Show the flags (and strategies) whose rollout the controller or an operator holds:
+    paused, rolled back, held for data, or moved by the controller's checks. Git's change
+    applies; the share served stays the controller's until it moves or a person resumes it."""
+    notes, holds = [], {}
+    for name, item in sorted(strategies.items()):
+        flag = str(item.get("feature_flag", ""))
+        if item.get("active", True) is not True or not flag:
+            continue
+        try:
+            strategy = strategy_from_item(item, flag=flag)
+        except (KeyError, TypeError, ValueError):
+            continue
+        entry, action = states.entries.get(name), states.operators.get(name)
+        if entry is None and action is None:
+            continue
+        served = serve(strategy, entry, action, now)
+        stopped = served.state in (PAUSED, ROLLED_BACK, HOLDING)
+        if not stopped and not (strategy.gated and entry is not None and served.state != COMPLETE):
+            continue  # on its schedule (or complete): nothing holds it
+        by = "an operator" if pending(entry, action) else "the rollout controller"
+        what = f"{served.state.replace('_', ' ')} at {served.percentage:g}%"
+        detail = f"{by}: {what}" + (f" ({served.reason})" if served.reason else "")
+        holds[name] = holds[flag] = Hold("controller", detail, stamp(served.since))
+        if served.state in (PAUSED, ROLLED_BACK):
+            notes.append(
+                f"rollout {name} is {what} by {by}; {flag} stays there whatever git says "
+                f"until `controller resume {name} --reason ...`"
+            )
+        elif served.state == HOLDING:
+            notes.append(f"rollout {name} is held at {served.percentage:g}%: {served.reason}")
+    result = []
+    for change in changes:
+        held = holds.get(change.name) if change.kind in _ROLLOUT_KINDS else None
+        result.append(change if held is None else replace(change, holds=(*change.holds, held)))
+    return result, notes
+
+
+_ROLLOUT_KINDS = (RecordKind.ROLLOUT, RecordKind.FLAG)

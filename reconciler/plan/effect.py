@@ -45,8 +45,14 @@ from reconciler.plan.witnesses import rule_conditions
 from reconciler.runtime.bucketing import bucket
 from reconciler.runtime.decision import Decision
 from reconciler.runtime.evaluate import UNIT_ATTRIBUTE, evaluate
-from reconciler.runtime.rollout_state import serve, valid_until
-from reconciler.runtime.snapshot import Experiment, Flag, Snapshot, build_snapshot
+from reconciler.runtime.rollout_state import RolloutStates, serve, valid_until
+from reconciler.runtime.snapshot import (
+    Experiment,
+    Flag,
+    Snapshot,
+    build_snapshot,
+    with_rollout_states,
+)
 
 WINDOW = timedelta(hours=24)
 MAX_INSTANTS = 96
@@ -100,16 +106,18 @@ def assess(
     now: datetime,
     *,
     live: Mapping[str, Any] | None = None,
+    rollouts: RolloutStates | None = None,
 ) -> Assessment:
     """The effect of changing flag ``name`` from ``before`` to ``after`` (None: no flag) at
     ``now`` and over the next 24 hours. ``live``: the record as stored, whose controller state
     (and creation time, where a schedule starts from it) acts on both sides. An operator's
     shutdown does not: the change it holds lands, as assessed, once it is lifted. The cost
-    guard's state is not the plan's to know: throttles are left out."""
+    guard's state is not the plan's to know: throttles are left out. ``rollouts``: where the
+    rollouts are (the controller's entries, operators' actions), on both sides."""
     now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
     held = {k: live[k] for k in LIVE_FIELDS if live and k in live}
     method: Method
-    sides = [_snapshot(name, item, held) for item in (before, after)]
+    sides = [_snapshot(name, item, held, rollouts) for item in (before, after)]
     flags = [s.flags.get(name) for s in sides]
     times = instants([f for f in flags if f is not None], now)
     targetings = [(item or {}).get("targeting") for item in (before, after)]
@@ -177,10 +185,16 @@ def _schedule_steps(flag: Flag, now: datetime, end: datetime) -> Iterable[dateti
         moment = following
 
 
-def _snapshot(name: str, item: Mapping[str, Any] | None, held: Mapping[str, Any]) -> Snapshot:
+def _snapshot(
+    name: str,
+    item: Mapping[str, Any] | None,
+    held: Mapping[str, Any],
+    rollouts: RolloutStates | None = None,
+) -> Snapshot:
     if item is None:
         return build_snapshot(name, [])
-    return build_snapshot(name, [{**item, **held, "flag_name": name}])
+    built = build_snapshot(name, [{**item, **held, "flag_name": name}])
+    return with_rollout_states(built, rollouts) if rollouts is not None else built
 
 
 def _effect(

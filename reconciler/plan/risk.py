@@ -18,6 +18,7 @@ from typing import Any
 from reconciler.plan.effect import Assessment, Effect, assess
 from reconciler.plan.model import Risk
 from reconciler.runtime.bucketing import share_reassigned
+from reconciler.runtime.rollout_state import RolloutStates
 from reconciler.state.records import Item, RecordKind
 
 ROLLOUT_JUMP_POINTS = 25
@@ -34,6 +35,7 @@ def risks_of(
     *,
     now: datetime | None = None,
     live: Item | None = None,
+    rollouts: RolloutStates | None = None,
 ) -> list[Risk]:
     """The risks of one change. Items edited by hand may have any shape: never raises.
 
@@ -42,7 +44,7 @@ def risks_of(
     """
     moment = now if now is not None else datetime.now(UTC)
     try:
-        return _risks_of(kind, name, before, after, now=moment, live=live)
+        return _risks_of(kind, name, before, after, now=moment, live=live, rollouts=rollouts)
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
         return [Risk("risk-unknown", f"cannot assess this change of {name} ({exc}); review it")]
 
@@ -55,9 +57,11 @@ def _risks_of(
     *,
     now: datetime,
     live: Item | None,
+    rollouts: RolloutStates | None = None,
 ) -> list[Risk]:
     if kind is RecordKind.FLAG:
-        return list(_flag_risks(name, before, after, assess(name, before, after, now, live=live)))
+        assessment = assess(name, before, after, now, live=live, rollouts=rollouts)
+        return list(_flag_risks(name, before, after, assessment))
     if kind is RecordKind.EXPERIMENT:
         return list(_experiment_risks(name, before, after))
     if kind is RecordKind.COST_THRESHOLD:
