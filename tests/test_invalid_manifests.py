@@ -2560,13 +2560,89 @@ ROLLOUT_CASES = [
                     13,
                     17,
                     "health_checks[0].check_type",
-                    "check_type custom_metric is not measured yet (nothing records custom "
-                    "metrics for rollouts); use one of error_rate, latency_p50, latency_p95, "
-                    "latency_p99, cost_per_request, quality_score",
+                    "check_type custom_metric needs metric_name (the CloudWatch metric it "
+                    "reads)",
+                ),
+                error(
+                    ROLLOUT,
+                    13,
+                    17,
+                    "health_checks[0].check_type",
+                    "check_type custom_metric needs namespace (the CloudWatch metric it reads)",
+                ),
+            ],
+        ),
+        id="custom-metric-without-its-cloudwatch-metric",
+    ),
+    pytest.param(
+        Case(
+            {
+                ROLLOUT: doc("""
+                    kind: RolloutStrategy
+                    strategy_name: vc_demo_ramp
+                    description: Demo ramp.
+                    owner: team-demo
+                    feature_flag: vc_bedrock_live
+                    rollout_type: percentage
+                    active: false
+                    configuration:
+                      percentage: 10
+                      increment_percentage: 10
+                    health_checks:
+                      - check_name: errors
+                        check_type: error_rate
+                        namespace: VcPlatform
+                        threshold: 5
+                        comparison: less_than
+                """)
+            },
+            [
+                error(
+                    ROLLOUT,
+                    14,
+                    16,
+                    "health_checks[0].namespace",
+                    "namespace is only used with check_type custom_metric",
                 )
             ],
         ),
-        id="custom-metric-is-refused",
+        id="cloudwatch-field-on-a-recorded-check",
+    ),
+    pytest.param(
+        Case(
+            {
+                ROLLOUT: doc("""
+                    kind: RolloutStrategy
+                    strategy_name: vc_demo_ramp
+                    description: Demo ramp.
+                    owner: team-demo
+                    feature_flag: vc_bedrock_live
+                    rollout_type: canary
+                    active: false
+                    configuration:
+                      percentage: 5
+                      stages:
+                        - {name: canary, percentage: 5}
+                        - {name: full, percentage: 100}
+                      promotion_criteria:
+                        - metric_name: error_ratio
+                          comparison: less_than
+                          threshold: 1
+                """)
+            },
+            [
+                error(
+                    ROLLOUT,
+                    14,
+                    20,
+                    "configuration.promotion_criteria[0].metric_name",
+                    "unknown metric 'error_ratio': a promotion criterion measures one of "
+                    "error_rate, latency_p50, latency_p95, latency_p99, cost_per_request, "
+                    "quality_score",
+                )
+            ],
+        ),
+        id="promotion-criterion-of-an-unknown-metric",
     ),
     pytest.param(
         Case(

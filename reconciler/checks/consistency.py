@@ -154,18 +154,23 @@ def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
         for field, items in measured:
             for index, item in enumerate(items):
                 if item.check_type == "custom_metric":
-                    yield source.diagnostic(
-                        (field, index, "check_type"),
-                        "check_type custom_metric is not measured yet (nothing records custom "
-                        f"metrics for rollouts); use one of {', '.join(MEASURED)}",
-                        "metric",
-                    )
-                elif item.metric_name is not None:
-                    yield source.diagnostic(
-                        (field, index, "metric_name"),
-                        "metric_name is only used with check_type custom_metric",
-                        "metric",
-                    )
+                    for needed in ("metric_name", "namespace"):
+                        if getattr(item, needed) is None:
+                            yield source.diagnostic(
+                                (field, index, "check_type"),
+                                f"check_type custom_metric needs {needed} (the CloudWatch "
+                                "metric it reads)",
+                                "metric",
+                            )
+                    continue
+                fields_set = item.model_fields_set
+                for cloudwatch in ("metric_name", "namespace", "dimensions", "statistic"):
+                    if cloudwatch in fields_set:
+                        yield source.diagnostic(
+                            (field, index, cloudwatch),
+                            f"{cloudwatch} is only used with check_type custom_metric",
+                            "metric",
+                        )
 
 
 def _check_rollout_type(strategy: RolloutStrategy, source: Source) -> Iterator[Diagnostic]:

@@ -77,6 +77,16 @@ def _quantile(histogram: Mapping[int, int], q: float) -> float | None:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A CloudWatch metric a ``custom_metric`` check reads, and the statistic it compares."""
+
+    namespace: str
+    name: str
+    dimensions: tuple[tuple[str, str], ...] = ()
+    statistic: str = "Average"
+
+
+@dataclass(frozen=True)
 class Check:
     """A health check or a rollback condition, as the manifest states it."""
 
@@ -88,6 +98,7 @@ class Check:
     enabled: bool = True
     action: str | None = None  # for rollback conditions: rollback | pause
     min_samples: int = MIN_SAMPLES
+    metric: Metric | None = None  # for custom_metric: where it is read
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class CheckResult:
     value: float | None
     baseline: float | None  # the same measurement on the users without the feature
     samples: int
+    note: str = ""  # why there is no measurement (the metric could not be read)
 
     def describe(self) -> str:
         unit = _unit(self.check.check_type)
@@ -108,9 +120,14 @@ class CheckResult:
             self.value, self.check.comparison, self.check.threshold
         ):
             bound = f"not {bound}"  # "error_rate 8% not < 5%": the comparison does not hold
+        what, counted = self.check.check_type, "requests"
+        metric = self.check.metric
+        if metric is not None:
+            what, counted = f"{metric.namespace}/{metric.name} {metric.statistic}", "samples"
+        note = f" ({self.note})" if self.note else ""
         return (
-            f"{self.check.name}: {self.outcome}: {self.check.check_type} {value} {bound} over "
-            f"{self.check.window_minutes} min, {self.samples} requests{need}{base}"
+            f"{self.check.name}: {self.outcome}: {what} {value} {bound} over "
+            f"{self.check.window_minutes} min, {self.samples} {counted}{need}{base}{note}"
         )
 
 
@@ -146,13 +163,23 @@ def compares(value: float, comparison: str, threshold: float) -> bool:
 def judge(check: Check, treated: Window, untreated: Window | None = None) -> CheckResult:
     """A health check passes when the treated users' measurement compares as stated; a
     rollback condition fails (triggers) when it does; below the minimum sample, insufficient."""
-    if not check.enabled:
-        return CheckResult(check, DISABLED, None, None, 0)
     value = treated.measure(check.check_type)
     baseline = untreated.measure(check.check_type) if untreated is not None else None
-    samples = treated.samples(check.check_type)
+    return judge_value(check, value, treated.samples(check.check_type), baseline)
+
+
+def judge_value(
+    check: Check,
+    value: float | None,
+    samples: int,
+    baseline: float | None = None,
+    note: str = "",
+) -> CheckResult:
+    """A check judged on a measurement however it was made (recorded outcomes, CloudWatch)."""
+    if not check.enabled:
+        return CheckResult(check, DISABLED, None, None, 0)
     if value is None or samples < check.min_samples:
-        return CheckResult(check, INSUFFICIENT, value, baseline, samples)
+        return CheckResult(check, INSUFFICIENT, value, baseline, samples, note)
     holds = compares(value, check.comparison, check.threshold)
     if check.action is not None:  # a rollback condition: met means act
         return CheckResult(check, FAIL if holds else PASS, value, baseline, samples)

@@ -16,9 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from reconciler.controllers.rollout_checks import Check, CheckResult, Window, judge
+from reconciler.controllers.rollout_checks import (
+    Check,
+    CheckResult,
+    Metric,
+    Window,
+    judge,
+    judge_value,
+)
 from reconciler.controllers.rollout_controller import Decision, decide
 from reconciler.controllers.rollout_data import Windows, read_windows
+from reconciler.controllers.rollout_metrics import CloudWatchReader, MetricSource
 from reconciler.errors import UserError
 from reconciler.runtime.rollout_state import (
     CONTROLLER_ID,
@@ -35,6 +43,7 @@ from reconciler.state.store import StateStore, WriteConflictError
 ATTEMPTS = 5
 REPUBLISH_AFTER = timedelta(minutes=5)
 CONTROLLER_RECORD = "controller/rollout_controller"  # its name in the audit trail
+CustomReading = tuple[float | None, int, str]  # value, samples, why there is no value
 HEALTH, ROLLBACK, PROMOTION = "health_check", "rollback_condition", "promotion_criterion"
 
 
@@ -114,6 +123,7 @@ def checks_of(item: Mapping[str, Any]) -> tuple[tuple[Check, ...], ...]:
             str(c["comparison"]),
             int(c.get("window_minutes", 60)),
             bool(c.get("enabled", True)),
+            metric=_metric(c),
         )
         for c in item.get("health_checks") or []
     )
@@ -125,6 +135,7 @@ def checks_of(item: Mapping[str, Any]) -> tuple[tuple[Check, ...], ...]:
             str(c["comparison"]),
             int(c.get("window_minutes", 15)),
             action=str(c.get("action", "rollback")),
+            metric=_metric(c),
         )
         for c in item.get("rollback_conditions") or []
     )
@@ -141,6 +152,18 @@ def checks_of(item: Mapping[str, Any]) -> tuple[tuple[Check, ...], ...]:
         for c in conf.get("promotion_criteria") or []
     )
     return health, conditions, promotion
+
+
+def _metric(check: Mapping[str, Any]) -> Metric | None:
+    if check.get("check_type") != "custom_metric":
+        return None
+    dimensions = check.get("dimensions") or {}
+    return Metric(
+        str(check["namespace"]),
+        str(check["metric_name"]),
+        tuple(sorted((str(k), str(v)) for k, v in dimensions.items())),
+        str(check.get("statistic", "Average")),
+    )
 
 
 def watched_strategies(store: StateStore) -> tuple[dict[str, Watched], list[str]]:
@@ -162,10 +185,18 @@ def watched_strategies(store: StateStore) -> tuple[dict[str, Watched], list[str]
     return found, errors
 
 
-def judged(watched: Watched, windows: Windows) -> tuple[list[CheckResult], ...]:
+def judged(
+    watched: Watched, windows: Windows, custom: Mapping[tuple[Metric, int], CustomReading]
+) -> tuple[list[CheckResult], ...]:
     def of(checks: Sequence[Check]) -> list[CheckResult]:
         results = []
         for check in checks:
+            if check.metric is not None:
+                value, samples, note = custom.get(
+                    (check.metric, check.window_minutes), (None, 0, "not read")
+                )
+                results.append(judge_value(check, value, samples, note=note))
+                continue
             treated, untreated = windows.get(
                 (watched.strategy.flag, check.window_minutes), (Window(), Window())
             )
@@ -175,19 +206,47 @@ def judged(watched: Watched, windows: Windows) -> tuple[list[CheckResult], ...]:
     return of(watched.checks), of(watched.conditions), of(watched.promotion)
 
 
+def read_custom(
+    strategies: Mapping[str, Watched], metrics: MetricSource | None, now: datetime
+) -> dict[tuple[Metric, int], CustomReading]:
+    """Every custom metric the checks read, in one request (CloudWatch unless given)."""
+    wanted = sorted(
+        {
+            (c.metric, c.window_minutes)
+            for w in strategies.values()
+            for c in (*w.checks, *w.conditions)
+            if c.metric is not None and c.enabled
+        },
+        key=repr,
+    )
+    if not wanted:
+        return {}
+    if metrics is None:
+        try:
+            metrics = CloudWatchReader()
+        except Exception as exc:  # no boto3, no region: the checks are insufficient, and say so
+            why = f"CloudWatch: {type(exc).__name__}: {exc}"
+            return dict.fromkeys(wanted, (None, 0, why))
+    return dict(zip(wanted, metrics.measure(wanted, now), strict=True))
+
+
 def run_rollout_controller(
     store: StateStore,
     *,
     now: datetime,
     publisher: AlertPublisher | None = None,
+    metrics: MetricSource | None = None,
     actor: str = "rollout-controller",
 ) -> RolloutRun:
+    """One run; ``metrics``: where custom metrics are read (default: CloudWatch, when a check
+    reads one)."""
     strategies, errors = watched_strategies(store)
     flags = {s.strategy.flag for s in strategies.values()}
     windows = read_windows(store, flags, {m for s in strategies.values() for m in s.windows}, now)
     actions = actions_from_item((store.read_overrides() or {}).get("rollouts"))
     read_at = stamp(now)
-    results = {name: judged(watched, windows) for name, watched in strategies.items()}
+    custom = read_custom(strategies, metrics, now)
+    results = {name: judged(watched, windows, custom) for name, watched in strategies.items()}
     for _ in range(ATTEMPTS):
         stored = store.read_control(CONTROLLER_ID) or {}
         run = RolloutRun(flags={n: w.strategy.flag for n, w in strategies.items()}, errors=errors)

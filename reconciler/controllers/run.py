@@ -16,6 +16,7 @@ from typing import Protocol
 
 from reconciler.controllers.analyser_run import AnalyserRun, run_experiment_analyser
 from reconciler.controllers.cost_guard import Alert, Outcome, decide
+from reconciler.controllers.rollout_metrics import MetricSource
 from reconciler.controllers.rollout_run import RolloutRun, run_rollout_controller
 from reconciler.controllers.spend import SpendReading, read_spend
 from reconciler.errors import UserError
@@ -213,12 +214,13 @@ def run_once(
     now: datetime,
     publisher: Publisher | None = None,
     experiments: bool = True,
+    metrics: MetricSource | None = None,
 ) -> Sequence[GuardRun | AnalyserRun | RolloutRun]:
     """Every controller, once: the cost guard, the rollout controller and, unless
     ``experiments`` is False (a loop runs it less often), the experiment analyser."""
     runs: list[GuardRun | AnalyserRun | RolloutRun] = [
         run_cost_guard(store, now=now, publisher=publisher),
-        run_rollout_controller(store, now=now, publisher=publisher),
+        run_rollout_controller(store, now=now, publisher=publisher, metrics=metrics),
     ]
     if experiments:
         runs.append(run_experiment_analyser(store, now=now, publisher=publisher))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -19,7 +19,9 @@ CheckType = Literal[
     "quality_score",
     "custom_metric",
 ]
-# What a check or a promotion criterion can measure today (from the services' recorded outcomes).
+Statistic = Literal["Average", "Sum", "Minimum", "Maximum", "SampleCount"]
+MetricName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^\S(.*\S)?$")]
+# What a check or a promotion criterion measures from the services' recorded outcomes.
 MEASURED = (
     "error_rate",
     "latency_p50",
@@ -88,8 +90,17 @@ class HealthCheck(StrictModel):
 
     check_name: Name = Field(description="The check's name, unique in the strategy.")
     check_type: CheckType = Field(description="What is measured.")
-    metric_name: Name | None = Field(
-        default=None, description="For check_type custom_metric: the metric's name."
+    metric_name: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch metric's name."
+    )
+    namespace: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch namespace."
+    )
+    dimensions: dict[MetricName, MetricName] = Field(
+        default_factory=dict, description="For check_type custom_metric: the metric's dimensions."
+    )
+    statistic: Statistic = Field(
+        default="Average", description="For check_type custom_metric: what is compared."
     )
     threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a healthy measurement compares.")
@@ -102,8 +113,17 @@ class RollbackCondition(StrictModel):
 
     condition_name: Name = Field(description="The condition's name, unique in the strategy.")
     check_type: CheckType = Field(description="What is measured.")
-    metric_name: Name | None = Field(
-        default=None, description="For check_type custom_metric: the metric's name."
+    metric_name: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch metric's name."
+    )
+    namespace: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch namespace."
+    )
+    dimensions: dict[MetricName, MetricName] = Field(
+        default_factory=dict, description="For check_type custom_metric: the metric's dimensions."
+    )
+    statistic: Statistic = Field(
+        default="Average", description="For check_type custom_metric: what is compared."
     )
     threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a measurement that triggers compares.")
