@@ -2647,6 +2647,41 @@ ROLLOUT_CASES = [
     pytest.param(
         Case(
             {
+                FLAG: valid_manifest("Flag"),
+                ROLLOUT: doc("""
+                    kind: RolloutStrategy
+                    strategy_name: vc_demo_ramp
+                    description: Demo ramp.
+                    owner: team-demo
+                    feature_flag: vc_demo
+                    rollout_type: percentage
+                    configuration:
+                      percentage: 10
+                      increment_percentage: 10
+                    health_checks:
+                      - check_name: errors
+                        check_type: error_rate
+                        threshold: 5
+                        comparison: less_than
+                """),
+            },
+            [
+                error(
+                    ROLLOUT,
+                    12,
+                    17,
+                    "health_checks[0].check_type",
+                    "flag 'vc_demo' declares no request_type, so nothing records the outcomes "
+                    "this check reads (record_ai_success and record_ai_failure count by request "
+                    "type): give the flag a request_type, or use a custom_metric",
+                )
+            ],
+        ),
+        id="health-check-on-a-flag-without-request-type",
+    ),
+    pytest.param(
+        Case(
+            {
                 ROLLOUT: doc("""
                     kind: RolloutStrategy
                     strategy_name: vc_demo_ramp

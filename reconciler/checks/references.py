@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable, Iterator
 
 from reconciler.config import RepoConfig
-from reconciler.diagnostics import Diagnostic
+from reconciler.diagnostics import Diagnostic, FieldPath
 from reconciler.loader import Source, Tree
 from reconciler.manifests import CostThreshold, Experiment, Flag, RolloutStrategy
 from reconciler.manifests.cost import CostScope
@@ -28,6 +28,19 @@ def check_references(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
     for strategy, source in tree.of(RolloutStrategy):
         if strategy.feature_flag not in flags | dict.fromkeys(broken_flags):
             yield _unresolved(source, ("feature_flag",), strategy.feature_flag, "flag", flags)
+            continue
+        target = flags.get(strategy.feature_flag)
+        if target is not None and target.request_type is None and strategy.active:
+            recorded = _recorded_checks(strategy)
+            if recorded:
+                yield source.diagnostic(
+                    recorded[0],
+                    f"flag '{target.flag_name}' declares no request_type, so nothing records "
+                    "the outcomes this check reads (record_ai_success and record_ai_failure "
+                    "count by request type): give the flag a request_type, or use a "
+                    "custom_metric",
+                    "reference",
+                )
 
     for flag, source in tree.of(Flag):
         if flag.experiment is not None:
@@ -111,6 +124,25 @@ def check_one_active_per_flag(tree: Tree, config: RepoConfig) -> Iterator[Diagno
                 )
             else:
                 first[flag_name] = (name, source)
+
+
+def _recorded_checks(strategy: RolloutStrategy) -> list[FieldPath]:
+    """Where the strategy's checks on recorded outcomes are (custom metrics are not)."""
+    found: list[FieldPath] = [
+        ("health_checks", i, "check_type")
+        for i, c in enumerate(strategy.health_checks)
+        if c.enabled and c.check_type != "custom_metric"
+    ]
+    found += [
+        ("rollback_conditions", i, "check_type")
+        for i, c in enumerate(strategy.rollback_conditions)
+        if c.check_type != "custom_metric"
+    ]
+    found += [
+        ("configuration", "promotion_criteria", i, "metric_name")
+        for i in range(len(strategy.configuration.promotion_criteria))
+    ]
+    return found
 
 
 def _unresolved(

@@ -162,7 +162,7 @@ def _metric(check: Mapping[str, Any]) -> Metric | None:
         str(check["namespace"]),
         str(check["metric_name"]),
         tuple(sorted((str(k), str(v)) for k, v in dimensions.items())),
-        str(check.get("statistic", "Average")),
+        str(check.get("statistic") or "Average"),
     )
 
 

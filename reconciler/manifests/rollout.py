@@ -96,11 +96,12 @@ class HealthCheck(StrictModel):
     namespace: MetricName | None = Field(
         default=None, description="For check_type custom_metric: the CloudWatch namespace."
     )
-    dimensions: dict[MetricName, MetricName] = Field(
-        default_factory=dict, description="For check_type custom_metric: the metric's dimensions."
+    dimensions: dict[MetricName, MetricName] | None = Field(
+        default=None, description="For check_type custom_metric: the metric's dimensions."
     )
-    statistic: Statistic = Field(
-        default="Average", description="For check_type custom_metric: what is compared."
+    statistic: Statistic | None = Field(
+        default=None,
+        description="For check_type custom_metric: what is compared (default Average).",
     )
     threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a healthy measurement compares.")
@@ -119,11 +120,12 @@ class RollbackCondition(StrictModel):
     namespace: MetricName | None = Field(
         default=None, description="For check_type custom_metric: the CloudWatch namespace."
     )
-    dimensions: dict[MetricName, MetricName] = Field(
-        default_factory=dict, description="For check_type custom_metric: the metric's dimensions."
+    dimensions: dict[MetricName, MetricName] | None = Field(
+        default=None, description="For check_type custom_metric: the metric's dimensions."
     )
-    statistic: Statistic = Field(
-        default="Average", description="For check_type custom_metric: what is compared."
+    statistic: Statistic | None = Field(
+        default=None,
+        description="For check_type custom_metric: what is compared (default Average).",
     )
     threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a measurement that triggers compares.")
