@@ -3,7 +3,9 @@
     python -m bench.decisions [--decisions 200000]
 
 Cases: (a) a plain flag; (b) country targeting and a 30% rollout; (c) targeting, rollout, a
-50/50 experiment, a cost throttle and the override checks; and a plain 50/50 split. Reports
+50/50 experiment, a cost throttle and the override checks; (d) targeting and a gated rollout
+strategy the rollout controller holds at 30%; (e) targeting and an ungated strategy whose
+schedule is at 30%; and a plain 50/50 split. Reports
 latency percentiles per decision and decisions per second, GrowthBook's figures for (b) and the
 split measured in the same run, and the load time and memory of a 10,000-flag snapshot read from
 the local store.
@@ -17,7 +19,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from reconciler.plan.build import build_plan
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.recorder import Recorder
-from reconciler.runtime.snapshot import Shutdown, build_snapshot
+from reconciler.runtime.rollout_state import RAMPING, Entry, RolloutStates, stamp
+from reconciler.runtime.snapshot import Shutdown, build_snapshot, with_rollout_states
 from reconciler.runtime.sources import SQLiteSource
 from reconciler.state.local import LocalStore
 from reconciler.validation import validate
@@ -49,6 +52,26 @@ def flag(name: str, **extra: Any) -> dict[str, Any]:
     return {"flag_name": name, "enabled": True, "flag_type": "boolean", "value": True, **extra}
 
 
+def strategy(name: str, start: datetime, *, percentage: float, gated: bool) -> dict[str, Any]:
+    """A flag item's ``rollout``, as the codec writes it: from ``percentage`` by 10 points a
+    day, from ``start``."""
+    return {
+        "strategy_name": name,
+        "rollout_type": "percentage",
+        "configuration": {
+            "percentage": percentage,
+            "increment_percentage": 10,
+            "increment_interval_hours": 24,
+            "max_percentage": 100,
+            "start_time": stamp(start),
+        },
+        "gated": gated,
+    }
+
+
+STARTED = datetime.now(UTC) - timedelta(hours=1)  # the schedules' first step lasts a day more
+GATED = "gated_ramp"  # (d): the controller's entry says 30%, whatever the schedule says
+CONTROLLER = RolloutStates(entries={GATED: Entry(RAMPING, 30.0, STARTED, step=2)})
 FLAGS = [
     flag("plain"),
     flag("targeted", rollout_percentage=30, targeting={"rules": [RULE]}),
@@ -64,6 +87,17 @@ FLAGS = [
                 {"name": "treatment", "weight": 50, "config": {"model": "gemini"}},
             ],
         },
+    ),
+    flag(
+        "gated",
+        request_type="bench_requests",
+        targeting={"rules": [RULE]},
+        rollout=strategy(GATED, STARTED - timedelta(days=2), percentage=10, gated=True),
+    ),
+    flag(
+        "scheduled",
+        targeting={"rules": [RULE]},
+        rollout=strategy("ungated_ramp", STARTED, percentage=30, gated=False),
     ),
     flag(
         "split",
@@ -157,6 +191,7 @@ def main() -> None:
     snapshot = snapshot.__class__(
         **{**snapshot.__dict__, "flag_shutdowns": {"other_flag": Shutdown("oncall", "drill")}}
     )
+    snapshot = with_rollout_states(snapshot, CONTROLLER)  # as a refresh of the overrides does
     client = FlagClient.__new__(FlagClient)  # a client over a fixed snapshot: no source needed
     client._snapshot = snapshot
     client.clock = lambda: datetime.now(UTC)  # what a service pays for the time, each decision
@@ -168,6 +203,12 @@ def main() -> None:
         "(b) targeting + 30% rollout": measure(lambda c: client.decide("targeted", c), users),
         "(c) + 50/50 experiment + cost + overrides": measure(
             lambda c: client.decide("full", c), users
+        ),
+        "(d) targeting + gated rollout (controller)": measure(
+            lambda c: client.decide("gated", c), users
+        ),
+        "(e) targeting + ungated rollout schedule": measure(
+            lambda c: client.decide("scheduled", c), users
         ),
         "50/50 split": measure(lambda c: client.decide("split", c), users),
         "GrowthBook (b)": measure(growthbook_decider("targeted"), users),

@@ -3,7 +3,10 @@
 ``python -m bench.recording`` applies the repository's manifests to a local store in a temporary
 directory and times, one call at a time on one core:
 
-- ``record_request_cost`` and ``record_ai_success`` into the in-process aggregates;
+- ``record_request_cost`` and ``record_ai_success`` into the in-process aggregates, the latter
+  for a request type no rollout watches and for one a gated rollout watches (``vc_analysis``:
+  ``vc_bedrock_live``'s, held by the rollout controller at 30%), which also decides the user's
+  cohort and records the outcome in the rollout's series;
 - ``should_allow_request`` within budget, and while throttled (a bucket hash more);
 - the floor: one dict increment under a lock, the least any in-process aggregation does.
 
@@ -31,23 +34,42 @@ from reconciler.config import load_config
 from reconciler.controllers.run import run_cost_guard
 from reconciler.plan.build import build_plan
 from reconciler.runtime.client import FlagClient
+from reconciler.runtime.rollout_state import CONTROLLER_ID, RAMPING, Entry
 from reconciler.runtime.sources import SQLiteSource
 from reconciler.runtime.telemetry import Shard
 from reconciler.state.local import LocalStore
 from reconciler.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
+WATCHED = "vc_analysis"  # vc_bedrock_live's request type: its gated rollout watches it
+UNWATCHED = "vc_summary"  # a request type of a flag without a rollout strategy
+SUMMARY_FLAG = f"""\
+kind: Flag
+flag_name: vc_summary_live
+description: Benchmark flag with no rollout strategy.
+owner: team-bench
+enabled: true
+type: boolean
+value: true
+request_type: {UNWATCHED}
+"""
 
 
 def applied_store(work: Path) -> Path:
     root = work / "tree"
     for folder in ("flags.d", "experiments.d", "rollouts.d", "costs.d"):
         shutil.copytree(REPO / folder, root / folder)
+    (root / "flags.d" / "vc_summary_live.yaml").write_text(SUMMARY_FLAG)
     result = validate(root, load_config(root))
     path = work / "state.db"
     store = LocalStore(path)
-    plan = build_plan(encode(result.tree), store, git_commit=None, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    plan = build_plan(encode(result.tree), store, git_commit=None, now=now)
     apply_plan(plan, store, actor="bench", now=lambda: datetime.now(UTC))
+    # The rollout controller holds bedrock_gradual_rollout at 30%, as after two healthy steps.
+    held = Entry(RAMPING, 30.0, now, step=2).to_item()
+    record = {"strategies": {"bedrock_gradual_rollout": held}, "version": 1}
+    store.write_control(CONTROLLER_ID, record, 0, None)
     store.close()
     return path
 
@@ -66,8 +88,16 @@ class CountingSink:
 
 
 def request_path(path: Path, calls: int) -> dict[str, dict[str, float]]:
-    contexts = [{"user_id": f"user-{i}", "request_type": "vc_analysis"} for i in range(calls)]
+    # In vc_bedrock_live's supported markets, so the rollout's 30% decides each user's cohort.
+    contexts = [
+        {"user_id": f"user-{i}", "request_type": WATCHED, "country": "DE", "plan": "pro"}
+        for i in range(calls)
+    ]
+    unwatched = [{**c, "request_type": UNWATCHED} for c in contexts]
     flags = FlagClient(SQLiteSource(path), background=False, telemetry=None)
+    assert flags.snapshot is not None
+    assert not flags.snapshot.watched.get(UNWATCHED)
+    assert flags.snapshot.watched.get(WATCHED) == ("vc_bedrock_live",)
     lock, counts = threading.Lock(), Counter[str]()
 
     def floor(_: dict[str, Any]) -> None:
@@ -80,12 +110,17 @@ def request_path(path: Path, calls: int) -> dict[str, dict[str, float]]:
             lambda c: flags.record_request_cost("vc_analysis", 1500, 0.08, c), contexts
         ),
         "record_ai_success": measure(
+            lambda c: flags.record_ai_success(c, 840.0, 0.08, 0.9, 1500), unwatched
+        ),
+        "record_ai_success, watched by a gated rollout": measure(
             lambda c: flags.record_ai_success(c, 840.0, 0.08, 0.9, 1500), contexts
         ),
         "should_allow_request, within budget": measure(
             lambda c: flags.should_allow_request("vc_analysis", 0.05, c), contexts
         ),
     }
+    cohorts = Counter(flags.decide("vc_bedrock_live", c).enabled for c in contexts[:10_000])
+    assert 0.25 < cohorts[True] / sum(cohorts.values()) < 0.35, cohorts  # the controller's 30%
     flags.close()  # nothing of the above is flushed: its spend would shut everything down
     store = LocalStore(path)
     flags = FlagClient(SQLiteSource(path), background=False)

@@ -878,10 +878,17 @@ def test_bad_outcomes_are_counted_not_recorded(applied: Path) -> None:
     store = LocalStore(applied)
     assert stored(store) == {"cost:vc_analysis": (1, 10_000), "tokens:vc_analysis": (1, 10)}
     [ops] = {s.bucket for s in shards_of(store)} - {BUCKET}
+    # vc_bedrock_live's gated rollout watches vc_analysis: the context (no country) is outside
+    # its targeting, so every call is in the cohort without the feature; spend only where the
+    # cost itself was recorded.
     assert stored(store, ops) == {
         "outcome:vc_analysis": (5, 2),  # five calls, two failed
         "quality:vc_analysis": (1, 0.9),
         "latency:vc_analysis": (1, 120.0),
+        "rollout:vc_bedrock_live:out": (5, 2),
+        "rollout_quality:vc_bedrock_live:out": (1, 0.9),
+        "rollout_cost:vc_bedrock_live:out": (1, 10_000),  # as cost:vc_analysis
+        "rollout_latency:vc_bedrock_live:out:28": (1, 120.0),  # 2**(27/4) < 120 <= 2**(28/4)
     }
     client.close()
     store.close()

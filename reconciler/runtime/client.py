@@ -354,6 +354,16 @@ class FlagClient:
         user_context: Mapping[str, Any] | None = None,
     ) -> None:
         """Record what one AI call cost. Bad values are counted in ``health()``, not recorded."""
+        self._record_cost(request_type, tokens, cost_usd, user_context)
+
+    def _record_cost(
+        self,
+        request_type: str,
+        tokens: int,
+        cost_usd: float | Decimal,
+        user_context: Mapping[str, Any] | None,
+    ) -> int | None:
+        """The micro-dollars recorded, or None when nothing was."""
         try:
             if type(cost_usd) is float and 0 <= cost_usd <= MAX_CALL_USD:  # the common case
                 micros: int | None = round(cost_usd * 1_000_000)
@@ -371,8 +381,10 @@ class FlagClient:
                 if user_context is None:
                     self.recorder.warn("missing_context")  # recorded: the spend is real
                 self.recorder.record_cost(request_type, tokens, micros)
+                return micros
         except Exception:  # the promise: nothing reaches the caller
             self.recorder.reject("internal")
+        return None
 
     def _may_record(self, request_type: Any) -> bool:
         """A request type no flag or budget names: refused (and counted) as a typo would be,
@@ -456,14 +468,9 @@ class FlagClient:
             request_type = self._known_type(request_context)
             if request_type is None:
                 return
-            self.record_request_cost(request_type, tokens or 0, cost_usd, request_context)
+            micros = self._record_cost(request_type, tokens or 0, cost_usd, request_context)
             self._outcome(
-                request_type,
-                False,
-                response_time_ms,
-                quality_score,
-                request_context,
-                cost_usd=cost_usd,
+                request_type, False, response_time_ms, quality_score, request_context, micros=micros
             )
         except Exception:
             self.recorder.reject("internal")
@@ -501,7 +508,7 @@ class FlagClient:
         quality: Any,
         context: Mapping[str, Any],
         *,
-        cost_usd: Any = None,
+        micros: int | None = None,
     ) -> None:
         if response_time_ms is not None and not _finite(response_time_ms, minimum=0):
             self.recorder.reject("invalid_response_time")
@@ -509,21 +516,24 @@ class FlagClient:
         if quality is not None and not _finite(quality):
             self.recorder.reject("invalid_quality")
             quality = None
-        self.recorder.record_outcome(request_type, failed, response_time_ms, quality)
         snapshot = self._snapshot
         watched = snapshot.watched.get(request_type) if snapshot is not None else None
-        if watched:  # the health of the rollouts this request type tells of, by cohort
-            micros = _micros(cost_usd) if cost_usd is not None else None
-            for flag in watched:
-                decision = evaluate(snapshot, flag, context, self.clock)
-                self.recorder.record_rollout(
-                    flag,
-                    IN if decision.enabled else OUT,
-                    failed=failed,
-                    response_time_ms=response_time_ms,
-                    quality=quality,
-                    micros=micros,
-                )
+        if not watched:
+            self.recorder.record_outcome(request_type, failed, response_time_ms, quality)
+            return
+        # The health of the rollouts this request type tells of: the user's cohort in each.
+        cohorts = [
+            (flag, IN if evaluate(snapshot, flag, context, self.clock).enabled else OUT)
+            for flag in watched
+        ]
+        self.recorder.record_outcome(
+            request_type,
+            failed,
+            response_time_ms,
+            quality,
+            cohorts=cohorts,
+            micros=micros,
+        )
 
     def health(self) -> Health:
         """What recording and refreshing have done: counts of records, rejects, flushes."""

@@ -29,6 +29,7 @@ from reconciler.runtime.telemetry import (
     COST,
     EXPOSURES,
     LATENCY,
+    LATENCY_BINS,
     METRIC,
     OUTCOME,
     QUALITY,
@@ -92,6 +93,16 @@ class Health:
     last_flush_at: str | None = None
 
 
+@dataclass(frozen=True)
+class CohortNames:
+    """The series of one rollout cohort (``telemetry.rollout_series``), latency per bin."""
+
+    outcome: str
+    latency: tuple[str, ...]
+    cost: str
+    quality: str
+
+
 class Recorder:
     """In-process aggregates of cost and outcomes, flushed in the background."""
 
@@ -122,7 +133,7 @@ class Recorder:
         self._series_count = 0
         self._bucket_cost: dict[str, int] = {}
         self._names: dict[str, tuple[str, ...]] = {}
-        self._rollout_names: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._rollout_names: dict[tuple[str, str], CohortNames] = {}
         self._ends: dict[str, float] = {}  # bucket -> the epoch second its time is over
         self._dirty: set[str] = set()
         self._changes: dict[str, Totals] = {}
@@ -179,7 +190,13 @@ class Recorder:
         failed: bool,
         response_time_ms: float | None,
         quality: float | None,
+        *,
+        cohorts: Sequence[tuple[str, str]] = (),
+        micros: int | None = None,
     ) -> None:
+        """An AI call's outcome for its request type and, for the rollouts watching it, in
+        each of ``cohorts`` ((flag, ``in`` or ``out``): errors, the response time's histogram
+        bin, ``micros`` spent and quality), under one lock."""
         now = self.clock()
         if now >= self._next_ops_roll:
             self._roll_ops(now)
@@ -188,11 +205,25 @@ class Recorder:
         outcome, latency, score = names[2], names[3], names[4]
         failure = 1 if failed else 0
         changes = self.metrics is not None
-        wanted = (
-            (outcome,)
-            + ((latency,) if response_time_ms is not None else ())
-            + ((score,) if quality is not None else ())
-        )
+        wanted = [outcome]
+        if response_time_ms is not None:
+            wanted.append(latency)
+        if quality is not None:
+            wanted.append(score)
+        rollout: list[tuple[str, str | None, str, str]] = []
+        if cohorts:
+            slot = latency_bin(response_time_ms) if response_time_ms is not None else None
+            for key in cohorts:
+                cohort = self._cohort_names(key)
+                times = cohort.latency[slot] if slot is not None else None
+                rollout.append((cohort.outcome, times, cohort.cost, cohort.quality))
+                wanted.append(cohort.outcome)
+                if times is not None:
+                    wanted.append(times)
+                if micros is not None:
+                    wanted.append(cohort.cost)
+                if quality is not None:
+                    wanted.append(cohort.quality)
         with self._lock:
             if not self._room((bucket,), wanted):
                 return
@@ -201,6 +232,14 @@ class Recorder:
                 self._add(bucket, latency, response_time_ms)
             if quality is not None:
                 self._add(bucket, score, quality)
+            for counted, times, spent, scored in rollout:
+                self._add(bucket, counted, failure)
+                if times is not None and response_time_ms is not None:
+                    self._add(bucket, times, response_time_ms)
+                if micros is not None:
+                    self._add(bucket, spent, micros)
+                if quality is not None:
+                    self._add(bucket, scored, quality)
             if changes:
                 self._change(outcome, failure)
                 if response_time_ms is not None:
@@ -210,46 +249,16 @@ class Recorder:
             self.health.recorded += 1
             self.health.unflushed += 1
 
-    def record_rollout(
-        self,
-        flag: str,
-        cohort: str,
-        *,
-        failed: bool,
-        response_time_ms: float | None,
-        quality: float | None,
-        micros: int | None,
-    ) -> None:
-        """An outcome of a request of a flag's rollout cohort (``in`` or ``out``), for the
-        rollout controller's health checks (only when the values are valid: the caller's)."""
-        now = self.clock()
-        if now >= self._next_ops_roll:
-            self._roll_ops(now)
-        bucket = self._ops_bucket
-        key = (flag, cohort)
-        names = self._rollout_names.get(key)
-        if names is None:
-            names = rollout_series(flag, cohort)
+    def _cohort_names(self, key: tuple[str, str]) -> CohortNames:
+        """A rollout cohort's series names, made once (the latency bins' names too)."""
+        found = self._rollout_names.get(key)
+        if found is None:
+            outcome, latency, cost, quality = rollout_series(*key)
+            bins = tuple(f"{latency}:{k}" for k in range(LATENCY_BINS))
+            found = CohortNames(outcome, bins, cost, quality)
             if len(self._rollout_names) < self.max_series:
-                self._rollout_names[key] = names
-        outcome, latency, cost, score = names
-        wanted = [outcome]
-        if response_time_ms is not None:
-            wanted.append(f"{latency}:{latency_bin(response_time_ms)}")
-        if micros is not None:
-            wanted.append(cost)
-        if quality is not None:
-            wanted.append(score)
-        with self._lock:
-            if not self._room((bucket,), wanted):
-                return
-            self._add(bucket, outcome, 1 if failed else 0)
-            if response_time_ms is not None:
-                self._add(bucket, wanted[1], response_time_ms)
-            if micros is not None:
-                self._add(bucket, cost, micros)
-            if quality is not None:
-                self._add(bucket, score, quality)
+                self._rollout_names[key] = found
+        return found
 
     def expose(self, key: str, variant: str, unit: str) -> None:
         """A decision assigned ``variant`` of the experiment recorded under ``key``."""

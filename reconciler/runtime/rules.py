@@ -37,11 +37,25 @@ def attribute_getter(path: str) -> Callable[[Context], Any]:
 def compile_condition(condition: Mapping[str, Any]) -> Predicate:
     """A predicate for one condition (as stored: attribute conditions, all, any, not)."""
     if "all" in condition:
-        parts = [compile_condition(c) for c in condition["all"]]
-        return lambda context: all(p(context) for p in parts)
+        parts = tuple(compile_condition(c) for c in condition["all"])
+
+        def every(context: Context) -> bool:
+            for part in parts:  # noqa: SIM110 - a loop, not all(<generator>): the hot path
+                if not part(context):
+                    return False
+            return True
+
+        return every
     if "any" in condition:
-        options = [compile_condition(c) for c in condition["any"]]
-        return lambda context: any(p(context) for p in options)
+        options = tuple(compile_condition(c) for c in condition["any"])
+
+        def some(context: Context) -> bool:
+            for option in options:  # noqa: SIM110 - as above
+                if option(context):
+                    return True
+            return False
+
+        return some
     if "not" in condition:
         inner = compile_condition(condition["not"])
         return lambda context: not inner(context)
@@ -85,10 +99,11 @@ def _operator(name: str, expected: Any, values: Any) -> Callable[[Any], bool]:
         if name == "in":
             return contained
         return lambda value: not contained(value)
-    if name == "equals":
-        return lambda value: _key(value) == _key(expected)
-    if name == "not_equals":
-        return lambda value: _key(value) != _key(expected)
+    if name in ("equals", "not_equals"):
+        wanted = _key(expected)
+        if name == "equals":
+            return lambda value: _key(value) == wanted
+        return lambda value: _key(value) != wanted
     if name == "matches":
         pattern = re.compile(expected)
         return lambda value: isinstance(value, str) and pattern.search(value) is not None
