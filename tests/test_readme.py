@@ -203,3 +203,57 @@ def test_new_experiment_example(example_tree: Path, monkeypatch: pytest.MonkeyPa
 
 def _sh_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_rollout_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's rollout walk-through: right after the apply, `controller rollout` shows the
+    example complete; started again at the current hour (the README's sed, run here), applied
+    and run, it shows the ramp at 10% with its checks and the next step (times aside)."""
+    import contextlib
+    import io
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler.cli.boundary import run
+    from reconciler.cli.controller import controller
+
+    monkeypatch.chdir(example_tree)
+    assert invoke("--apply", ".", "--yes")[0] == 0
+
+    def rollout() -> list[str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert run(controller, ["rollout"]) == 0
+        return out.getvalue().splitlines()
+
+    first = (
+        "bedrock_gradual_rollout → vc_bedrock_live (percentage): complete at 100% since "
+        "2025-01-18 10:00 UTC"
+    )
+    assert rollout() == [first, *_block_after(first)]
+    [sed, commands] = next(b for b in _sh_blocks() if b.startswith("sed -i.bak")).splitlines()
+    assert subprocess.run(["sh", "-c", sed], check=False).returncode == 0
+    assert commands == "reconcile --apply --yes && controller run && controller rollout"
+    assert invoke("--apply", ".", "--yes")[0] == 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert run(controller, ["run"]) == 0
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    shown = "\n".join(
+        [
+            "bedrock_gradual_rollout → vc_bedrock_live (percentage): ramping at 10% since "
+            "2026-12-01 15:00 UTC",
+            *_block_after(
+                "bedrock_gradual_rollout → vc_bedrock_live (percentage): ramping at 10% since "
+                "2026-12-01 15:00 UTC"
+            ),
+        ]
+    )
+    expected = (
+        shown.replace("2026-12-01 15:00", hour.strftime("%Y-%m-%d %H:%M"))
+        .replace("2026-12-02 15:00", (hour + timedelta(days=1)).strftime("%Y-%m-%d %H:%M"))
+        .replace("15:03", datetime.now(UTC).strftime("%H:%M"))
+    )
+    produced = rollout()
+    assert [re.sub(r"last run \d\d:\d\d", "", x) for x in produced] == [
+        re.sub(r"last run \d\d:\d\d", "", x) for x in expected.splitlines()
+    ]

@@ -136,21 +136,21 @@ def test_a_canary_is_promoted_only_after_its_minimum_duration_with_its_criteria_
 def test_operators_outrank_the_checks() -> None:
     entry = step(None, START, Window(5000, 50)).entry
     at = START + timedelta(hours=1)
-    paused = step(entry, at, Window(5000, 50), action=Action("pause", at, "ana", "look")).entry
+    paused = step(entry, at, Window(5000, 50), actions=[Action("pause", at, "ana", "look")]).entry
     assert (paused.state, paused.percentage) == (PAUSED, 10)
     later = START + timedelta(days=3)
     assert step(paused, later, Window(5000, 50)).entry.percentage == 10  # no steps while paused
     aborted = step(
-        paused, later, Window(5000, 50), action=Action("abort", later, "ana", "tickets")
+        paused, later, Window(5000, 50), actions=[Action("abort", later, "ana", "tickets")]
     ).entry
     assert (aborted.state, aborted.percentage) == (ROLLED_BACK, 0)
     back = later + timedelta(hours=1)
     resumed = step(
-        aborted, back, Window(5000, 50), action=Action("resume", back, "ana", "fixed", epoch=1)
+        aborted, back, Window(5000, 50), actions=[Action("resume", back, "ana", "fixed", epoch=1)]
     ).entry
     assert (resumed.state, resumed.percentage, resumed.epoch) == (RAMPING, 10, 1)  # from the start
     jump = back + timedelta(minutes=5)
     promoted = step(
-        resumed, jump, Window(5000, 50), action=Action("promote", jump, "ana", "ready")
+        resumed, jump, Window(5000, 50), actions=[Action("promote", jump, "ana", "ready")]
     ).entry
     assert promoted.percentage == 20

@@ -90,6 +90,7 @@ configuration:
   percentage: 10
   increment_percentage: 10
   increment_interval_hours: 24
+  start_time: "{start}"
 health_checks:
   - check_name: grounded_answers
     check_type: custom_metric
@@ -108,7 +109,9 @@ def test_a_custom_metric_rolls_a_rollout_back(
 ) -> None:
     path = example_tree / "state.db"
     monkeypatch.setenv("RECONCILER_STATE_PATH", str(path))
-    (example_tree / "rollouts.d" / "bedrock_gradual_rollout.yaml").write_text(STRATEGY)
+    start = (NOW - timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest = STRATEGY.replace("{start}", start)
+    (example_tree / "rollouts.d" / "bedrock_gradual_rollout.yaml").write_text(manifest)
     assert invoke("--apply", str(example_tree), "--yes")[0] == 0
     store = LocalStore(path)
     source = CloudWatchReader(cloudwatch)

@@ -53,51 +53,51 @@ CANARY = Strategy(
 @given(st.integers(min_value=-100, max_value=24 * 20))
 def test_an_ungated_schedule_is_a_function_of_time(hours: int) -> None:
     now = START + timedelta(hours=hours, minutes=30)
-    served = serve(RAMP, None, None, now)
+    served = serve(RAMP, None, (), now)
     if hours < 0:
         assert (served.state, served.percentage) == (SCHEDULED, 0)
     else:
         assert served.percentage == min(100, 10 + 10 * (hours // 24))
         assert served.state == (COMPLETE if hours >= 9 * 24 else RAMPING)
-    assert valid_until(RAMP, served, None) > now
+    assert valid_until(RAMP, None, (), served) > now
 
 
 def test_an_ungated_canary_moves_through_its_stages_by_their_minimum_durations() -> None:
-    stages = [serve(CANARY, None, None, START + timedelta(hours=h)).stage for h in (0, 11, 12, 35)]
+    stages = [serve(CANARY, None, (), START + timedelta(hours=h)).stage for h in (0, 11, 12, 35)]
     assert stages == ["canary", "canary", "half", "half"]
-    assert serve(CANARY, None, None, START + timedelta(hours=36)).percentage == 100
+    assert serve(CANARY, None, (), START + timedelta(hours=36)).percentage == 100
 
 
 def test_a_gated_strategy_follows_its_schedule_until_the_controller_judges_it() -> None:
     gated = Strategy("ramp", "f", "percentage", 10, 10, 24, 100, start=START, gated=True)
-    unseen = serve(gated, None, None, START + timedelta(days=2, hours=1))
+    unseen = serve(gated, None, (), START + timedelta(days=2, hours=1))
     assert (unseen.percentage, unseen.reason) == (30, NOT_WATCHED)
     # Once the controller has an entry, only it moves the share: time alone does not.
     entry = Entry(RAMPING, 30, START + timedelta(days=2))
-    later = serve(gated, entry, None, START + timedelta(days=9))
+    later = serve(gated, entry, (), START + timedelta(days=9))
     assert later.percentage == 30
-    assert valid_until(gated, later, None) == datetime.max.replace(tzinfo=UTC)
+    assert valid_until(gated, entry, (), later) == datetime.max.replace(tzinfo=UTC)
 
 
 def test_an_operators_action_applies_before_the_controller_has_seen_it() -> None:
     entry = Entry(RAMPING, 30, START + timedelta(days=2), step=2)
     at = START + timedelta(days=2, hours=3)
     pause = Action("pause", at, "ana", "tickets", percentage=30)
-    before = serve(RAMP, entry, pause, at - timedelta(seconds=1))
+    before = serve(RAMP, entry, [pause], at - timedelta(seconds=1))
     assert before.state == RAMPING  # written for a later time: not yet
-    paused = serve(RAMP, entry, pause, at + timedelta(days=5))
+    paused = serve(RAMP, entry, [pause], at + timedelta(days=5))
     assert (paused.state, paused.percentage) == (PAUSED, 30)  # no steps while paused
     abort = Action("abort", at, "ana", "tickets")
-    assert serve(RAMP, entry, abort, at).percentage == 0
+    assert serve(RAMP, entry, [abort], at).percentage == 0
     # The controller took the abort into account: the same action is not applied again.
     back = Entry(ROLLED_BACK, 0, at, step=2, acted=at)
     resumed_at = at + timedelta(hours=1)
     resume = Action("resume", resumed_at, "ana", "fixed", epoch=1)
-    restarted = serve(RAMP, back, resume, resumed_at + timedelta(hours=25))
+    restarted = serve(RAMP, back, [resume], resumed_at + timedelta(hours=25))
     assert (restarted.state, restarted.percentage, restarted.epoch) == (RAMPING, 20, 1)
     assert restarted.since == resumed_at + timedelta(hours=24)  # from the resume, by time
     seen = Entry(RAMPING, 40, at, step=3, acted=resumed_at)
-    assert serve(RAMP, seen, resume, resumed_at).percentage == 40
+    assert serve(RAMP, seen, [resume], resumed_at).percentage == 40
 
 
 def test_an_unreadable_entry_is_ignored_not_raised() -> None:
@@ -168,7 +168,7 @@ def test_the_same_users_come_back_after_a_rollback_and_a_resume() -> None:
     assert users_on(with_rollout_states(snapshot, back), back_at) == set()
     resumed_at = back_at + timedelta(hours=1)
     resume = Action("resume", resumed_at, "ana", "fixed", epoch=1)
-    resumed = with_rollout_states(snapshot, RolloutStates(back.entries, {"ramp": resume}))
+    resumed = with_rollout_states(snapshot, RolloutStates(back.entries, {"ramp": (resume,)}))
     first = users_on(resumed, resumed_at)
     assert first < had  # the first step's users: every one of them had it before
     ramped = RolloutStates({"ramp": Entry(RAMPING, 30, resumed_at, step=2, acted=resumed_at)})
@@ -228,3 +228,24 @@ def test_outcomes_are_recorded_per_cohort_of_a_watched_rollout() -> None:
     client.close()
     recorder: Recorder = client.recorder
     assert recorder.health.rejected == {}
+
+
+def test_actions_between_controller_runs_all_count_in_order() -> None:
+    entry = Entry(RAMPING, 20, START + timedelta(days=1), step=1)
+    paused_at, resumed_at = START + timedelta(days=1, hours=2), START + timedelta(days=4)
+    actions = [
+        Action("pause", paused_at, "ana", "look", percentage=20),
+        Action("resume", resumed_at, "ana", "fine", epoch=1),
+    ]
+    # Not the schedule's 50% of day four: paused days do not count, the ramp goes on from 20%.
+    assert serve(RAMP, entry, actions, resumed_at + timedelta(hours=1)).percentage == 20
+    assert serve(RAMP, entry, actions, resumed_at + timedelta(hours=25)).percentage == 30
+    aborted = [
+        Action("abort", paused_at, "ana", "bad"),
+        Action("resume", resumed_at, "ana", "fixed", epoch=1),
+    ]
+    assert serve(RAMP, entry, aborted, resumed_at + timedelta(hours=1)).percentage == 10
+    promoted = [Action("promote", paused_at, "ana", "ready")]
+    # A promote moves on from where the schedule is at its moment, then the schedule goes on.
+    assert serve(RAMP, entry, promoted, paused_at).percentage == 30
+    assert serve(RAMP, entry, promoted, paused_at + timedelta(hours=24)).percentage == 40

@@ -16,7 +16,10 @@ from reconciler import breakglass as core
 from reconciler.api import make_server
 from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context
+from reconciler.controllers.rollout_report import OPERATOR, read_status
+from reconciler.controllers.rollout_report import held as held_rollouts
 from reconciler.errors import ExitCode, UserError
+from reconciler.render import rollout as rollout_render
 from reconciler.runtime.client import FlagClient, utc_now
 from reconciler.runtime.sources import DynamoDBSource, SnapshotSource, SQLiteSource
 from reconciler.state.dynamodb import DynamoDBStore
@@ -178,6 +181,17 @@ def restore(
     return ExitCode.CLEAN
 
 
+def _others(entry: dict[str, Any]) -> list[str]:
+    """The rollouts and experiments an audit entry of the overrides record changed (an
+    operator's pause, abort, resume or promote; an experiment's stop or resume)."""
+    before, after = entry.get("before") or {}, entry.get("after") or {}
+    touched = []
+    for key, what in (("rollouts", "rollout"), ("experiments", "experiment")):
+        old, new = before.get(key) or {}, after.get(key) or {}
+        touched += [f"{what} {n}" for n in sorted({*old, *new}) if old.get(n) != new.get(n)]
+    return touched
+
+
 def _selector(entry: core.Active) -> str:
     return "--all" if entry.target == core.GLOBAL else f"--flag {entry.target}"
 
@@ -196,12 +210,15 @@ def _hold(hold: core.CostHold) -> str:
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
 @_store_options
 def status(history: bool, output_format: str, root: Path, backend: str | None) -> int:
-    """What is shut down now (and, with --history, who shut down or restored what, when)."""
+    """What is shut down now, what the cost guard holds, and where each rollout is (held by an
+    operator or the rollout controller, its share and next step); with --history, who shut
+    down, restored, paused or resumed what, when."""
     store = make_context(root, backend, "").open_store()
     try:
         now = utc_now()
         held = core.active(store, now)
         guard = core.cost_holds(store, now)
+        rollouts = read_status(store, now)
         trail = store.read_audit(OVERRIDES_RECORD) if history else []
     finally:
         store.close()
@@ -228,19 +245,30 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
                 {"flag": h.flag, "state": h.state, "budget": h.budget, "until": h.until}
                 for h in guard
             ],
+            "rollouts": [rollout_render.status_json(r) for r in rollouts.rollouts],
         }
         click.echo(json.dumps(document, indent=2))
         return ExitCode.CLEAN
+    stopped = held_rollouts(rollouts)
     if not held:
-        decides = "git's configuration decides" if not guard else "no operator holds anything"
+        if any(r.held_by == OPERATOR for r in stopped):
+            decides = "an operator holds a rollout (below)"
+        elif guard or stopped:
+            decides = "no operator holds anything"
+        else:
+            decides = "git's configuration decides"
         click.echo(f"No shutdown in force: {decides}.")
     for entry in held:
         click.echo(_describe(entry))
     for hold in guard:
         click.echo(f"Held by the cost guard: {_hold(hold)} (see `controller cost`)")
+    for rollout in [*stopped, *(r for r in rollouts.rollouts if r not in stopped)]:
+        click.echo(rollout_render.one_line(rollout, now))
+    for error in rollouts.errors:
+        click.echo(f"Rollout not readable: {error}")
     for event in trail:
         action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
-        what = _what(core.scope(event))
+        what = _what(core.scope(event) or _others(event))
         click.echo(f"{event.get('at')}  {action:<8} {what} by {actor}: {why}")
     return ExitCode.CLEAN
 

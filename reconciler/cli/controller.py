@@ -1,5 +1,7 @@
 """``controller``: the feedback loops. ``run`` runs every controller once (or ``--watch``es);
-``cost`` prints the cost report."""
+``cost`` prints the cost report, ``experiment`` an experiment's analysis and ``rollout`` where
+the rollouts are (``reconciler.cli.rollout``, with the operators' pause, resume, abort and
+promote)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from reconciler import __version__, experiment_operators
 from reconciler.breakglass import default_operator
 from reconciler.cli.boundary import run
 from reconciler.cli.new_experiment import new_experiment_command
+from reconciler.cli.rollout import ROLLOUT_COMMANDS
 from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
 from reconciler.controllers.analyser_run import (
@@ -26,10 +29,13 @@ from reconciler.controllers.analyser_run import (
     analyse_experiment,
 )
 from reconciler.controllers.report import as_json, collect
+from reconciler.controllers.rollout_run import CONTROLLER_RECORD, RolloutRun
 from reconciler.controllers.run import GUARD_RECORD, GuardRun, Publisher, run_once
 from reconciler.errors import ExitCode, ReconcilerError
 from reconciler.render import experiment as experiment_render
+from reconciler.render import rollout as rollout_render
 from reconciler.render.cost import render_markdown, render_text
+from reconciler.rollout_operators import AUDIT_ACTIONS
 from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
 from reconciler.runtime.experiment_state import (
@@ -59,11 +65,13 @@ _root_option = click.option(
 @click.version_option(__version__, prog_name="controller")
 @click.pass_context
 def controller(ctx: click.Context) -> None:
-    """The controllers that close the feedback loops: the cost guard and the experiment
-    analyser.
+    """The controllers that close the feedback loops: the cost guard, the rollout controller
+    and the experiment analyser.
 
     They read the services' telemetry and write controller state that every runtime client
-    honours within its override poll: above git, below break-glass.
+    honours within its override poll: above git, below break-glass. Operators can stop and
+    resume an experiment, and pause, resume, abort or promote a rollout, above the
+    controllers.
     """
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
@@ -98,9 +106,11 @@ def _analyser_summary(result: AnalyserRun) -> list[str]:
     return lines
 
 
-def _summary(result: GuardRun | AnalyserRun) -> list[str]:
+def _summary(result: GuardRun | AnalyserRun | RolloutRun) -> list[str]:
     if isinstance(result, AnalyserRun):
         return _analyser_summary(result)
+    if isinstance(result, RolloutRun):
+        return rollout_render.render_run(result)
     if not result.budgets:
         return [
             "cost guard: no budgets in the store (no CostThreshold, no flag with a "
@@ -129,7 +139,9 @@ def _summary(result: GuardRun | AnalyserRun) -> list[str]:
     return lines
 
 
-def _json(result: GuardRun | AnalyserRun) -> dict[str, object]:
+def _json(result: GuardRun | AnalyserRun | RolloutRun) -> dict[str, object]:
+    if isinstance(result, RolloutRun):
+        return rollout_render.run_json(result)
     if isinstance(result, AnalyserRun):
         return {
             "controller": "experiment_analyser",
@@ -159,8 +171,9 @@ def _json(result: GuardRun | AnalyserRun) -> dict[str, object]:
     epilog="""\b
 Examples:
   controller run                         # once: for cron, EventBridge, a CI schedule
-  controller run --watch --interval 15   # a loop: the cost guard every 15 seconds,
-                                         # the experiment analyser every 5 minutes
+  controller run --watch --interval 15   # a loop: the cost guard and the rollout controller
+                                         # every 15 seconds, the experiment analyser every
+                                         # 5 minutes
   COST_ALERTS_TOPIC_ARN=arn:aws:sns:... controller run
 """,
 )
@@ -395,7 +408,7 @@ def experiment_command(
     return ExitCode.CLEAN
 
 
-OPERATOR_ACTIONS = ("experiment-stop", "experiment-resume")
+OPERATOR_ACTIONS = ("experiment-stop", "experiment-resume", *AUDIT_ACTIONS.values())
 _reason_option = click.option("--reason", required=True, help="Why, for the audit trail.")
 _by_option = click.option(
     "--by", default=default_operator, help="Who is acting (default: the login name)."
@@ -449,6 +462,8 @@ def experiment_resume_command(
 
 
 controller.add_command(new_experiment_command)
+for _command in ROLLOUT_COMMANDS:
+    controller.add_command(_command)
 
 
 @controller.command("history")
@@ -457,8 +472,8 @@ controller.add_command(new_experiment_command)
 @_store_option
 @_root_option
 def history_command(limit: int, output_format: str, backend: str | None, root: Path) -> int:
-    """The controllers' state changes and operators' experiment stops and resumes, newest
-    first: who went from what to what, and why."""
+    """The controllers' state changes and operators' experiment stops and resumes and rollout
+    pauses, resumes, aborts and promotes, newest first: who went from what to what, and why."""
     store = make_context(root, backend, "").open_store()
     try:
         operators = [
@@ -470,6 +485,7 @@ def history_command(limit: int, output_format: str, backend: str | None, root: P
             [
                 *store.read_audit(GUARD_RECORD, limit=limit),
                 *store.read_audit(ANALYSER_RECORD, limit=limit),
+                *store.read_audit(CONTROLLER_RECORD, limit=limit),
                 *operators,
             ],
             key=lambda e: str(e.get("at", "")),

@@ -112,7 +112,7 @@ class CheckResult:
 
     def describe(self) -> str:
         unit = _unit(self.check.check_type)
-        value = "n/a" if self.value is None else f"{self.value:.4g}{unit}"
+        value = f"{self.value:.4g}{unit}" if self.value is not None else ""
         base = "" if self.baseline is None else f", users without it {self.baseline:.4g}{unit}"
         need = f" (needs {self.check.min_samples})" if self.outcome == INSUFFICIENT else ""
         bound = f"{_words(self.check.comparison)} {self.check.threshold:g}{unit}"
@@ -125,8 +125,17 @@ class CheckResult:
         if metric is not None:
             what, counted = f"{metric.namespace}/{metric.name} {metric.statistic}", "samples"
         note = f" ({self.note})" if self.note else ""
+        if self.check.action is not None:  # a rollback condition: met (acts) or not met
+            state = {PASS: "not met", FAIL: "met"}.get(self.outcome, self.outcome)
+            measured = f"{what} {value}" if self.value is not None else f"no {what}"
+            trigger = f"{_words(self.check.comparison)} {self.check.threshold:g}{unit}"
+            return (
+                f"{self.check.name}: {state}: {measured} over {self.check.window_minutes} min, "
+                f"{self.samples} {counted}{need}{base}{note} (triggers when {trigger})"
+            )
+        measured = f"{what} {value} {bound}" if self.value is not None else f"no {what}"
         return (
-            f"{self.check.name}: {self.outcome}: {what} {value} {bound} over "
+            f"{self.check.name}: {self.outcome}: {measured} over "
             f"{self.check.window_minutes} min, {self.samples} {counted}{need}{base}{note}"
         )
 

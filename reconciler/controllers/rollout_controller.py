@@ -30,10 +30,10 @@ from reconciler.runtime.rollout_state import (
     Stage,
     Strategy,
     advance,
+    apply_actions,
     first_entry,
     pending,
     strategy_from_item,
-    with_action,
 )
 
 __all__ = [
@@ -69,15 +69,18 @@ def decide(
     checks: Sequence[CheckResult],
     conditions: Sequence[CheckResult],
     promotion: Sequence[CheckResult] = (),
-    action: Action | None = None,
+    actions: Sequence[Action] = (),
     now: datetime,
 ) -> Decision:
-    entry = previous or first_entry(strategy, now)
     results = (*checks, *conditions, *promotion)
+    if pending(previous, actions, now):  # operators decide, whatever the checks say
+        moved, moves = apply_actions(strategy, previous, actions, now)
+        said = [_said(strategy, action, before, after) for action, before, after in moves]
+        words = "; ".join(s for s in said if s)
+        return Decision(moved, words or None, bool(words), results)
+    entry = previous or first_entry(strategy, now)
     if entry.state == SCHEDULED and (strategy.start is None or now >= strategy.start):
         entry = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
-    if pending(previous, action) and action is not None and action.at <= now:
-        return replace(_operator(strategy, entry, action, now), results=results)
     if entry.state in (*STOPPED_STATES, SCHEDULED):
         return Decision(entry, results=results)  # until a person resumes it (or its start)
     if not strategy.gated:
@@ -140,22 +143,20 @@ def _due(strategy: Strategy, entry: Entry, promotion: Sequence[CheckResult], now
     return not any(r.outcome == FAIL for r in promotion)
 
 
-def _operator(strategy: Strategy, entry: Entry, action: Action, now: datetime) -> Decision:
-    """An operator's action newer than the state: it decides, whatever the checks say."""
+def _said(strategy: Strategy, action: Action, before: Entry, after: Entry) -> str | None:
+    """What an operator's action did, for the audit and the alert (None: nothing)."""
+    if (after.state, after.percentage, after.stage) == (
+        before.state,
+        before.percentage,
+        before.stage,
+    ):
+        return None  # a resume of a running rollout, a pause of a paused one: noted as seen
     who = f"{action.by}: {action.reason}"
-    if action.action == "promote":
-        if entry.state in (RAMPING, HOLDING) and entry.step < strategy.last_step:
-            forced = strategy.at_step(entry, entry.step + 1, action.at)
-            moved = replace(forced, reason=f"promoted by {who}", acted=action.at)
-            return Decision(
-                moved, f"{strategy.name}: promoted to {forced.percentage:g}% ({who})", True
-            )
-        return Decision(replace(entry, acted=action.at))
-    moved = with_action(strategy, entry, action)
-    if moved.state == entry.state and moved.percentage == entry.percentage:
-        return Decision(moved)  # nothing to do (a resume of a running rollout): noted as seen
     if action.action == "abort":
-        return Decision(moved, f"{strategy.name}: aborted ({who})", True)
+        return f"{strategy.name}: aborted ({who})"
     if action.action == "pause":
-        return Decision(moved, f"{strategy.name}: paused at {moved.percentage:g}% ({who})", True)
-    return Decision(moved, f"{strategy.name}: resumed at {moved.percentage:g}% by {who}", True)
+        return f"{strategy.name}: paused at {after.percentage:g}% ({who})"
+    if action.action == "promote":
+        stage = f" (stage {after.stage})" if after.stage is not None else ""
+        return f"{strategy.name}: promoted to {after.percentage:g}%{stage} ({who})"
+    return f"{strategy.name}: resumed at {after.percentage:g}% by {who}"

@@ -19,12 +19,9 @@ from typing import Any
 from reconciler.controllers.rollout_run import watched_strategies
 from reconciler.errors import UserError
 from reconciler.runtime.rollout_state import (
-    COMPLETE,
     CONTROLLER_ID,
     HOLDING,
-    NOT_WATCHED,
     RAMPING,
-    ROLLED_BACK,
     SCHEDULED,
     STOPPED_STATES,
     Action,
@@ -34,7 +31,6 @@ from reconciler.runtime.rollout_state import (
     entries_from_item,
     pending,
     serve,
-    strategy_from_item,
     valid_until,
 )
 from reconciler.state.records import RecordKind
@@ -52,7 +48,6 @@ class NextStep:
     stage: str | None
     at: datetime  # when it is due (for a gated rollout: at the earliest)
     gated: bool  # taken only if every check passes, at a run of the controller
-    promoted: bool = False  # an operator's promote: taken at the controller's next run
 
 
 @dataclass(frozen=True)
@@ -71,13 +66,14 @@ class RolloutStatus:
     reason: str
     judged: bool  # the controller has written an entry for it
     held_by: str | None  # OPERATOR or CONTROLLER while paused, rolled back or holding
-    action: Action | None  # the operator's last action
-    pending: Action | None  # that action, when the controller has not taken it yet
+    action: Action | None  # the operators' last action
+    pending: Action | None  # the last of those the controller has not taken yet
     checked_at: str | None
     checks: tuple[Mapping[str, Any], ...]  # the controller's last, as it recorded them
     alert: str | None
     next: NextStep | None
     resume_percentage: float | None  # while paused or rolled back: served again on resume
+    resume_restarts: bool = False  # a resume starts it over at its first step
 
     @property
     def watched(self) -> bool:
@@ -106,13 +102,14 @@ class Rollout:
     record: Mapping[str, Any]  # the controller's item for it (checks, checked_at, alert)
 
 
-def build(rollout: Rollout, action: Action | None, now: datetime) -> RolloutStatus:
+def build(rollout: Rollout, actions: Sequence[Action], now: datetime) -> RolloutStatus:
     """A rollout's status at ``now`` (pure)."""
     strategy, entry = rollout.strategy, rollout.entry
-    served = serve(strategy, entry, action, now)
-    waiting = action if pending(entry, action) and action is not None and action.at <= now else None
-    checks = rollout.record.get("checks")
-    stopped = served.state in STOPPED_STATES
+    served = serve(strategy, entry, actions, now)
+    todo = pending(entry, actions, now)
+    waiting = todo[-1] if todo else None
+    action = actions[-1] if actions else None
+    resumed = _resumed(strategy, entry, actions, now) if served.state in STOPPED_STATES else None
     return RolloutStatus(
         strategy=strategy.name,
         flag=strategy.flag,
@@ -129,20 +126,21 @@ def build(rollout: Rollout, action: Action | None, now: datetime) -> RolloutStat
         action=action,
         pending=waiting,
         checked_at=_text(rollout.record.get("checked_at")),
-        checks=tuple(c for c in checks if isinstance(c, Mapping)) if isinstance(checks, list) else (),
+        checks=_checks(rollout.record.get("checks")),
         alert=_text(rollout.record.get("alert")),
-        next=next_step(strategy, served, entry, waiting),
-        resume_percentage=_resumed(strategy, served) if stopped else None,
+        next=next_step(strategy, served, entry, actions),
+        resume_percentage=resumed.percentage if resumed is not None else None,
+        resume_restarts=resumed is not None and resumed.step == 0 and resumed.since == now,
     )
 
 
 def next_step(
-    strategy: Strategy, served: Entry, entry: Entry | None, waiting: Action | None
+    strategy: Strategy, served: Entry, entry: Entry | None, actions: Sequence[Action] = ()
 ) -> NextStep | None:
     """The step after ``served``: none when complete, paused or rolled back (or at the last
     step); at its start for a scheduled one; by time for an ungated schedule or a gated one
     the controller has not judged yet (``valid_until``); else when its wait is over, if every
-    check passes (or at the controller's next run, for an operator's promote)."""
+    check passes."""
     if served.state == SCHEDULED:
         if strategy.start is None:
             return None
@@ -152,21 +150,19 @@ def next_step(
         return None
     due = served.since + strategy.wait(served)
     following = strategy.at_step(served, served.step + 1, due)
-    promoted = waiting is not None and waiting.action == "promote"
-    if promoted:
-        return NextStep(following.percentage, following.stage, due, gated=False, promoted=True)
-    if not strategy.gated or served.reason == NOT_WATCHED or entry is None:
-        due = valid_until(strategy, served, None)
-        return NextStep(following.percentage, following.stage, due, gated=False)
+    if not strategy.gated or entry is None:  # by time, as clients serve it
+        moves = valid_until(strategy, entry, actions, served)
+        at = moves if moves < datetime.max.replace(tzinfo=UTC) else due
+        return NextStep(following.percentage, following.stage, at, gated=False)
     return NextStep(following.percentage, following.stage, due, gated=True)
 
 
-def _resumed(strategy: Strategy, served: Entry) -> float:
-    """What a resume serves: a rolled-back rollout starts over at its first step (the same
-    users first), a paused one goes on from its share."""
-    if served.state == ROLLED_BACK:
-        return strategy.at_step(served, 0, served.since).percentage
-    return served.percentage
+def _resumed(
+    strategy: Strategy, entry: Entry | None, actions: Sequence[Action], now: datetime
+) -> Entry:
+    """What a resume written now serves (as ``serve`` computes it): a rollback starts over at
+    the first step (the same users first), a pause goes on from its share."""
+    return serve(strategy, entry, [*actions, Action("resume", now, "", "")], now)
 
 
 def _held_by(served: Entry, action: Action | None) -> str | None:
@@ -178,6 +174,12 @@ def _held_by(served: Entry, action: Action | None) -> str | None:
     return OPERATOR if by_operator else CONTROLLER
 
 
+def _checks(stored: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(stored, list):
+        return ()
+    return tuple(c for c in stored if isinstance(c, Mapping))
+
+
 def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
@@ -186,25 +188,14 @@ def active_rollouts(store: StateStore) -> tuple[dict[str, Rollout], list[str]]:
     """Every active strategy that drives a flag in the store, as clients read it, with the
     controller's record of it; and the strategies that could not be read."""
     watched, errors = watched_strategies(store)
-    flags = store.read_records(RecordKind.FLAG)
     control = store.read_control(CONTROLLER_ID) or {}
     entries = entries_from_item(control)
     records = control.get("strategies") if isinstance(control.get("strategies"), Mapping) else {}
     found = {}
     for name, seen in watched.items():
-        flag = flags.get(seen.strategy.flag)
-        strategy = seen.strategy
-        if flag is not None and isinstance(flag.item.get("rollout"), Mapping):
-            try:  # as clients read it: the flag's copy, its created_at the start if none
-                strategy = strategy_from_item(
-                    flag.item["rollout"], flag=flag.name, created_at=flag.item.get("created_at")
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                continue
         record = (records or {}).get(name)
         found[name] = Rollout(
-            strategy, entries.get(name), record if isinstance(record, Mapping) else {}
+            seen.strategy, entries.get(name), record if isinstance(record, Mapping) else {}
         )
     return found, errors
 
@@ -238,27 +229,10 @@ def read_status(store: StateStore, now: datetime, name: str | None = None) -> Ro
         rollouts = {name: rollouts[name]}
         errors = []
     actions = actions_from_item((store.read_overrides() or {}).get("rollouts"))
-    statuses = tuple(build(r, actions.get(n), now) for n, r in sorted(rollouts.items()))
+    statuses = tuple(build(r, actions.get(n, ()), now) for n, r in sorted(rollouts.items()))
     return RolloutReport(now, statuses, tuple(errors))
 
 
 def held(report: RolloutReport) -> Sequence[RolloutStatus]:
     """The rollouts an operator or the controller holds: paused, rolled back, holding."""
     return [r for r in report.rollouts if r.held_by is not None]
-
-
-__all__ = [
-    "COMPLETE",
-    "CONTROLLER",
-    "OPERATOR",
-    "NextStep",
-    "Rollout",
-    "RolloutReport",
-    "RolloutStatus",
-    "active_rollouts",
-    "build",
-    "held",
-    "known",
-    "next_step",
-    "read_status",
-]

@@ -167,18 +167,23 @@ def _metric(check: Mapping[str, Any]) -> Metric | None:
 
 
 def watched_strategies(store: StateStore) -> tuple[dict[str, Watched], list[str]]:
-    """The active strategies that drive a flag in the store (the flag's item embeds them)."""
+    """The active strategies that drive a flag in the store: the schedule as clients read it
+    (the ``rollout`` the flag's item embeds, its ``created_at`` the start of a schedule without
+    one), the checks from the strategy's record."""
     driven = {
-        str((r.item.get("rollout") or {}).get("strategy_name")): name
-        for name, r in store.read_records(RecordKind.FLAG).items()
+        str(r.item["rollout"].get("strategy_name")): r
+        for r in store.read_records(RecordKind.FLAG).values()
         if isinstance(r.item.get("rollout"), Mapping)
     }
     found, errors = {}, []
     for name, record in sorted(store.read_records(RecordKind.ROLLOUT).items()):
-        if record.item.get("active", True) is not True or name not in driven:
+        flag = driven.get(name)
+        if record.item.get("active", True) is not True or flag is None:
             continue
         try:
-            strategy = strategy_from_item(record.item, flag=driven[name])
+            strategy = strategy_from_item(
+                flag.item["rollout"], flag=flag.name, created_at=flag.item.get("created_at")
+            )
             found[name] = Watched(strategy, *checks_of(record.item))
         except (KeyError, TypeError, ValueError) as exc:
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -266,7 +271,7 @@ def run_rollout_controller(
                 checks=checks,
                 conditions=conditions,
                 promotion=promotion,
-                action=actions.get(name),
+                actions=actions.get(name, ()),
                 now=now,
             )
             run.decisions[name] = decision

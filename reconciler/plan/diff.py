@@ -293,14 +293,14 @@ def hold_by_rollouts(
             strategy = strategy_from_item(item, flag=flag)
         except (KeyError, TypeError, ValueError):
             continue
-        entry, action = states.entries.get(name), states.operators.get(name)
-        if entry is None and action is None:
+        entry, actions = states.entries.get(name), states.operators.get(name, ())
+        if entry is None and not actions:
             continue
-        served = serve(strategy, entry, action, now)
+        served = serve(strategy, entry, actions, now)
         stopped = served.state in (PAUSED, ROLLED_BACK, HOLDING)
         if not stopped and not (strategy.gated and entry is not None and served.state != COMPLETE):
             continue  # on its schedule (or complete): nothing holds it
-        by = "an operator" if pending(entry, action) else "the rollout controller"
+        by = "an operator" if pending(entry, actions, now) else "the rollout controller"
         what = f"{served.state.replace('_', ' ')} at {served.percentage:g}%"
         detail = f"{by}: {what}" + (f" ({served.reason})" if served.reason else "")
         holds[name] = holds[flag] = Hold("controller", detail, stamp(served.since))

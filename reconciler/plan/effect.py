@@ -177,8 +177,8 @@ def _schedule_steps(flag: Flag, now: datetime, end: datetime) -> Iterable[dateti
         return
     moment = now
     for _ in range(10_000):
-        served = serve(schedule, flag.rollout_entry, flag.rollout_action, moment)
-        following = valid_until(schedule, served, flag.rollout_action)
+        served = serve(schedule, flag.rollout_entry, flag.rollout_actions, moment)
+        following = valid_until(schedule, flag.rollout_entry, flag.rollout_actions, served)
         if following > end or following <= moment:
             return
         yield following
@@ -280,7 +280,7 @@ def _rollout_points(flag: Flag, times: Sequence[datetime]) -> set[float]:
     if schedule is not None:
         points.update(stage.percentage for stage in schedule.stages)
         for moment in times:
-            served = serve(schedule, flag.rollout_entry, flag.rollout_action, moment)
+            served = serve(schedule, flag.rollout_entry, flag.rollout_actions, moment)
             points.add(served.percentage)
     if flag.rollout_entry is not None:
         points.add(flag.rollout_entry.percentage)

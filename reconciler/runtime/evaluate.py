@@ -201,8 +201,9 @@ def _rollout(flag: Flag, strategy: Strategy, now: datetime) -> Entry:
     cached = flag.decisions.get(_ROLLOUT)
     if cached is not None and cached[1] <= now < cached[2]:
         return cached[0]  # type: ignore[no-any-return]
-    served = serve(strategy, flag.rollout_entry, flag.rollout_action, now)
-    flag.decisions[_ROLLOUT] = (served, now, valid_until(strategy, served, flag.rollout_action))
+    entry, actions = flag.rollout_entry, flag.rollout_actions
+    served = serve(strategy, entry, actions, now)
+    flag.decisions[_ROLLOUT] = (served, now, valid_until(strategy, entry, actions, served))
     return served
 
 

@@ -1,17 +1,19 @@
 """Where a rollout is: a pure function of its schedule (git), the rollout controller's entry and
-an operator's last action, at a time.
+the operators' actions, at a time.
 
 Two records in the control table, read with the overrides:
 
 - the rollout controller's state (``rollout_controller``): per strategy, an *entry*: the state
   (scheduled, ramping, holding, paused, rolled back, complete), the share served, the step or
   canary stage and since when, and why;
-- the operators' actions, in the overrides record under ``rollouts``: ``pause`` (held at the
-  share served when paused), ``abort`` (rolled back now), ``resume`` and ``promote``.
+- the operators' actions, in the overrides record under ``rollouts`` (the last few per
+  strategy): ``pause`` (held at the share served when paused), ``abort`` (rolled back now),
+  ``resume`` and ``promote`` (the next step now).
 
-An operator's action counts from the moment it is written: an entry that has not taken it into
-account yet (``acted`` older than the action) is read with the action applied, so a pause or an
-abort reaches every client within a refresh, before the controller runs again.
+An operator's action counts from the moment it is written: the actions an entry has not taken
+into account yet (``acted`` older than them) are applied to it in order, each at its moment,
+so a pause or an abort reaches every client within a refresh, before the controller runs
+again, and two actions between controller runs (a pause, then a resume) both count.
 
 A *gated* strategy (one with health checks, rollback conditions or promotion criteria) serves the
 entry's share as it is: only the controller, having judged its checks, moves it (until the
@@ -23,7 +25,7 @@ controller agree on it whether the controller runs or not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,7 +152,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Action:
-    """An operator's last word on a strategy: pause, resume, abort or promote, and when."""
+    """An operator's word on a strategy: pause, resume, abort or promote, and when."""
 
     action: str
     at: datetime
@@ -168,7 +170,7 @@ class RolloutStates:
     """The controller's entries and the operators' actions, by strategy name."""
 
     entries: Mapping[str, Entry] = field(default_factory=dict)
-    operators: Mapping[str, Action] = field(default_factory=dict)
+    operators: Mapping[str, tuple[Action, ...]] = field(default_factory=dict)  # oldest first
 
 
 def stamp(moment: datetime) -> str:
@@ -186,11 +188,10 @@ def moment(text: Any) -> datetime | None:
     return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
-def pending(entry: Entry | None, action: Action | None) -> bool:
-    """Whether the action is newer than what the entry took into account."""
-    if action is None:
-        return False
-    return entry is None or entry.acted is None or action.at > entry.acted
+def pending(entry: Entry | None, actions: Sequence[Action], now: datetime) -> tuple[Action, ...]:
+    """The actions written up to ``now`` that the entry has not taken into account yet."""
+    acted = entry.acted if entry is not None else None
+    return tuple(a for a in actions if a.at <= now and (acted is None or a.at > acted))
 
 
 def first_entry(strategy: Strategy, now: datetime) -> Entry:
@@ -230,16 +231,15 @@ def _by_time(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
 def with_action(strategy: Strategy, entry: Entry, action: Action) -> Entry:
     """The entry with an operator's action applied: abort rolls back, pause holds the share
     served, resume restarts a rolled-back rollout from its first step (the same users come
-    back first) or lets a paused one go on from where it was. Promote is the controller's."""
+    back first) or lets a paused one go on from where it was, promote takes the next step (or
+    stage) now. An action that does not apply (a resume of a running rollout) is only noted."""
     at = action.at
     acted = replace(entry, acted=at)
     who = action.describe()
     if action.action == "abort":
-        return replace(acted, state=ROLLED_BACK, percentage=0.0, since=at, reason=f"{who}")
-    if action.action == "pause":
+        return replace(acted, state=ROLLED_BACK, percentage=0.0, since=at, reason=who)
+    if action.action == "pause" and entry.state not in STOPPED_STATES:
         share = action.percentage if action.percentage is not None else entry.percentage
-        if entry.state == ROLLED_BACK:
-            share = 0.0
         return replace(acted, state=PAUSED, percentage=share, since=at, reason=who)
     if action.action == "resume":
         if entry.state == ROLLED_BACK:
@@ -247,35 +247,61 @@ def with_action(strategy: Strategy, entry: Entry, action: Action) -> Entry:
             return replace(fresh, epoch=action.epoch, acted=at, reason=who)
         if entry.state == PAUSED:
             return replace(acted, state=RAMPING, since=at, reason=who, epoch=action.epoch)
+    moving = entry.state in (RAMPING, HOLDING) and entry.step < strategy.last_step
+    if action.action == "promote" and moving:
+        return replace(strategy.at_step(entry, entry.step + 1, at), reason=who, acted=at)
     return acted
 
 
-def serve(strategy: Strategy, entry: Entry | None, action: Action | None, now: datetime) -> Entry:
-    """What the runtime serves now: the entry (or the first one), the operator's newer action
-    applied, and for an ungated strategy the schedule's steps due since."""
-    current = entry if entry is not None else first_entry(strategy, now)
+def apply_actions(
+    strategy: Strategy, entry: Entry | None, actions: Sequence[Action], now: datetime
+) -> tuple[Entry, list[tuple[Action, Entry, Entry]]]:
+    """Where the rollout is at ``now``: the entry (or, with none, where its schedule is), the
+    actions it has not taken yet applied in order, each at its moment, a schedule that moves
+    by time moved up to each; with what each action changed (action, before, after)."""
+    todo = pending(entry, actions, now)
+    by_time = not strategy.gated or entry is None  # a gated one the controller has not judged
+    current = entry if entry is not None else first_entry(strategy, todo[0].at if todo else now)
     if entry is None and strategy.gated and current.state != SCHEDULED:
         current = replace(current, reason=NOT_WATCHED)
-    if current.state == SCHEDULED and (strategy.start is None or now >= strategy.start):
-        current = replace(first_entry(strategy, now), epoch=current.epoch, acted=current.acted)
-    if pending(entry, action) and action is not None and action.at <= now:
-        current = with_action(strategy, current, action)
-    if strategy.gated or current.state in STOPPED_STATES:
-        return current
-    return advance(strategy, current, now)
+    moves = []
+    for action in todo:
+        current = _at(strategy, current, action.at, by_time=by_time)
+        after = with_action(strategy, current, action)
+        moves.append((action, current, after))
+        current = after
+    return _at(strategy, current, now, by_time=by_time), moves
 
 
-def valid_until(strategy: Strategy, served: Entry, action: Action | None) -> datetime:
+def _at(strategy: Strategy, entry: Entry, now: datetime, *, by_time: bool) -> Entry:
+    if entry.state == SCHEDULED:
+        if strategy.start is not None and now < strategy.start:
+            return entry
+        entry = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
+        if strategy.gated and not by_time:
+            return entry
+    return _by_time(strategy, entry, now) if by_time else entry
+
+
+def serve(
+    strategy: Strategy, entry: Entry | None, actions: Sequence[Action], now: datetime
+) -> Entry:
+    """What the runtime serves now (``apply_actions``, without the record of each move)."""
+    return apply_actions(strategy, entry, actions, now)[0]
+
+
+def valid_until(
+    strategy: Strategy, entry: Entry | None, actions: Sequence[Action], served: Entry
+) -> datetime:
     """Until when what ``serve`` gave stays what it gives (its next step, a start, an action
     written ahead of the clock): a client serves it from a cache until then."""
     ends = [datetime.max.replace(tzinfo=UTC)]
     if served.state == SCHEDULED and strategy.start is not None:
         ends.append(strategy.start)
     moving = served.state in (RAMPING, HOLDING) and served.step < strategy.last_step
-    if moving and (not strategy.gated or served.reason == NOT_WATCHED):
+    if moving and (not strategy.gated or entry is None):
         ends.append(served.since + strategy.wait(served))
-    if action is not None and (served.acted is None or action.at > served.acted):
-        ends.append(action.at)
+    ends.extend(a.at for a in actions if served.acted is None or a.at > served.acted)
     return min(ends)
 
 
@@ -320,27 +346,35 @@ def entries_from_item(item: Mapping[str, Any] | None) -> dict[str, Entry]:
     return found
 
 
-def actions_from_item(entries: Any) -> dict[str, Action]:
-    """The ``rollouts`` entries of the overrides record (entries it cannot read skipped)."""
+def actions_from_item(entries: Any) -> dict[str, tuple[Action, ...]]:
+    """The ``rollouts`` entries of the overrides record: per strategy, its operators' last
+    actions, oldest first (entries it cannot read skipped)."""
     found = {}
     if isinstance(entries, Mapping):
-        for name, entry in entries.items():
-            if not isinstance(entry, Mapping):
-                continue
-            at = moment(entry.get("at"))
-            kind = entry.get("action")
-            if at is None or kind not in ("pause", "resume", "abort", "promote"):
-                continue
-            share = entry.get("percentage")
-            try:
-                epoch = int(float(entry.get("epoch", 0)))
-                held = float(share) if share is not None else None
-            except (TypeError, ValueError, OverflowError):
-                continue
-            found[str(name)] = Action(
-                str(kind), at, str(entry.get("by", "")), str(entry.get("reason", "")), epoch, held
-            )
+        for name, stored in entries.items():
+            listed = stored if isinstance(stored, list) else [stored]
+            actions = [a for a in (_action(item) for item in listed) if a is not None]
+            if actions:
+                found[str(name)] = tuple(sorted(actions, key=lambda a: a.at))
     return found
+
+
+def _action(entry: Any) -> Action | None:
+    if not isinstance(entry, Mapping):
+        return None
+    at = moment(entry.get("at"))
+    kind = entry.get("action")
+    if at is None or kind not in ("pause", "resume", "abort", "promote"):
+        return None
+    share = entry.get("percentage")
+    try:
+        epoch = int(float(entry.get("epoch", 0)))
+        held = float(share) if share is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return Action(
+        str(kind), at, str(entry.get("by", "")), str(entry.get("reason", "")), epoch, held
+    )
 
 
 def strategy_from_item(

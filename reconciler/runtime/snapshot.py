@@ -101,7 +101,7 @@ class Flag:
     request_type: str | None = None
     shutdown: Shutdown | None = None
     rollout_entry: Entry | None = None  # the rollout controller's, for the strategy
-    rollout_action: Action | None = None  # an operator's last, for the strategy
+    rollout_actions: tuple[Action, ...] = ()  # the operators', for the strategy, oldest first
     broken: str | None = None  # why the item could not be understood
     cost_salt: str = ""  # the cost throttle's bucketing salt: cost:<request type or flag name>
     # Decisions that are the same for every user (off by kill switch, no match, ...) are made
@@ -207,10 +207,10 @@ def with_rollout_states(snapshot: Snapshot, states: RolloutStates) -> Snapshot:
         flag = flags.get(name)
         if flag is None:
             continue
-        entry, action = states.entries.get(strategy), states.operators.get(strategy)
-        if flag.rollout_entry != entry or flag.rollout_action != action:
+        entry, actions = states.entries.get(strategy), states.operators.get(strategy, ())
+        if flag.rollout_entry != entry or flag.rollout_actions != actions:
             flags[name] = dataclasses.replace(
-                flag, rollout_entry=entry, rollout_action=action, decisions={}
+                flag, rollout_entry=entry, rollout_actions=actions, decisions={}
             )
     return dataclasses.replace(snapshot, flags=flags, rollout_states=states)
 
