@@ -498,3 +498,40 @@ def test_reported_shares_are_the_runtimes_decisions_within_a_point(
             assert risk.users_affected == pytest.approx(assessment.worst(lambda e: e.lose).lose)
         elif risk.code == "traffic-reallocation":
             assert risk.users_affected == pytest.approx(assessment.worst(lambda e: e.switch).switch)
+
+
+def test_a_targeting_strategy_is_assessed_over_its_own_users() -> None:
+    """A ramp made beta-only (an attribute the flag's own rules do not read): the other users
+    lose it, and the plan says how many, against the runtime deciding every unit of a
+    population that covers the strategy's condition too."""
+    before = copy.deepcopy(repository()[RecordKind.FLAG][BEDROCK])
+    before["rollout"]["configuration"]["start_time"] = "2026-01-08T10:00:00Z"  # 20% now
+    after = copy.deepcopy(before)
+    after["rollout"]["rollout_type"] = "targeting"
+    after["rollout"]["configuration"]["targeting"] = {
+        "rules": [
+            {
+                "name": "beta",
+                "action": "include",
+                "when": {"attribute": "programme", "operator": "equals", "value": "beta"},
+            }
+        ]
+    }
+    assessment = assess(BEDROCK, before, after, NOW)
+    lose = assessment.now.lose
+    assert lose > 0.01  # the others' 20%
+    scope = after["rollout"]["configuration"]["targeting"]
+    population = population_for([scope, before.get("targeting"), after.get("targeting")])
+    sides = [build_snapshot(s, [item]) for s, item in (("b", before), ("a", after))]
+    flags = [s.flags.get(BEDROCK) for s in sides]
+    lost = (
+        sum(
+            served(evaluate(sides[0], BEDROCK, c, NOW), flags[0])[0]
+            and not served(evaluate(sides[1], BEDROCK, c, NOW), flags[1])[0]
+            for c in population.units()
+        )
+        / population.size
+    )
+    assert lose == pytest.approx(lost, abs=0.003)
+    beta = [c for c in population.units() if c.get("programme") == "beta"]
+    assert beta, "the population has users the strategy's condition matches"

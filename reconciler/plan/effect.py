@@ -120,7 +120,10 @@ def assess(
     sides = [_snapshot(name, item, held, rollouts) for item in (before, after)]
     flags = [s.flags.get(name) for s in sides]
     times = instants([f for f in flags if f is not None], now)
-    targetings = [(item or {}).get("targeting") for item in (before, after)]
+    # A targeting strategy's users first, so that the population covers its conditions too
+    # (the flag's own targeting, after, is last: the classes are named by its rules).
+    scopes = [t for t in (_scope(item) for item in (before, after)) if t is not None]
+    targetings = [*scopes, *((item or {}).get("targeting") for item in (before, after))]
     if any(any(True for _ in rule_conditions(t)) for t in targetings):
         found = targeting_classes(targetings)
         if found is None:
@@ -139,6 +142,15 @@ def assess(
         _weighted(t, [(g.weight, e[i]) for g, e in per_class]) for i, t in enumerate(times)
     )
     return Assessment(effects, method, tuple(per_class) if method == "synthetic" else ())
+
+
+def _scope(item: Mapping[str, Any] | None) -> Any:
+    """The targeting of the targeting strategy the flag's item embeds, if it does."""
+    rollout = (item or {}).get("rollout")
+    if not isinstance(rollout, Mapping) or rollout.get("rollout_type") != "targeting":
+        return None
+    configuration = rollout.get("configuration")
+    return configuration.get("targeting") if isinstance(configuration, Mapping) else None
 
 
 def served(decision: Decision, flag: Flag | None) -> tuple[bool, str | None]:

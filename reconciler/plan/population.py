@@ -120,7 +120,8 @@ class TargetingClass:
 
 
 def targeting_classes(targetings: Sequence[Any]) -> tuple[TargetingClass, ...] | None:
-    """The population's classes for these targetings (before, after); None when a rule reads
+    """The population's classes for these targetings (a rollout's before and after, then the
+    flag's before and after: classes are named by the last's rules); None when a rule reads
     the unit's id (the classes would depend on the buckets). Cached: many flags share their
     rules."""
     return _classes(json.dumps(list(targetings), sort_keys=True, default=str))
