@@ -2560,8 +2560,7 @@ ROLLOUT_CASES = [
                     13,
                     17,
                     "health_checks[0].check_type",
-                    "check_type custom_metric needs metric_name (the CloudWatch metric it "
-                    "reads)",
+                    "check_type custom_metric needs metric_name (the CloudWatch metric it reads)",
                 ),
                 error(
                     ROLLOUT,
