@@ -140,6 +140,11 @@ def _act(
         entries = record.setdefault("rollouts", {})
         earlier = actions_from_item(entries).get(name, ())
         acted = _judged(rollout, earlier, action, now)
+        if action == PROMOTE and acted.state in STOPPED_STATES:
+            raise UserError(
+                f"{name} is {acted.state.replace('_', ' ')} at {acted.before:g}%: resume it "
+                f"first (`controller resume {name} --reason ...`), then promote; nothing written"
+            )
         outcome.append(acted)
         if not acted.written:
             return None

@@ -2457,7 +2457,6 @@ ROLLOUT_CASES = [
                     active: false
                     configuration:
                       percentage: 10
-                      increment_percentage: 10
                 """)
             },
             [
@@ -2484,8 +2483,7 @@ ROLLOUT_CASES = [
                     rollout_type: canary
                     active: false
                     configuration:
-                      percentage: 10
-                      increment_percentage: 10
+                      percentage: 5
                       stages:
                         - name: canary
                           percentage: 5
@@ -2498,7 +2496,7 @@ ROLLOUT_CASES = [
             [
                 error(
                     ROLLOUT,
-                    17,
+                    16,
                     19,
                     "configuration.stages[2].percentage",
                     "canary stage percentages must rise from stage to stage",
@@ -2642,6 +2640,72 @@ ROLLOUT_CASES = [
             ],
         ),
         id="promotion-criterion-of-an-unknown-metric",
+    ),
+    pytest.param(
+        Case(
+            {
+                ROLLOUT: doc("""
+                    kind: RolloutStrategy
+                    strategy_name: vc_demo_ramp
+                    description: Demo ramp.
+                    owner: team-demo
+                    feature_flag: vc_bedrock_live
+                    rollout_type: canary
+                    active: false
+                    configuration:
+                      percentage: 10
+                      increment_percentage: 10
+                      stages:
+                        - {name: canary, percentage: 5}
+                        - {name: full, percentage: 100}
+                """)
+            },
+            [
+                error(
+                    ROLLOUT,
+                    9,
+                    15,
+                    "configuration.percentage",
+                    "a canary starts at its first stage's 5%, not 10%: leave percentage out",
+                ),
+                error(
+                    ROLLOUT,
+                    10,
+                    25,
+                    "configuration.increment_percentage",
+                    "increment_percentage is not used with rollout_type canary (its stages set "
+                    "the shares and min_duration_hours the timing)",
+                ),
+            ],
+        ),
+        id="canary-with-a-ramp-s-fields",
+    ),
+    pytest.param(
+        Case(
+            {
+                ROLLOUT: doc("""
+                    kind: RolloutStrategy
+                    strategy_name: vc_demo_ramp
+                    description: Demo ramp.
+                    owner: team-demo
+                    feature_flag: vc_bedrock_live
+                    rollout_type: percentage
+                    active: false
+                    configuration:
+                      increment_percentage: 10
+                """)
+            },
+            [
+                error(
+                    ROLLOUT,
+                    9,
+                    3,
+                    "configuration",
+                    "missing required field 'percentage' for rollout_type percentage",
+                )
+            ],
+        ),
+        id="ramp-without-its-start-percentage",
     ),
     pytest.param(
         Case(

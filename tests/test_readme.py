@@ -232,7 +232,9 @@ def test_rollout_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     assert rollout() == [first, *_block_after(first)]
     [sed, commands] = next(b for b in _sh_blocks() if b.startswith("sed -i.bak")).splitlines()
+    assert sed.endswith(" && rm rollouts.d/*.bak")
     assert subprocess.run(["sh", "-c", sed], check=False).returncode == 0
+    assert not list((example_tree / "rollouts.d").glob("*.bak"))
     assert commands == "reconcile --apply --yes && controller run && controller rollout"
     assert invoke("--apply", ".", "--yes")[0] == 0
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -117,17 +117,21 @@ def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
     for strategy, source in tree.of(RolloutStrategy):
         conf = strategy.configuration
         at = ("configuration",)
-        if conf.percentage > conf.max_percentage:
+        if strategy.rollout_type == "canary":
+            yield from _check_canary_schedule(strategy, source)
+        elif conf.percentage is None:
+            yield source.diagnostic(
+                at,
+                f"missing required field 'percentage' for rollout_type {strategy.rollout_type}",
+                "schedule",
+            )
+        elif conf.percentage > conf.max_percentage:
             yield source.diagnostic(
                 (*at, "percentage"),
                 f"starts at {conf.percentage:g}%, above max_percentage {conf.max_percentage:g}%",
                 "schedule",
             )
-        elif (
-            strategy.rollout_type != "canary"  # a canary's shares come from its stages
-            and conf.percentage < conf.max_percentage
-            and conf.increment_percentage == 0
-        ):
+        elif conf.percentage < conf.max_percentage and conf.increment_percentage == 0:
             yield source.diagnostic(
                 (*at, "increment_percentage"),
                 f"the schedule never reaches max_percentage {conf.max_percentage:g}%: "
@@ -171,6 +175,27 @@ def check_rollouts(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
                             f"{cloudwatch} is only used with check_type custom_metric",
                             "metric",
                         )
+
+
+def _check_canary_schedule(strategy: RolloutStrategy, source: Source) -> Iterator[Diagnostic]:
+    """A canary's shares and timing are its stages': the ramp's fields would do nothing."""
+    conf = strategy.configuration
+    for unused in ("increment_percentage", "increment_interval_hours", "max_percentage"):
+        if unused in conf.model_fields_set:
+            yield source.diagnostic(
+                ("configuration", unused),
+                f"{unused} is not used with rollout_type canary (its stages set the shares "
+                "and min_duration_hours the timing)",
+                "rollout-type",
+            )
+    first = conf.stages[0].percentage if conf.stages else None
+    if conf.percentage is not None and first is not None and conf.percentage != first:
+        yield source.diagnostic(
+            ("configuration", "percentage"),
+            f"a canary starts at its first stage's {first:g}%, not {conf.percentage:g}%: "
+            "leave percentage out",
+            "rollout-type",
+        )
 
 
 def _check_rollout_type(strategy: RolloutStrategy, source: Source) -> Iterator[Diagnostic]:

@@ -22,6 +22,7 @@ from reconciler.runtime.rollout_state import (
     CONTROLLER_ID,
     HOLDING,
     RAMPING,
+    ROLLED_BACK,
     SCHEDULED,
     STOPPED_STATES,
     Action,
@@ -130,7 +131,7 @@ def build(rollout: Rollout, actions: Sequence[Action], now: datetime) -> Rollout
         alert=_text(rollout.record.get("alert")),
         next=next_step(strategy, served, entry, actions),
         resume_percentage=resumed.percentage if resumed is not None else None,
-        resume_restarts=resumed is not None and resumed.step == 0 and resumed.since == now,
+        resume_restarts=served.state == ROLLED_BACK,
     )
 
 

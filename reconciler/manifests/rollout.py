@@ -60,7 +60,11 @@ class PromotionCriterion(StrictModel):
 class RolloutConfiguration(StrictModel):
     """The schedule: a start percentage raised by an increment every interval up to a max."""
 
-    percentage: Percentage = Field(description="Share of users at the start (0-100).")
+    percentage: Percentage | None = Field(
+        default=None,
+        description="Share of users at the start (0-100); required but for rollout_type "
+        "canary, whose first stage sets it.",
+    )
     increment_percentage: Percentage = Field(
         default=0, description="Added to the share every interval; 0 keeps it fixed."
     )

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from reconciler.codec import DesiredState
 from reconciler.plan.diff import (
+    ActualState,
     diff,
     hold_by_cost_guard,
     hold_by_experiments,
@@ -35,6 +36,7 @@ def build_plan(
     notes: tuple[str, ...] = (),
 ) -> Plan:
     actual = {kind: store.read_records(kind) for kind in RecordKind}
+    desired = with_rollout_starts(desired, actual, now)
     in_force = overrides_from_item(store.read_overrides()).in_force(now)
     rollouts = replace(
         in_force.rollouts, entries=entries_from_item(store.read_control(CONTROLLER_ID))
@@ -69,6 +71,37 @@ def build_plan(
         unmanaged=tuple(unmanaged),
         notes=notes,
     )
+
+
+def with_rollout_starts(desired: DesiredState, actual: ActualState, now: datetime) -> DesiredState:
+    """The flags' rollouts with their start: a strategy without ``start_time`` starts when it
+    was first applied to its flag, so a ramp added to a flag applied long ago starts at its
+    first step, not at its end. The flag's copy (as clients read it) carries the start: the
+    one it has in the store for the same strategy, else the strategy record's ``created_at``,
+    else (a strategy this plan applies) the plan's time."""
+    strategies = actual.get(RecordKind.ROLLOUT, {})
+    live = actual.get(RecordKind.FLAG, {})
+    flags = dict(desired.get(RecordKind.FLAG, {}))
+    for name, item in flags.items():
+        rollout = item.get("rollout")
+        if not isinstance(rollout, dict):
+            continue
+        configuration = rollout.get("configuration") or {}
+        if configuration.get("start_time"):
+            continue
+        strategy = str(rollout.get("strategy_name"))
+        stored = live[name].item.get("rollout") if name in live else None
+        record = strategies.get(strategy)
+        if isinstance(stored, dict) and stored.get("strategy_name") == strategy:
+            started = (stored.get("configuration") or {}).get("start_time")
+        else:
+            started = None
+        if not started and record is not None:
+            started = record.item.get("created_at")
+        start = str(started) if started else format_time(now)
+        rollout = {**rollout, "configuration": {**configuration, "start_time": start}}
+        flags[name] = {**item, "rollout": rollout}
+    return {**desired, RecordKind.FLAG: flags}
 
 
 def _refuse_empty(change: Change) -> Change:
