@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from reconciler.breakglass import update_overrides
 from reconciler.controllers.rollout_report import Rollout, active_rollouts, known
@@ -132,14 +132,17 @@ def _act(
         raise UserError(f"rollout strategy {broken[0]} (its stored record cannot be read)")
     known(store, name, rollouts)
     rollout = rollouts[name]
-    at = format_time(now)
     outcome: list[Acted] = []
 
     def change(record: Item) -> Item | None:
         outcome.clear()  # as of this attempt: a retry may find another operator's action
         entries = record.setdefault("rollouts", {})
         earlier = actions_from_item(entries).get(name, ())
-        acted = _judged(rollout, earlier, action, now)
+        # After every action already written, whatever this machine's clock says: actions
+        # are applied in the order of their times, each once.
+        moment = max([now, *(a.at + timedelta(microseconds=1) for a in earlier)])
+        at = format_time(moment)
+        acted = _judged(rollout, earlier, action, moment)
         if action == PROMOTE and acted.state in STOPPED_STATES:
             raise UserError(
                 f"{name} is {acted.state.replace('_', ' ')} at {acted.before:g}%: resume it "

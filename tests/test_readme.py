@@ -207,8 +207,9 @@ def _sh_blocks() -> list[str]:
 
 def test_rollout_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's rollout walk-through: right after the apply, `controller rollout` shows the
-    example complete; started again at the current hour (the README's sed, run here), applied
-    and run, it shows the ramp at 10% with its checks and the next step (times aside)."""
+    example at its first step; started again at the current hour (the README's sed, run
+    here), applied and run, it shows the ramp at 10% with its checks and the next step (times
+    aside)."""
     import contextlib
     import io
     import subprocess
@@ -227,8 +228,8 @@ def test_rollout_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) ->
         return out.getvalue().splitlines()
 
     first = (
-        "bedrock_gradual_rollout → vc_bedrock_live (percentage): complete at 100% since "
-        "2025-01-18 10:00 UTC"
+        "bedrock_gradual_rollout → vc_bedrock_live (percentage): ramping at 10% since "
+        "2025-01-09 10:00 UTC"
     )
     assert rollout() == [first, *_block_after(first)]
     [sed, commands] = next(b for b in _sh_blocks() if b.startswith("sed -i.bak")).splitlines()

@@ -55,11 +55,13 @@ def when(moment: datetime) -> str:
 
 
 def started_30_hours_ago(deployment: Deployment) -> datetime:
-    """The example strategy moved to start 30 hours ago (its schedule at 20%), applied."""
+    """The example strategy moved to start 30 hours ago without its checks (ungated: its
+    schedule moves by time, at 20% now), applied."""
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
     path = deployment.root / "rollouts.d" / f"{STRATEGY}.yaml"
     stamp = start.strftime("%Y-%m-%dT%H:%M:%SZ")
-    path.write_text(re.sub(r'start_time: "[^"]*"', f'start_time: "{stamp}"', path.read_text()))
+    text = re.sub(r'start_time: "[^"]*"', f'start_time: "{stamp}"', path.read_text())
+    path.write_text(text[: text.index("health_checks:")] + "created_by: system\n")
     assert invoke("--apply", str(deployment.root), "--yes")[0] == 0
     return start
 
@@ -89,18 +91,18 @@ def test_the_report_says_where_the_example_is_and_what_comes_next(
 ) -> None:
     code, out = command(deployment, "rollout")
     assert code == 0, out
-    assert out.splitlines()[0] == (
-        f"{STRATEGY} → {FLAG} (percentage): complete at 100% since 2025-01-18 10:00 UTC"
-    )  # the example started 2025-01-09: nine daily steps of 10 points, long done
-    assert "  next: none: complete" in out.splitlines()
+    assert out.splitlines() == [
+        f"{STRATEGY} → {FLAG} (percentage): ramping at 10% since 2025-01-09 10:00 UTC",
+        "  not judged by the rollout controller yet: held at its first step until it is "
+        "(is `controller run` scheduled?)",
+        "  next: 20% when its checks pass (due since 2025-01-10 10:00 UTC)",
+    ]  # started 2025-01-09, but gated by its checks: no evidence yet, no step
     start = started_30_hours_ago(deployment)
     code, out = command(deployment, "rollout", STRATEGY)
     assert code == 0, out
     assert out.splitlines() == [
         f"{STRATEGY} → {FLAG} (percentage): ramping at 20% since "
         f"{when(start + timedelta(hours=24))}",
-        "  not judged by the rollout controller yet: on its schedule by time "
-        "(is `controller run` scheduled?)",
         f"  next: 30% at {when(start + timedelta(hours=48))}, by its schedule",
     ]
     code, out = command(deployment, "rollout", "--format", "json")
@@ -108,7 +110,7 @@ def test_the_report_says_where_the_example_is_and_what_comes_next(
     [status] = json.loads(out)["rollouts"]
     assert (status["strategy"], status["flag"], status["state"]) == (STRATEGY, FLAG, "ramping")
     assert status["percentage"] == 20
-    assert status["watched"] is False
+    assert status["watched"] is True  # ungated: nothing for the controller to judge
     assert status["next"]["percentage"] == 30
     assert status["next"]["when"] == "schedule"
     assert status["next"]["at"].startswith((start + timedelta(hours=48)).strftime("%Y-%m-%dT%H"))
@@ -164,11 +166,12 @@ def test_pause_resume_and_abort_reach_clients_within_their_poll(
     code, out = command(deployment, "resume", STRATEGY, "--reason", "fixed", "--by", "ana")
     assert code == 0, out
     assert out.startswith(f"Resumed {STRATEGY} ({FLAG}) at 20% (epoch 1)")
+    clock.now = datetime.now(UTC)  # the resume's time: its schedule goes on from there
     assert flags.refresh_overrides()
     assert having(flags) == before  # the same users have it again
     code, out = command(deployment, "rollout", STRATEGY)
     assert "ramping at 20% since" in out.splitlines()[0]
-    assert "if every check passes" in out.splitlines()[-1]
+    assert out.splitlines()[-1].endswith(", by its schedule")  # a full day after the resume
 
     # Abort: a client polling in the background turns it off for everyone, staff included.
     live = FlagClient(deployment.source, override_interval=0.1)
@@ -286,3 +289,19 @@ def test_the_run_summary_names_holds_rollbacks_and_the_failed_check() -> None:
         "rollout controller: state written (version 7)",
     ]
     assert run_json(run)["transitions"] == [run.decisions[STRATEGY].transition]
+
+
+def test_an_operator_whose_clock_is_behind_is_not_ignored(deployment: Deployment) -> None:
+    from reconciler import rollout_operators
+    from reconciler.controllers.rollout_run import run_rollout_controller
+
+    now = datetime.now(UTC)
+    fast, slow = now + timedelta(minutes=2), now - timedelta(minutes=1)
+    store = deployment.store
+    assert rollout_operators.abort(store, STRATEGY, reason="tickets", by="ana", now=fast).written
+    run_rollout_controller(store, now=fast + timedelta(seconds=1))  # takes the abort
+    resumed = rollout_operators.resume(store, STRATEGY, reason="fixed", by="bo", now=slow)
+    assert resumed.written  # written after the abort, whatever bo's clock says
+    run_rollout_controller(store, now=fast + timedelta(minutes=5))
+    entry = (store.read_control(CONTROLLER_ID) or {})["strategies"][STRATEGY]
+    assert (entry["state"], entry["percentage"]) == ("ramping", 10)

@@ -110,27 +110,24 @@ CANARY = Strategy(
 LATENCY = Check("p95", "latency_p95", 2000, "less_than", 60, min_samples=100)
 
 
-def test_a_canary_is_promoted_only_after_its_minimum_duration_with_its_criteria_met() -> None:
+def test_a_canary_is_promoted_only_after_its_criteria_held_for_its_minimum_duration() -> None:
     fast = Window(1000, 0, {40: 1000})  # p95 1024 ms
     slow = Window(1000, 0, {48: 1000})  # p95 4096 ms
-    entry = decide(CANARY, None, checks=[], conditions=[], now=START).entry
-    assert (entry.stage, entry.percentage) == ("canary", 5)
-    early = decide(
-        CANARY, entry, checks=[], conditions=[], promotion=[judge(LATENCY, fast)],
-        now=START + timedelta(hours=23),
-    ).entry  # fmt: skip
-    assert early.stage == "canary"  # its 24 hours are not over
-    kept = decide(
-        CANARY, entry, checks=[], conditions=[], promotion=[judge(LATENCY, slow)],
-        now=START + timedelta(hours=25),
-    ).entry  # fmt: skip
-    assert kept.stage == "canary"  # the criteria do not hold: not promoted, not rolled back
-    assert kept.state == RAMPING
-    promoted = decide(
-        CANARY, entry, checks=[], conditions=[], promotion=[judge(LATENCY, fast)],
-        now=START + timedelta(hours=25),
-    ).entry  # fmt: skip
-    assert (promoted.stage, promoted.percentage) == ("early", 25)
+    entry: Entry | None = None
+    stages = {}
+    for hour in range(0, 80):
+        window = slow if hour < 30 else fast  # too slow for the first 30 hours
+        entry = decide(
+            CANARY, entry, checks=[], conditions=[], promotion=[judge(LATENCY, window)],
+            now=START + timedelta(hours=hour),
+        ).entry  # fmt: skip
+        stages[hour] = (entry.stage, entry.percentage, entry.state)
+    assert stages[0] == ("canary", 5, RAMPING)
+    assert stages[29] == ("canary", 5, RAMPING)  # over 24 h, criteria failing: kept, not back
+    assert stages[53] == ("canary", 5, RAMPING)  # passing for 23 hours only
+    assert stages[54] == ("early", 25, RAMPING)  # passing since hour 30, for 24 hours
+    assert stages[78] == ("early", 25, RAMPING)  # judged on early's users from hour 55 only
+    assert stages[79] == ("full", 100, COMPLETE)
 
 
 def test_operators_outrank_the_checks() -> None:
@@ -154,3 +151,22 @@ def test_operators_outrank_the_checks() -> None:
         resumed, jump, Window(5000, 50), actions=[Action("promote", jump, "ana", "ready")]
     ).entry
     assert promoted.percentage == 20
+
+
+def test_a_promote_does_not_skip_the_checks() -> None:
+    entry = step(None, START, Window(5000, 50)).entry
+    at = START + timedelta(hours=2)
+    promoted = step(entry, at, Window(5000, 1500), actions=[Action("promote", at, "bo", "go")])
+    assert promoted.entry.state == ROLLED_BACK  # 30% errors: rolled back in the same run
+    assert "promoted to 20% (bo: go)" in str(promoted.transition)
+    assert "rolled back" in str(promoted.transition)
+
+
+def test_a_rollback_condition_without_data_holds_a_due_step() -> None:
+    quiet = judge(SPIKE, Window(60, 24))  # 40% errors, but 60 requests: insufficient
+    entry = decide(RAMP, None, checks=[], conditions=[], now=START).entry
+    later = START + timedelta(days=1, hours=1)
+    held = decide(
+        RAMP, entry, checks=[judge(HEALTH, Window(5000, 10))], conditions=[quiet], now=later
+    )
+    assert (held.entry.state, held.entry.percentage) == (HOLDING, 10)

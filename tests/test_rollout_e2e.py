@@ -211,17 +211,49 @@ def test_a_canary_is_promoted_only_after_its_criteria_held_for_its_minimum_durat
     start = service.clock.now
     stages = {}
     at = start
-    while at <= start + timedelta(days=3, hours=1):
+    while at <= start + timedelta(days=3, hours=13):
         # The canary's first day is unhealthy (3% errors): criteria fail, no promotion, yet.
         rate = 0.03 if at - start < timedelta(hours=30) else 0.005
         service.serve(at - timedelta(minutes=10), range(4000), error_rate=rate)
         entry = tick(deployment, service, at)
-        stages[at - start] = (entry["stage"], entry["percentage"])
+        stages[(at - start) // timedelta(hours=1)] = (entry["stage"], entry["percentage"])
         at += EVERY
-    assert stages[timedelta(0)] == ("canary", 5)
-    assert stages[timedelta(hours=18)] == ("canary", 5)  # its 24 hours are not over
-    assert stages[timedelta(hours=24)] == ("canary", 5)  # over, but the criterion fails
-    assert stages[timedelta(hours=30)] == ("half", 50)  # the errors are down: promoted
-    assert stages[timedelta(hours=48)] == ("half", 50)  # half's 24 h from its own start
-    assert stages[timedelta(hours=54)] == ("full", 100)
+    assert stages[0] == ("canary", 5)
+    assert stages[18] == ("canary", 5)  # its 24 hours are not over
+    assert stages[24] == ("canary", 5)  # over, but the criterion fails
+    assert stages[30] == ("canary", 5)  # the errors are down: the criterion holds from here
+    assert stages[48] == ("canary", 5)  # ... for 18 hours only
+    assert stages[54] == ("half", 50)  # held for the stage's 24 hours: promoted
+    assert stages[78] == ("half", 50)  # half judged on its own users, from its first run
+    assert stages[84] == ("full", 100)
     assert abs(share(service) - 1.0) < 1e-9
+
+
+def test_a_resumed_rollout_is_judged_on_what_came_after_the_resume(
+    deployment: Deployment,
+) -> None:
+    from reconciler import rollout_operators
+
+    service = begin(deployment, seed=5)
+    start = service.clock.now
+    for hours in (0, 6, 12, 18, 24):
+        at = start + timedelta(hours=hours)
+        service.serve(at - timedelta(minutes=10), range(3000), error_rate=0.01)
+        entry = tick(deployment, service, at)
+    bad = start + timedelta(hours=25)
+    service.serve(bad - timedelta(minutes=30), range(3000), error_rate=0.07)
+    assert tick(deployment, service, bad)["state"] == ROLLED_BACK
+    # Fixed at once: resumed five minutes later; healthy traffic; the next runs within the
+    # hour the bad traffic is still in the window of: judged on the traffic since the resume.
+    resumed = bad + timedelta(minutes=5)
+    done = rollout_operators.resume(
+        deployment.store, STRATEGY, reason="fixed", by="ana", now=resumed
+    )
+    assert done.written
+    for minutes in (10, 15, 30):
+        at = resumed + timedelta(minutes=minutes)
+        service.serve(at - timedelta(minutes=5), range(1000), error_rate=0.0)
+        entry = tick(deployment, service, at)
+        assert (entry["state"], entry["percentage"]) == ("ramping", 10), entry
+    checks = {c["name"]: c for c in entry["checks"]}  # type: ignore[attr-defined]
+    assert checks["error_rate_check"]["samples"] < 400  # only the 10% since the resume

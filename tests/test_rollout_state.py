@@ -68,10 +68,11 @@ def test_an_ungated_canary_moves_through_its_stages_by_their_minimum_durations()
     assert serve(CANARY, None, (), START + timedelta(hours=36)).percentage == 100
 
 
-def test_a_gated_strategy_follows_its_schedule_until_the_controller_judges_it() -> None:
+def test_a_gated_strategy_holds_its_first_step_until_the_controller_judges_it() -> None:
     gated = Strategy("ramp", "f", "percentage", 10, 10, 24, 100, start=START, gated=True)
     unseen = serve(gated, None, (), START + timedelta(days=2, hours=1))
-    assert (unseen.percentage, unseen.reason) == (30, NOT_WATCHED)
+    assert (unseen.percentage, unseen.reason) == (10, NOT_WATCHED)  # no evidence yet: no steps
+    assert serve(gated, None, (), START - timedelta(hours=1)).state == SCHEDULED
     # Once the controller has an entry, only it moves the share: time alone does not.
     entry = Entry(RAMPING, 30, START + timedelta(days=2))
     later = serve(gated, entry, (), START + timedelta(days=9))
@@ -159,8 +160,8 @@ def test_a_targeting_strategy_applies_only_to_its_users() -> None:
 
 
 def test_the_same_users_come_back_after_a_rollback_and_a_resume() -> None:
-    snapshot = build_snapshot("v", [flag_item()])
-    early = START + timedelta(days=2, hours=1)  # 30%, by time: the controller has not judged it
+    snapshot = build_snapshot("v", [flag_item(gated=False)])
+    early = START + timedelta(days=2, hours=1)  # 30%, by time
     had = users_on(snapshot, early)
     assert users_on(snapshot, START + timedelta(hours=1)) < had  # monotonic: 10% within 30%
     back_at = early + timedelta(hours=1)
@@ -249,3 +250,29 @@ def test_actions_between_controller_runs_all_count_in_order() -> None:
     # A promote moves on from where the schedule is at its moment, then the schedule goes on.
     assert serve(RAMP, entry, promoted, paused_at).percentage == 30
     assert serve(RAMP, entry, promoted, paused_at + timedelta(hours=24)).percentage == 40
+
+
+def test_an_entry_of_an_older_schedule_is_taken_up_by_the_new_one() -> None:
+    old = Strategy("ramp", "f", "percentage", 10, 10, 24, 100, start=START)
+    done = Entry(COMPLETE, 100, START + timedelta(days=9), step=9, schedule=old.fingerprint)
+    halved = Strategy("ramp", "f", "percentage", 10, 10, 24, 50, start=START)
+    assert serve(halved, done, (), START + timedelta(days=20)).percentage == 50  # git's new max
+    gated = Strategy("ramp", "f", "percentage", 10, 10, 24, 100, start=START, gated=True)
+    at_40 = Entry(RAMPING, 40, START + timedelta(days=3), step=3, schedule=gated.fingerprint)
+    finer = Strategy("ramp", "f", "percentage", 10, 5, 24, 100, start=START, gated=True)
+    moved = serve(finer, at_40, (), START + timedelta(days=3, hours=2))
+    assert (moved.percentage, moved.step) == (40, 6)  # the same share: nobody loses it
+    later = Strategy("ramp", "f", "percentage", 10, 10, 24, 100, start=START + timedelta(days=9))
+    assert serve(later, done, (), START + timedelta(days=5)).state == SCHEDULED
+    paused = Entry(PAUSED, 30, START, step=2, schedule=old.fingerprint)
+    assert serve(halved, paused, (), START + timedelta(days=20)).percentage == 30  # held
+
+
+def test_a_resume_before_the_start_waits_for_it() -> None:
+    early = START - timedelta(days=3)
+    actions = [
+        Action("abort", early, "ana", "not yet"),
+        Action("resume", early + timedelta(hours=1), "ana", "ok", epoch=1),
+    ]
+    assert serve(RAMP, None, actions, START - timedelta(days=1)).state == SCHEDULED
+    assert serve(RAMP, None, actions, START + timedelta(hours=1)).percentage == 10

@@ -31,7 +31,7 @@ from reconciler.state.store import StateStore
 from reconciler.validation import validate
 from tests.conftest import REPO_ROOT
 
-PRO_DE = {"user_id": "user-7", "country": "DE", "plan": "pro"}
+PRO_DE = {"user_id": "user-0", "country": "DE", "plan": "pro"}
 
 
 def applied(store: StateStore) -> None:

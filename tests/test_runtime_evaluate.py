@@ -31,7 +31,7 @@ from reconciler.validation import validate
 from tests.conftest import REPO_ROOT
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-PRO_DE = {"user_id": "user-7", "country": "DE", "plan": "pro"}
+PRO_DE = {"user_id": "user-0", "country": "DE", "plan": "pro"}
 USERS = [f"user-{i}" for i in range(10_000)]
 STRATEGY = "bedrock_gradual_rollout"
 
@@ -81,20 +81,28 @@ def test_a_rule_with_its_own_rollout() -> None:
 
 
 def test_the_schedule_ramps_from_its_start_time() -> None:
+    """The example's strategy is gated (health checks): its first step from its start until the
+    rollout controller moves it; without its checks it ramps by time."""
     snap = snapshot()
     start = datetime(2025, 1, 9, 10, tzinfo=UTC)
-    assert (
-        share_enabled(snap, "vc_bedrock_live", start - timedelta(hours=1), country="DE", plan="pro")
-        == 0
+    before, first = start - timedelta(hours=1), start + timedelta(hours=1)
+    assert share_enabled(snap, "vc_bedrock_live", before, country="DE", plan="pro") == 0
+    for moment in (first, start + timedelta(days=3, hours=1), start + timedelta(days=30)):
+        assert share_enabled(
+            snap, "vc_bedrock_live", moment, country="DE", plan="pro"
+        ) == pytest.approx(0.10, abs=0.015)
+    item = next(i for i in items()[RecordKind.FLAG] if i["flag_name"] == "vc_bedrock_live")
+    ungated = snapshot({"vc_bedrock_live": {"rollout": {**item["rollout"], "gated": False}}})
+    assert share_enabled(ungated, "vc_bedrock_live", first, country="DE", plan="pro") == (
+        pytest.approx(0.10, abs=0.015)
     )
     assert share_enabled(
-        snap, "vc_bedrock_live", start + timedelta(hours=1), country="DE", plan="pro"
-    ) == pytest.approx(0.10, abs=0.015)
-    assert share_enabled(
-        snap, "vc_bedrock_live", start + timedelta(days=3, hours=1), country="DE", plan="pro"
+        ungated, "vc_bedrock_live", start + timedelta(days=3, hours=1), country="DE", plan="pro"
     ) == pytest.approx(0.40, abs=0.015)
     assert (
-        share_enabled(snap, "vc_bedrock_live", start + timedelta(days=30), country="DE", plan="pro")
+        share_enabled(
+            ungated, "vc_bedrock_live", start + timedelta(days=30), country="DE", plan="pro"
+        )
         == 1.0
     )
 

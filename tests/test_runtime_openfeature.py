@@ -20,7 +20,7 @@ from reconciler.state.local import LocalStore
 from tests.test_runtime_client import applied
 
 _domains = itertools.count()
-PRO_DE = EvaluationContext("user-7", {"country": "DE", "plan": "pro"})
+PRO_DE = EvaluationContext("user-0", {"country": "DE", "plan": "pro"})
 
 
 @pytest.fixture

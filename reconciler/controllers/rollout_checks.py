@@ -10,7 +10,7 @@ holding that quantile, so never below the true value); cost is USD per request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.runtime.telemetry import LATENCY_BINS, latency_bin
@@ -193,14 +193,3 @@ def judge_value(
     if check.action is not None:  # a rollback condition: met means act
         return CheckResult(check, FAIL if holds else PASS, value, baseline, samples)
     return CheckResult(check, PASS if holds else FAIL, value, baseline, samples)
-
-
-def judge_all(
-    checks: Sequence[Check], windows: Mapping[int, tuple[Window, Window]]
-) -> list[CheckResult]:
-    """Each check over the window of its length (``windows``: minutes -> (with, without))."""
-    results = []
-    for check in checks:
-        treated, untreated = windows.get(check.window_minutes, (Window(), Window()))
-        results.append(judge(check, treated, untreated))
-    return results

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from reconciler.controllers.rollout_checks import FAIL, INSUFFICIENT, CheckResult
+from reconciler.controllers.rollout_checks import FAIL, INSUFFICIENT, PASS, CheckResult
 from reconciler.runtime.rollout_state import (
     COMPLETE,
     HOLDING,
+    NOT_WATCHED,
     PAUSED,
     RAMPING,
     ROLLED_BACK,
@@ -32,7 +33,6 @@ from reconciler.runtime.rollout_state import (
     advance,
     apply_actions,
     first_entry,
-    pending,
     strategy_from_item,
 )
 
@@ -72,20 +72,41 @@ def decide(
     actions: Sequence[Action] = (),
     now: datetime,
 ) -> Decision:
-    results = (*checks, *conditions, *promotion)
-    if pending(previous, actions, now):  # operators decide, whatever the checks say
-        moved, moves = apply_actions(strategy, previous, actions, now)
-        said = [_said(strategy, action, before, after) for action, before, after in moves]
-        words = "; ".join(s for s in said if s)
-        return Decision(moved, words or None, bool(words), results)
-    entry = previous or first_entry(strategy, now)
-    if entry.state == SCHEDULED and (strategy.start is None or now >= strategy.start):
-        entry = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
-    if entry.state in (*STOPPED_STATES, SCHEDULED):
-        return Decision(entry, results=results)  # until a person resumes it (or its start)
+    """The rollout's next state. The entry it returns is stamped with the schedule it was
+    decided for (``Entry.schedule``), so that a change in git is taken up (``realign``)."""
+    decided = _decide(strategy, previous, checks, conditions, promotion, actions, now)
+    entry = replace(decided.entry, schedule=strategy.fingerprint)
+    return replace(decided, entry=entry, results=(*checks, *conditions, *promotion))
+
+
+def _decide(  # noqa: PLR0917 - decide's arguments, passed on
+    strategy: Strategy,
+    previous: Entry | None,
+    checks: Sequence[CheckResult],
+    conditions: Sequence[CheckResult],
+    promotion: Sequence[CheckResult],
+    actions: Sequence[Action],
+    now: datetime,
+) -> Decision:
+    # Operators first, whatever the checks say: their actions in order, as clients apply them.
+    entry, moves = apply_actions(strategy, previous, actions, now)
+    if entry.reason == NOT_WATCHED:
+        entry = replace(entry, reason="")  # judged from now on
+    said = [s for s in (_said(strategy, a, before, after) for a, before, after in moves) if s]
+    if not said and previous is not None:
+        realigned = _change(strategy, previous, entry)  # git changed the schedule
+        said = [f"{realigned} (the schedule changed in git)"] if realigned else []
+    if entry.state in (*STOPPED_STATES, SCHEDULED, COMPLETE):
+        # Until a person resumes it, or its start; a complete rollout is over (its checks
+        # are not acted on: a later outage is for break-glass or a budget, not a rollback).
+        return _with(Decision(entry), said)
     if not strategy.gated:
         moved = advance(strategy, entry, now)
-        return Decision(moved, _change(strategy, entry, moved), moved.state == COMPLETE, results)
+        return _with(
+            Decision(moved, _change(strategy, entry, moved), moved.state == COMPLETE), said
+        )
+    if any(a.action in ("resume", "abort") for a, _, _ in moves):
+        return _with(Decision(entry), said)  # judged on data from the resume on, next run
     for result in conditions:
         if result.outcome == FAIL:
             state = PAUSED if result.check.action == "pause" else ROLLED_BACK
@@ -93,27 +114,46 @@ def decide(
             why = f"rollback condition {result.describe()}"
             moved = replace(entry, state=state, percentage=share, since=now, reason=why)
             words = "paused" if state == PAUSED else "rolled back"
-            return Decision(
-                moved, f"{strategy.name}: {entry.state} -> {words} ({why})", True, results
+            return _with(
+                Decision(moved, f"{strategy.name}: {entry.state} -> {words} ({why})", True), said
             )
     for result in checks:
         if result.outcome == FAIL:
             why = f"health check {result.describe()}"
             back = replace(entry, state=ROLLED_BACK, percentage=0.0, since=now, reason=why)
-            return Decision(
-                back, f"{strategy.name}: {entry.state} -> rolled back ({why})", True, results
+            return _with(
+                Decision(back, f"{strategy.name}: {entry.state} -> rolled back ({why})", True), said
             )
-    waiting = [r for r in (*checks, *promotion) if r.outcome == INSUFFICIENT]
-    due = _due(strategy, entry, promotion, now)
-    if not due:
-        return Decision(_settled(entry, waiting, due=False), results=results)
+    entry = _passing(entry, promotion, now)
+    waiting = [r for r in (*checks, *conditions, *promotion) if r.outcome == INSUFFICIENT]
+    if not _due(strategy, entry, promotion, now):
+        if entry.state == HOLDING and not waiting:
+            entry = replace(entry, state=RAMPING, reason="")
+        return _with(Decision(entry), said)
     if waiting:
         why = "insufficient data: " + "; ".join(r.describe() for r in waiting)
-        return Decision(replace(entry, state=HOLDING, reason=why), results=results)
+        return _with(Decision(replace(entry, state=HOLDING, reason=why)), said)
     following = strategy.at_step(entry, entry.step + 1, now)
-    return Decision(
-        following, _change(strategy, entry, following), following.state == COMPLETE, results
-    )
+    change = _change(strategy, entry, following)
+    return _with(Decision(following, change, following.state == COMPLETE), said)
+
+
+def _with(decision: Decision, said: Sequence[str]) -> Decision:
+    """The decision with the operators' (or git's) moves before its own."""
+    if not said:
+        return decision
+    words = "; ".join([*said, *([decision.transition] if decision.transition else [])])
+    return replace(decision, transition=words, alert=True)
+
+
+def _passing(entry: Entry, promotion: Sequence[CheckResult], now: datetime) -> Entry:
+    """Since when every promotion criterion has passed (reset by a failed or inconclusive
+    one): a canary stage is promoted only after they held for its minimum duration."""
+    if not promotion:
+        return entry
+    if all(r.outcome == PASS for r in promotion):
+        return entry if entry.passing is not None else replace(entry, passing=now)
+    return replace(entry, passing=None)
 
 
 def _change(strategy: Strategy, before: Entry, after: Entry) -> str | None:
@@ -123,24 +163,18 @@ def _change(strategy: Strategy, before: Entry, after: Entry) -> str | None:
     return change + (f" (stage {after.stage})" if after.stage is not None else "")
 
 
-def _settled(entry: Entry, waiting: Sequence[CheckResult], *, due: bool) -> Entry:
-    if entry.state == COMPLETE:
-        return entry
-    if waiting and due:
-        return replace(entry, state=HOLDING)
-    if entry.state == HOLDING and not waiting:
-        return replace(entry, state=RAMPING, reason="")
-    return entry
-
-
 def _due(strategy: Strategy, entry: Entry, promotion: Sequence[CheckResult], now: datetime) -> bool:
-    """Whether the next step (or stage) is due now: its time has come and, for a canary, no
-    promotion criterion fails (one that fails keeps the stage: it is not a rollback)."""
+    """Whether the next step (or stage) is due now: its time has come and, for a canary with
+    promotion criteria, they have all passed for its minimum duration (one that fails keeps
+    the stage: it is not a rollback)."""
     if entry.state == COMPLETE or entry.step >= strategy.last_step:
         return False
-    if now - entry.since < strategy.wait(entry):
+    wait = strategy.wait(entry)
+    if now - entry.since < wait:
         return False
-    return not any(r.outcome == FAIL for r in promotion)
+    if promotion:
+        return entry.passing is not None and now - entry.passing >= wait
+    return True
 
 
 def _said(strategy: Strategy, action: Action, before: Entry, after: Entry) -> str | None:

@@ -2,12 +2,12 @@
 summed from the ops buckets' shards (five minutes each), one read of a bucket per run.
 
 A window of N minutes covers the buckets whose five minutes end after ``now - N``: at most five
-minutes more than N, never less.
+minutes more than N, never less; and none from before the rollout's last move.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from reconciler.controllers.rollout_checks import Window
@@ -29,8 +29,14 @@ Windows = dict[tuple[str, int], tuple[Window, Window]]  # (flag, minutes) -> (in
 
 
 def read_windows(
-    store: StateStore, flags: Collection[str], minutes: Iterable[int], now: datetime
+    store: StateStore,
+    flags: Collection[str],
+    minutes: Iterable[int],
+    now: datetime,
+    since: Mapping[str, datetime] | None = None,
 ) -> Windows:
+    """Each flag's cohorts over each window; ``since``: per flag, the moment before which
+    nothing counts (its rollout's last move: only buckets that start at or after it)."""
     lengths = sorted(set(minutes))
     if not flags or not lengths:
         return {}
@@ -46,9 +52,14 @@ def read_windows(
         moment += step
     found: Windows = {}
     for length in lengths:
-        since = now - timedelta(minutes=length)
-        wanted = [series for start, series in buckets if start + step > since]
+        opens = now - timedelta(minutes=length)
         for flag in flags:
+            moved = (since or {}).get(flag)
+            wanted = [
+                series
+                for start, series in buckets
+                if start + step > opens and (moved is None or start >= moved)
+            ]
             found[flag, length] = (cohort(wanted, flag, IN), cohort(wanted, flag, OUT))
     return found
 

@@ -19,8 +19,10 @@ from typing import Any
 from reconciler.controllers.rollout_run import watched_strategies
 from reconciler.errors import UserError
 from reconciler.runtime.rollout_state import (
+    CONTROLLER,
     CONTROLLER_ID,
     HOLDING,
+    OPERATOR,
     RAMPING,
     ROLLED_BACK,
     SCHEDULED,
@@ -30,6 +32,7 @@ from reconciler.runtime.rollout_state import (
     Strategy,
     actions_from_item,
     entries_from_item,
+    holder,
     pending,
     serve,
     valid_until,
@@ -37,8 +40,7 @@ from reconciler.runtime.rollout_state import (
 from reconciler.state.records import RecordKind
 from reconciler.state.store import StateStore
 
-OPERATOR = "operator"
-CONTROLLER = "rollout controller"
+__all__ = ["CONTROLLER", "OPERATOR", "NextStep", "RolloutReport", "RolloutStatus", "read_status"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def build(rollout: Rollout, actions: Sequence[Action], now: datetime) -> Rollout
         since=served.since,
         reason=served.reason,
         judged=entry is not None,
-        held_by=_held_by(served, action),
+        held_by=holder(served, actions),
         action=action,
         pending=waiting,
         checked_at=_text(rollout.record.get("checked_at")),
@@ -151,7 +153,7 @@ def next_step(
         return None
     due = served.since + strategy.wait(served)
     following = strategy.at_step(served, served.step + 1, due)
-    if not strategy.gated or entry is None:  # by time, as clients serve it
+    if not strategy.gated:  # by time, as clients serve it
         moves = valid_until(strategy, entry, actions, served)
         at = moves if moves < datetime.max.replace(tzinfo=UTC) else due
         return NextStep(following.percentage, following.stage, at, gated=False)
@@ -164,15 +166,6 @@ def _resumed(
     """What a resume written now serves (as ``serve`` computes it): a rollback starts over at
     the first step (the same users first), a pause goes on from its share."""
     return serve(strategy, entry, [*actions, Action("resume", now, "", "")], now)
-
-
-def _held_by(served: Entry, action: Action | None) -> str | None:
-    if served.state not in (*STOPPED_STATES, HOLDING):
-        return None
-    by_operator = (
-        action is not None and action.action in ("pause", "abort") and served.since == action.at
-    )
-    return OPERATOR if by_operator else CONTROLLER
 
 
 def _checks(stored: Any) -> tuple[Mapping[str, Any], ...]:

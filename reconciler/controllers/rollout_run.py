@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from reconciler.controllers.rollout_checks import (
+    MIN_SAMPLES,
     Check,
     CheckResult,
     Metric,
@@ -123,6 +124,7 @@ def checks_of(item: Mapping[str, Any]) -> tuple[tuple[Check, ...], ...]:
             str(c["comparison"]),
             int(c.get("window_minutes", 60)),
             bool(c.get("enabled", True)),
+            min_samples=int(c.get("min_sample_size") or MIN_SAMPLES),
             metric=_metric(c),
         )
         for c in item.get("health_checks") or []
@@ -135,6 +137,7 @@ def checks_of(item: Mapping[str, Any]) -> tuple[tuple[Check, ...], ...]:
             str(c["comparison"]),
             int(c.get("window_minutes", 15)),
             action=str(c.get("action", "rollback")),
+            min_samples=int(c.get("min_sample_size") or MIN_SAMPLES),
             metric=_metric(c),
         )
         for c in item.get("rollback_conditions") or []
@@ -246,8 +249,14 @@ def run_rollout_controller(
     """One run; ``metrics``: where custom metrics are read (default: CloudWatch, when a check
     reads one)."""
     strategies, errors = watched_strategies(store)
-    flags = {s.strategy.flag for s in strategies.values()}
-    windows = read_windows(store, flags, {m for s in strategies.values() for m in s.windows}, now)
+    known = entries_from_item(store.read_control(CONTROLLER_ID))
+    # Each rollout is judged on what its users did since its entry last moved (a step, a
+    # resume): a resumed rollout is not rolled back again on the data that rolled it back.
+    since = {w.strategy.flag: known[n].since for n, w in strategies.items() if n in known}
+    lengths = {m for s in strategies.values() for m in s.windows}
+    windows = read_windows(
+        store, {s.strategy.flag for s in strategies.values()}, lengths, now, since
+    )
     actions = actions_from_item((store.read_overrides() or {}).get("rollouts"))
     read_at = stamp(now)
     custom = read_custom(strategies, metrics, now)
@@ -261,8 +270,11 @@ def run_rollout_controller(
             run.superseded = True  # a newer reading decided
             return run
         entries = entries_from_item(stored)
-        record: dict[str, Any] = {"strategies": {}}
-        changed = False
+        found = stored.get("strategies")
+        kept: dict[str, Any] = dict(found) if isinstance(found, dict) else {}
+        # Strategies not judged this run (inactive, unreadable for now) keep their entries.
+        record: dict[str, Any] = {"strategies": dict(kept)}
+        alerts = {a["alert_id"]: a for a in _pending(stored)}
         for name, watched in strategies.items():
             checks, conditions, promotion = results[name]
             decision = decide(
@@ -275,16 +287,19 @@ def run_rollout_controller(
                 now=now,
             )
             run.decisions[name] = decision
-            before = (stored.get("strategies") or {}).get(name) or {}
+            before = kept.get(name) or {}
             item = _entry_item(watched, decision, read_at)
-            if "alert" not in item and before.get("alert") and before.get("since") == item["since"]:
-                item["alert"] = before["alert"]  # not claimed yet, maybe: kept until it is
-            changed = changed or _moved(before, item)
+            if decision.alert and decision.transition:
+                alert = RolloutAlert(
+                    name, watched.strategy.flag, decision.entry.state, decision.transition,
+                    item["since"],
+                )  # fmt: skip
+                alerts.setdefault(alert.alert_id, alert.to_item())
+            elif before.get("alert") and before.get("since") == item["since"]:
+                item["alert"] = before["alert"]  # the last move, shown while it holds
             record["strategies"][name] = item
-        gone = set(stored.get("strategies") or {}) - set(record["strategies"])
-        if not changed and not gone and stored:
-            changed = _checks_changed(stored, record)
-        if not changed:
+        record["alerts"] = list(alerts.values())
+        if _same(stored, record):
             break
         record.update(version=run.version + 1, updated_at=read_at, read_at=read_at)
         try:
@@ -297,6 +312,31 @@ def run_rollout_controller(
         raise UserError("the rollout controller's state kept changing; run it again")
     _alert(store, run, publisher, now)
     return run
+
+
+def _pending(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The alerts the state holds that are not claimed in the alerts table yet."""
+    listed = record.get("alerts")
+    if not isinstance(listed, list):
+        return []
+    return [dict(a) for a in listed if isinstance(a, Mapping) and a.get("alert_id")]
+
+
+def _same(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether the record says what the stored one does (the time of the checks aside)."""
+
+    def content(item: Mapping[str, Any]) -> Any:
+        strategies = item.get("strategies") or {}
+        return (
+            {
+                n: {k: v for k, v in e.items() if k != "checked_at"}
+                for n, e in strategies.items()
+                if isinstance(e, Mapping)
+            },
+            item.get("alerts") or [],
+        )
+
+    return bool(stored) and content(stored) == content(record)
 
 
 def _entry_item(watched: Watched, decision: Decision, at: str) -> Item:
@@ -332,24 +372,6 @@ def _result_item(result: CheckResult, watched: Watched) -> Item:
     }
 
 
-_ENTRY_KEYS = ("state", "percentage", "since", "step", "stage", "reason", "epoch", "acted")
-
-
-def _moved(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    return any(before.get(k) != after.get(k) for k in _ENTRY_KEYS)
-
-
-def _checks_changed(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
-    """Whether the checks' outcomes changed (their figures move every run: not worth a write
-    each run, but an outcome that turns is)."""
-    for name, item in record["strategies"].items():
-        before = (stored.get("strategies") or {}).get(name) or {}
-        outcomes = [(c.get("name"), c.get("outcome")) for c in before.get("checks") or []]
-        if outcomes != [(c["name"], c["outcome"]) for c in item["checks"]]:
-            return True
-    return False
-
-
 def _audit(run: RolloutRun, actor: str, at: str) -> AuditEntry | None:
     moves = [d.transition for d in run.decisions.values() if d.transition]
     if not moves:
@@ -365,51 +387,29 @@ def _audit(run: RolloutRun, actor: str, at: str) -> AuditEntry | None:
     )
 
 
-def pending_alerts(record: Mapping[str, Any]) -> list[RolloutAlert]:
-    """The moves the stored state says deserve an alert."""
-    found = []
-    for name, item in (record.get("strategies") or {}).items():
-        if isinstance(item, Mapping) and item.get("alert"):
-            found.append(
-                RolloutAlert(
-                    str(name),
-                    str(item.get("flag", "")),
-                    str(item.get("state", "")),
-                    str(item["alert"]),
-                    str(item.get("since", "")),
-                )
-            )
-    return found
-
-
 def _alert(
     store: StateStore, run: RolloutRun, publisher: AlertPublisher | None, now: datetime
 ) -> None:
-    """Alerts of the stored state's moves, each recorded in the alerts table by a conditional
-    put by id (a claim: however many controllers run, one publishes it); published when a
-    publisher is configured; one claimed but not out after five minutes is published by a
-    later run."""
+    """The state's pending alerts, each recorded in the alerts table by a conditional put by
+    id (a claim: however many controllers run, one publishes it), then dropped from the
+    state; published when a publisher is configured; one claimed but not out after five
+    minutes is published by a later run."""
     at = format_time(now)
     claim = uuid.uuid4().hex
+    pending = _pending(store.read_control(CONTROLLER_ID) or {})
     mine = []
-    for alert in pending_alerts(store.read_control(CONTROLLER_ID) or {}):
-        if store.put_alert({**alert.to_item(), "at": at, "recorded_by": claim}):
-            mine.append(alert)
+    for item in pending:
+        if store.put_alert({**item, "at": at, "recorded_by": claim}):
+            mine.append(_alert_of(item))
+    if pending:
+        _drop_claimed(store, {str(a["alert_id"]) for a in pending}, at)
     if publisher is None:
         return
     stale = format_time(now - REPUBLISH_AFTER)
     for item in store.read_alerts():
         waiting = item.get("strategy_name") and not item.get("published")
         if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
-            mine.append(
-                RolloutAlert(
-                    str(item["strategy_name"]),
-                    str(item.get("flag_name", "")),
-                    str(item.get("level", "")),
-                    str(item.get("message", "")),
-                    str(item.get("since", "")),
-                )
-            )
+            mine.append(_alert_of(item))
     for alert in mine:
         try:
             publisher.publish(alert)
@@ -418,3 +418,27 @@ def _alert(
             continue
         store.mark_alert_published(alert.alert_id, at)
         run.alerts_published.append(alert.alert_id)
+
+
+def _alert_of(item: Mapping[str, Any]) -> RolloutAlert:
+    return RolloutAlert(
+        str(item["strategy_name"]),
+        str(item.get("flag_name", "")),
+        str(item.get("level", "")),
+        str(item.get("message", "")),
+        str(item.get("since", "")),
+    )
+
+
+def _drop_claimed(store: StateStore, claimed: set[str], at: str) -> None:
+    """The claimed alerts out of the state (a conflict leaves them for the next run, whose
+    claim finds them recorded already)."""
+    stored = store.read_control(CONTROLLER_ID) or {}
+    left = [a for a in _pending(stored) if a["alert_id"] not in claimed]
+    version = int(stored.get("version", 0))
+    record = {k: v for k, v in stored.items() if k != "record_id"}
+    record.update(alerts=left, version=version + 1, updated_at=at)
+    try:
+        store.write_control(CONTROLLER_ID, record, version, None)
+    except WriteConflictError:
+        return

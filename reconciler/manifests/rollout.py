@@ -21,6 +21,7 @@ CheckType = Literal[
 ]
 Statistic = Literal["Average", "Sum", "Minimum", "Maximum", "SampleCount"]
 MetricName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^\S(.*\S)?$")]
+MAX_WINDOW = 1440  # minutes: a check reads one ops bucket per five minutes of its window
 # What a check or a promotion criterion measures from the services' recorded outcomes.
 MEASURED = (
     "error_rate",
@@ -51,7 +52,9 @@ class PromotionCriterion(StrictModel):
     )
     comparison: Comparison = Field(description="How the metric must compare with threshold.")
     threshold: float = Field(description="The value the metric is compared with.")
-    window_minutes: Integer = Field(default=60, ge=1, description="Measurement window.")
+    window_minutes: Integer = Field(
+        default=60, ge=1, le=MAX_WINDOW, description="Measurement window (up to a day)."
+    )
     min_sample_size: Integer = Field(
         default=100, ge=1, description="Requests needed before the criterion counts."
     )
@@ -89,51 +92,51 @@ class RolloutConfiguration(StrictModel):
     )
 
 
-class HealthCheck(StrictModel):
+class Measured(StrictModel):
+    """What a health check or a rollback condition measures, and how much it needs."""
+
+    check_type: CheckType = Field(description="What is measured.")
+    metric_name: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch metric's name."
+    )
+    namespace: MetricName | None = Field(
+        default=None, description="For check_type custom_metric: the CloudWatch namespace."
+    )
+    dimensions: dict[MetricName, MetricName] | None = Field(
+        default=None, description="For check_type custom_metric: the metric's dimensions."
+    )
+    statistic: Statistic | None = Field(
+        default=None,
+        description="For check_type custom_metric: what is compared (default Average).",
+    )
+    threshold: float = Field(description="The value the measurement is compared with.")
+    min_sample_size: Integer | None = Field(
+        default=None,
+        ge=1,
+        description="Requests (for custom_metric: samples) in the window before the "
+        "measurement counts; fewer is insufficient data (default 100).",
+    )
+
+
+class HealthCheck(Measured):
     """A check that must keep passing while the rollout advances."""
 
     check_name: Name = Field(description="The check's name, unique in the strategy.")
-    check_type: CheckType = Field(description="What is measured.")
-    metric_name: MetricName | None = Field(
-        default=None, description="For check_type custom_metric: the CloudWatch metric's name."
-    )
-    namespace: MetricName | None = Field(
-        default=None, description="For check_type custom_metric: the CloudWatch namespace."
-    )
-    dimensions: dict[MetricName, MetricName] | None = Field(
-        default=None, description="For check_type custom_metric: the metric's dimensions."
-    )
-    statistic: Statistic | None = Field(
-        default=None,
-        description="For check_type custom_metric: what is compared (default Average).",
-    )
-    threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a healthy measurement compares.")
-    window_minutes: Integer = Field(default=60, ge=1, description="Measurement window.")
+    window_minutes: Integer = Field(
+        default=60, ge=1, le=MAX_WINDOW, description="Measurement window (up to a day)."
+    )
     enabled: bool = Field(default=True, description="false skips the check.")
 
 
-class RollbackCondition(StrictModel):
+class RollbackCondition(Measured):
     """A condition that, when met, rolls the rollout back (or pauses it)."""
 
     condition_name: Name = Field(description="The condition's name, unique in the strategy.")
-    check_type: CheckType = Field(description="What is measured.")
-    metric_name: MetricName | None = Field(
-        default=None, description="For check_type custom_metric: the CloudWatch metric's name."
-    )
-    namespace: MetricName | None = Field(
-        default=None, description="For check_type custom_metric: the CloudWatch namespace."
-    )
-    dimensions: dict[MetricName, MetricName] | None = Field(
-        default=None, description="For check_type custom_metric: the metric's dimensions."
-    )
-    statistic: Statistic | None = Field(
-        default=None,
-        description="For check_type custom_metric: what is compared (default Average).",
-    )
-    threshold: float = Field(description="The value the measurement is compared with.")
     comparison: Comparison = Field(description="How a measurement that triggers compares.")
-    window_minutes: Integer = Field(default=15, ge=1, description="Measurement window.")
+    window_minutes: Integer = Field(
+        default=15, ge=1, le=MAX_WINDOW, description="Measurement window (up to a day)."
+    )
     action: Literal["rollback", "pause"] = Field(
         default="rollback", description="rollback to 0%, or pause at the current share."
     )

@@ -18,10 +18,11 @@ from reconciler.runtime.experiment_state import STOPPED, ExperimentStates
 from reconciler.runtime.rollout_state import (
     COMPLETE,
     HOLDING,
+    OPERATOR,
     PAUSED,
     ROLLED_BACK,
     RolloutStates,
-    pending,
+    holder,
     serve,
     stamp,
     strategy_from_item,
@@ -300,7 +301,7 @@ def hold_by_rollouts(
         stopped = served.state in (PAUSED, ROLLED_BACK, HOLDING)
         if not stopped and not (strategy.gated and entry is not None and served.state != COMPLETE):
             continue  # on its schedule (or complete): nothing holds it
-        by = "an operator" if pending(entry, actions, now) else "the rollout controller"
+        by = "an operator" if holder(served, actions) == OPERATOR else "the rollout controller"
         what = f"{served.state.replace('_', ' ')} at {served.percentage:g}%"
         detail = f"{by}: {what}" + (f" ({served.reason})" if served.reason else "")
         holds[name] = holds[flag] = Hold("controller", detail, stamp(served.since))

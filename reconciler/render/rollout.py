@@ -119,8 +119,8 @@ def render_text(report: RolloutReport) -> Iterator[str]:
         yield f"{status.strategy} → {status.flag} ({status.rollout_type}): {position(status)}"
         if status.reason == NOT_WATCHED:
             yield (
-                "  not judged by the rollout controller yet: on its schedule by time "
-                "(is `controller run` scheduled?)"
+                "  not judged by the rollout controller yet: held at its first step until it "
+                "is (is `controller run` scheduled?)"
             )
         elif status.reason and status.held_by is not None:
             yield f"  held by {_holder(status)}: {status.reason}"

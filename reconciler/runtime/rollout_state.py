@@ -17,14 +17,15 @@ again, and two actions between controller runs (a pause, then a resume) both cou
 
 A *gated* strategy (one with health checks, rollback conditions or promotion criteria) serves the
 entry's share as it is: only the controller, having judged its checks, moves it (until the
-controller first writes an entry, its schedule by time: a controller that was never scheduled
-does not stall a rollout, and the plan and ``controller rollout`` say it is not watched). An
-ungated one follows its schedule from the entry's step by time alone, so clients and the
-controller agree on it whether the controller runs or not.
+controller first writes an entry, its first step: ``controller rollout`` says it is not judged
+yet). An ungated one follows its schedule from the entry's step by time alone, so clients and
+the controller agree on it whether the controller runs or not. An entry written for a schedule
+git has changed since is taken up by the new one (``realign``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,8 @@ PAUSED = "paused"
 ROLLED_BACK = "rolled_back"
 COMPLETE = "complete"
 STOPPED_STATES = (PAUSED, ROLLED_BACK)
-NOT_WATCHED = "not judged by the rollout controller yet: on its schedule by time"
+NOT_WATCHED = "not judged by the rollout controller yet: at its first step until it is"
+OPERATOR, CONTROLLER = "operator", "rollout controller"  # who holds a rollout (``holder``)
 _FOREVER = 10_000  # steps: more than any schedule has
 
 
@@ -86,6 +88,18 @@ class Strategy:
         return min(self.maximum, self.initial + self.increment * step)
 
     @property
+    def fingerprint(self) -> str:
+        """What the schedule is, in short: an entry written for another schedule (git changed
+        it since) is taken up again where the new one allows (``realign``)."""
+        stages = ",".join(f"{s.name}={s.percentage:g}/{s.min_hours:g}" for s in self.stages)
+        start = stamp(self.start) if self.start is not None else "-"
+        text = (
+            f"{self.rollout_type}|{self.initial:g}|{self.increment:g}|{self.interval_hours:g}|"
+            f"{self.maximum:g}|{start}|{stages}|{self.gated}"
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
     def last_step(self) -> int:
         if self.stages:
             return len(self.stages) - 1
@@ -109,14 +123,14 @@ class Strategy:
         """The entry moved to ``step`` (for a canary: the stage of that index), since then."""
         state = COMPLETE if step >= self.last_step else RAMPING
         if self.stages:
-            stage = self.stages[step]
+            stage = self.stages[min(step, len(self.stages) - 1)]
             return replace(
                 entry, state=state, percentage=stage.percentage, step=step, stage=stage.name,
-                since=since, reason="",
+                since=since, reason="", passing=None,
             )  # fmt: skip
         return replace(
             entry, state=state, percentage=self.step_percentage(step), step=step, since=since,
-            reason="",
+            reason="", passing=None,
         )  # fmt: skip
 
 
@@ -133,6 +147,8 @@ class Entry:
     reason: str = ""
     epoch: int = 0  # operator resumes so far
     acted: datetime | None = None
+    schedule: str | None = None  # the fingerprint of the schedule it was written for
+    passing: datetime | None = None  # since when every promotion criterion has passed
 
     def to_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -147,6 +163,10 @@ class Entry:
             item["stage"] = self.stage
         if self.acted is not None:
             item["acted"] = stamp(self.acted)
+        if self.schedule is not None:
+            item["schedule"] = self.schedule
+        if self.passing is not None:
+            item["passing"] = stamp(self.passing)
         return item
 
 
@@ -195,24 +215,29 @@ def pending(entry: Entry | None, actions: Sequence[Action], now: datetime) -> tu
 
 
 def first_entry(strategy: Strategy, now: datetime) -> Entry:
-    """A rollout nobody has moved yet: scheduled before its start, else where its schedule is
-    by time (each step since it came due), so that a controller first run on a rollout
-    under way takes it up where clients serve it, and gates its steps from there."""
+    """A rollout nobody has moved yet: scheduled before its start; else, for a gated one, its
+    first step (only the controller's checks move it on); else where its schedule is by
+    time, each step since it came due."""
     start = strategy.start
     if start is not None and now < start:
         return Entry(SCHEDULED, 0.0, start, reason=f"starts at {stamp(start)}")
     since = start if start is not None else now
-    return _by_time(strategy, strategy.at_step(Entry(RAMPING, 0.0, since), 0, since), now)
+    first = strategy.at_step(Entry(RAMPING, 0.0, since), 0, since)
+    return first if strategy.gated else _by_time(strategy, first, now)
+
+
+def begin(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
+    """A scheduled entry once its start has come: its first entry, keeping what operators
+    did (the epoch, the last action taken)."""
+    if entry.state != SCHEDULED or (strategy.start is not None and now < strategy.start):
+        return entry
+    return replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
 
 
 def advance(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
     """An ungated schedule at ``now``: every step that has come due since the entry's, each
     since the moment it came due (so that the controller and clients agree)."""
-    if entry.state == SCHEDULED:
-        if strategy.start is not None and now < strategy.start:
-            return entry
-        entry = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
-    return _by_time(strategy, entry, now)
+    return _by_time(strategy, begin(strategy, entry, now), now)
 
 
 def _by_time(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
@@ -228,6 +253,35 @@ def _by_time(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
     return entry
 
 
+def realign(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
+    """An entry written for a schedule git has changed since, taken up by the new one: paused
+    and rolled back stay so; an ungated rollout is where the new schedule is by time; a gated
+    one keeps its share as far as the new schedule allows (the highest step at or below it:
+    never more without its checks), on its stage if the new stages still have it."""
+    if entry.schedule is None or entry.schedule == strategy.fingerprint:
+        return entry
+    fresh = replace(entry, schedule=strategy.fingerprint)
+    if entry.state in STOPPED_STATES:
+        return fresh
+    if strategy.start is not None and now < strategy.start:
+        scheduled = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
+        return replace(scheduled, schedule=strategy.fingerprint)
+    if not strategy.gated:
+        moved = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
+        return replace(moved, schedule=strategy.fingerprint)
+    names = [stage.name for stage in strategy.stages]
+    if entry.stage in names:
+        step = names.index(str(entry.stage))
+    else:
+        shares = [
+            strategy.stages[k].percentage if strategy.stages else strategy.step_percentage(k)
+            for k in range(strategy.last_step + 1)
+        ]
+        step = max([k for k, share in enumerate(shares) if share <= entry.percentage] or [0])
+    since = max(entry.since, strategy.start) if strategy.start is not None else entry.since
+    return strategy.at_step(fresh, step, since)
+
+
 def with_action(strategy: Strategy, entry: Entry, action: Action) -> Entry:
     """The entry with an operator's action applied: abort rolls back, pause holds the share
     served, resume restarts a rolled-back rollout from its first step (the same users come
@@ -241,7 +295,9 @@ def with_action(strategy: Strategy, entry: Entry, action: Action) -> Entry:
     if action.action == "pause" and entry.state not in STOPPED_STATES:
         share = action.percentage if action.percentage is not None else entry.percentage
         return replace(acted, state=PAUSED, percentage=share, since=at, reason=who)
-    if action.action == "resume":
+    if action.action == "resume" and entry.state in STOPPED_STATES:
+        if strategy.start is not None and at < strategy.start:  # not started yet: scheduled
+            return replace(first_entry(strategy, at), epoch=action.epoch, acted=at, reason=who)
         if entry.state == ROLLED_BACK:
             fresh = strategy.at_step(Entry(RAMPING, 0.0, at), 0, at)
             return replace(fresh, epoch=action.epoch, acted=at, reason=who)
@@ -260,27 +316,25 @@ def apply_actions(
     actions it has not taken yet applied in order, each at its moment, a schedule that moves
     by time moved up to each; with what each action changed (action, before, after)."""
     todo = pending(entry, actions, now)
-    by_time = not strategy.gated or entry is None  # a gated one the controller has not judged
-    current = entry if entry is not None else first_entry(strategy, todo[0].at if todo else now)
-    if entry is None and strategy.gated and current.state != SCHEDULED:
-        current = replace(current, reason=NOT_WATCHED)
+    if entry is not None:
+        current = realign(strategy, entry, todo[0].at if todo else now)
+    else:
+        current = first_entry(strategy, todo[0].at if todo else now)
+        if strategy.gated and current.state != SCHEDULED:
+            current = replace(current, reason=NOT_WATCHED)
     moves = []
     for action in todo:
-        current = _at(strategy, current, action.at, by_time=by_time)
+        current = _at(strategy, current, action.at)
         after = with_action(strategy, current, action)
         moves.append((action, current, after))
         current = after
-    return _at(strategy, current, now, by_time=by_time), moves
+    return _at(strategy, current, now), moves
 
 
-def _at(strategy: Strategy, entry: Entry, now: datetime, *, by_time: bool) -> Entry:
-    if entry.state == SCHEDULED:
-        if strategy.start is not None and now < strategy.start:
-            return entry
-        entry = replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
-        if strategy.gated and not by_time:
-            return entry
-    return _by_time(strategy, entry, now) if by_time else entry
+def _at(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
+    """The entry at ``now``: started if its start has come; moved by time if ungated."""
+    entry = begin(strategy, entry, now)
+    return entry if strategy.gated else _by_time(strategy, entry, now)
 
 
 def serve(
@@ -299,7 +353,7 @@ def valid_until(
     if served.state == SCHEDULED and strategy.start is not None:
         ends.append(strategy.start)
     moving = served.state in (RAMPING, HOLDING) and served.step < strategy.last_step
-    if moving and (not strategy.gated or entry is None):
+    if moving and not strategy.gated:
         ends.append(served.since + strategy.wait(served))
     ends.extend(a.at for a in actions if served.acted is None or a.at > served.acted)
     return min(ends)
@@ -323,6 +377,7 @@ def entry_from_item(item: Any) -> Entry | None:
     if not 0 <= percentage <= 100:
         return None
     stage = item.get("stage")
+    schedule = item.get("schedule")
     return Entry(
         str(state),
         percentage,
@@ -332,7 +387,19 @@ def entry_from_item(item: Any) -> Entry | None:
         str(item.get("reason", "")),
         epoch,
         moment(item.get("acted")),
+        str(schedule) if schedule is not None else None,
+        moment(item.get("passing")),
     )
+
+
+def holder(served: Entry, actions: Sequence[Action]) -> str | None:
+    """Who holds a rollout that is paused, rolled back or holding: ``operator`` when the last
+    action put it there, else ``rollout controller``; None when nothing holds it."""
+    if served.state not in (*STOPPED_STATES, HOLDING):
+        return None
+    last = actions[-1] if actions else None
+    by_operator = last is not None and last.action in ("pause", "abort") and served.since == last.at
+    return OPERATOR if by_operator else CONTROLLER
 
 
 def entries_from_item(item: Mapping[str, Any] | None) -> dict[str, Entry]:
