@@ -45,6 +45,15 @@ def report(root: Path) -> dict[str, Any]:
     return dict(json.loads(out))
 
 
+def fully_rolled_out(root: Path) -> None:
+    """The example rollout without its checks: by time, long complete (100% of the targeted
+    users), so that every share below is the cost guard's."""
+    path = root / "rollouts.d" / "bedrock_gradual_rollout.yaml"
+    text = path.read_text()
+    path.write_text(text[: text.index("health_checks:")] + "created_by: system\n")
+    assert invoke("--apply", str(root), "--yes")[0] == 0
+
+
 def reasons(flags: FlagClient, flag: str) -> Counter[Reason]:
     return Counter(flags.decide(flag, user).reason for user in USERS)
 
@@ -53,6 +62,7 @@ def test_spend_alerts_then_throttles_then_shuts_down_then_lifts_next_day(
     deployment: Deployment,
 ) -> None:
     root, store = deployment.root, deployment.store
+    fully_rolled_out(root)
     flags = FlagClient(deployment.source, background=False)
     before = reasons(flags, "vc_bedrock_live")
     assert before == {Reason.TARGETING_MATCH: 2000}

@@ -81,10 +81,12 @@ def test_the_readme_edit_changes_no_decision() -> None:
 def test_moving_the_start_time_back_shows_who_loses_the_flag() -> None:
     """The strategy's start 30 hours ago: 20% instead of 100% of the supported markets, 30% in
     18 hours. The plan (through diff, at the plan's time) shows it on the flag, and the
-    strategy's change points there."""
+    strategy's change points there. (The schedule without its checks: one that moves by
+    time; a gated one stays at its first step until the controller moves it.)"""
     now = datetime.now(UTC).replace(microsecond=0)
     start = (now - timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     before = repository()
+    before[RecordKind.FLAG][BEDROCK]["rollout"]["gated"] = False
     after = copy.deepcopy(before)
     after[RecordKind.ROLLOUT]["bedrock_gradual_rollout"]["configuration"]["start_time"] = start
     after[RecordKind.FLAG][BEDROCK]["rollout"]["configuration"]["start_time"] = start
