@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from reconciler.controllers.rollout_run import run_rollout_controller
 from reconciler.runtime.client import FlagClient
@@ -257,3 +258,41 @@ def test_a_resumed_rollout_is_judged_on_what_came_after_the_resume(
         assert (entry["state"], entry["percentage"]) == ("ramping", 10), entry
     checks = {c["name"]: c for c in entry["checks"]}  # type: ignore[attr-defined]
     assert checks["error_rate_check"]["samples"] < 400  # only the 10% since the resume
+
+
+def test_two_controllers_at_once_move_it_once_and_alert_once(deployment: Deployment) -> None:
+    import threading
+
+    from reconciler.state.local import LocalStore
+
+    def stores() -> list[Any]:
+        if isinstance(deployment.store, LocalStore):
+            return [LocalStore(deployment.store.path) for _ in range(2)]
+        return [deployment.store, deployment.store]
+
+    def both(at: datetime) -> None:
+        runs = [
+            threading.Thread(target=run_rollout_controller, args=(s,), kwargs={"now": at})
+            for s in stores()
+        ]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+
+    service = begin(deployment, seed=6)
+    start = service.clock.now
+    for hours in (0, 24):
+        at = start + timedelta(hours=hours)
+        service.serve(at - timedelta(minutes=10), range(3000), error_rate=0.01)
+        both(at)
+    bad = start + timedelta(hours=25)
+    service.serve(bad - timedelta(minutes=30), range(3000), error_rate=0.07)
+    both(bad)
+    record = deployment.store.read_control(CONTROLLER_ID) or {}
+    assert record["strategies"][STRATEGY]["state"] == ROLLED_BACK
+    trail = [str(e["reason"]) for e in deployment.store.read_audit("controller/rollout_controller")]
+    assert sum("10% -> 20%" in reason for reason in trail) == 1, trail
+    assert sum("rolled back" in reason for reason in trail) == 1, trail
+    rollbacks = [a for a in deployment.store.read_alerts() if a.get("level") == ROLLED_BACK]
+    assert len(rollbacks) == 1

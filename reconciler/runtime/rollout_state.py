@@ -296,7 +296,9 @@ def with_action(strategy: Strategy, entry: Entry, action: Action) -> Entry:
         share = action.percentage if action.percentage is not None else entry.percentage
         return replace(acted, state=PAUSED, percentage=share, since=at, reason=who)
     if action.action == "resume" and entry.state in STOPPED_STATES:
-        if strategy.start is not None and at < strategy.start:  # not started yet: scheduled
+        start = strategy.start
+        if start is not None and (at < start or entry.since < start):
+            # Not started yet (scheduled), or stopped before its start: from its beginning.
             return replace(first_entry(strategy, at), epoch=action.epoch, acted=at, reason=who)
         if entry.state == ROLLED_BACK:
             fresh = strategy.at_step(Entry(RAMPING, 0.0, at), 0, at)
