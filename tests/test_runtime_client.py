@@ -214,3 +214,17 @@ def test_close_stops_the_refresh_thread(local: Path) -> None:
     assert thread.is_alive()
     client.close()
     assert not thread.is_alive()
+
+
+def test_a_dynamodb_source_reads_the_region_as_reconcile_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only ``AWS_REGION`` set (as Lambda sets it): the source's client is made in it, as the
+    control plane's is, instead of failing with NoRegionError."""
+    from reconciler.runtime.sources import DynamoDBSource
+
+    for variable in ("AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert DynamoDBSource().client.meta.region_name == "eu-west-3"

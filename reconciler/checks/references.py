@@ -21,12 +21,13 @@ def check_references(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
     broken_flags = tree.unloaded_names(Flag.folder)
     broken_experiments = tree.unloaded_names(Experiment.folder)
     broken_strategies = tree.unloaded_names(RolloutStrategy.folder)
+    named = flags.keys() | set(broken_flags)  # once: not a copy of every flag per reference
 
     for experiment, source in tree.of(Experiment):
-        if experiment.feature_flag not in flags | dict.fromkeys(broken_flags):
+        if experiment.feature_flag not in named:
             yield _unresolved(source, ("feature_flag",), experiment.feature_flag, "flag", flags)
     for strategy, source in tree.of(RolloutStrategy):
-        if strategy.feature_flag not in flags | dict.fromkeys(broken_flags):
+        if strategy.feature_flag not in named:
             yield _unresolved(source, ("feature_flag",), strategy.feature_flag, "flag", flags)
             continue
         target = flags.get(strategy.feature_flag)

@@ -10,12 +10,12 @@ what the check's minimum sample is compared with. One request for every check of
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from reconciler.controllers.rollout_checks import Metric
+from reconciler.runtime.sources import aws_region
 
 PERIOD = 60  # seconds: CloudWatch's resolution for standard metrics
 MAX_QUERIES = 500  # a GetMetricData request's limit
@@ -38,9 +38,7 @@ class CloudWatchReader:
         if client is None:
             import boto3  # noqa: PLC0415 - only a controller with custom metrics needs it
 
-            client = boto3.client(
-                "cloudwatch", region_name=region or os.environ.get("AWS_REGION") or None
-            )
+            client = boto3.client("cloudwatch", region_name=region or aws_region())
         self.client = client
 
     def describe(self) -> str:

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reconciler.runtime.sources import aws_region
 from reconciler.runtime.telemetry import COST, LATENCY, OUTCOME, TOKENS, Totals, split_series
 
 COSTS_NAMESPACE = "BedrockAI/Costs"
@@ -226,7 +227,7 @@ class CloudWatchMetrics:
             config = Config(
                 connect_timeout=1, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"}
             )
-            self.client = boto3.client("cloudwatch", config=config)
+            self.client = boto3.client("cloudwatch", config=config, region_name=aws_region())
         return self.client
 
 

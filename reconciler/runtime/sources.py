@@ -334,6 +334,12 @@ def write_assignment_items(batch_write: Any, table: str, assignments: Sequence[A
             raise RuntimeError("assignment writes stayed unprocessed (throttled)")
 
 
+def aws_region() -> str | None:
+    """The region as ``reconcile`` reads it: ``AWS_REGION``, else ``AWS_DEFAULT_REGION`` (else
+    None: boto3's own configuration, a profile's region)."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def _client(endpoint_url: str | None = None) -> Any:
     import boto3  # noqa: PLC0415 - only services reading DynamoDB need boto3
     from botocore.config import Config  # noqa: PLC0415
@@ -343,7 +349,9 @@ def _client(endpoint_url: str | None = None) -> Any:
         read_timeout=READ_TIMEOUT,
         retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
     )
-    return boto3.client("dynamodb", config=config, endpoint_url=endpoint_url)
+    return boto3.client(
+        "dynamodb", config=config, endpoint_url=endpoint_url, region_name=aws_region()
+    )
 
 
 def _unanswered(exc: Exception) -> bool:
