@@ -268,7 +268,11 @@ def test_missing_tables_are_named_and_say_to_bootstrap() -> None:
         assert caught.value.missing == [store.control_table]
         with pytest.raises(TablesMissingError) as caught:
             store.apply_writes([create("vc_a")], "t")
-        assert set(caught.value.missing) == {store.table(RecordKind.FLAG), store.audit_table}
+        assert set(caught.value.missing) == {
+            store.table(RecordKind.FLAG),
+            store.audit_table,
+            store.control_table,  # the configuration's stamp, written with the records
+        }
         store.close()
 
 
@@ -529,7 +533,7 @@ def test_a_group_is_one_transaction_of_its_writes_and_their_audit_entries(
     dynamo.client.meta.events.register("before-call.dynamodb.TransactWriteItems", capture)
     dynamo.apply_writes([create(f"vc_{i:02d}") for i in range(49)], "g", overrides_version=0)
     [request] = sent
-    assert len(request["TransactItems"]) == 99, "49 writes, 49 audit entries, 1 check"
+    assert len(request["TransactItems"]) == 100, "49 writes, 49 audits, 1 check, the stamp"
     [check] = [a["ConditionCheck"] for a in request["TransactItems"] if "ConditionCheck" in a]
     assert (check["TableName"], check["Key"]) == (
         dynamo.control_table,
@@ -543,6 +547,9 @@ def test_a_group_is_one_transaction_of_its_writes_and_their_audit_entries(
     assert all(i.startswith("2026-03-01T12:00:00.") and "#" in i for i in ids)
     assert 1 <= len(request["ClientRequestToken"]) <= 36
     assert len(dynamo.read_audit(limit=1000)) == 49
+    [stamp] = [p for p in puts if p["TableName"] == dynamo.control_table]
+    assert stamp["Item"]["record_id"] == {"S": "configuration"}
+    assert (dynamo.read_control("configuration") or {})["stamp"] == "g"  # the group's token
 
 
 def test_groups_are_checked_before_anything_is_sent(dynamo: DynamoDBStore) -> None:

@@ -129,6 +129,7 @@ class FlagClient:
         self._ready = threading.Event()  # a configuration and the overrides read from the store
         self._attempted = threading.Event()  # the first load has been tried, well or not
         self._configured = self._overridden = False
+        self._loaded_stamp: str | None = None  # the configuration stamp as of the last load
         self._warned: set[str] = set()
         # The time as epoch seconds, for recording: the fast clock unless a test set its own.
         self._epoch: Callable[[], float] = (
@@ -546,6 +547,7 @@ class FlagClient:
     # -- refreshing (the background thread) ------------------------------------------------
 
     def refresh_configuration(self) -> bool:
+        stamp = self._overrides.stamp  # read before the configuration: never newer than it
         try:
             with self._read_lock:
                 configuration = self.source.read_configuration()
@@ -553,8 +555,28 @@ class FlagClient:
         except Exception as exc:  # last known good: keep answering from the old snapshot
             return self._failed("configuration", exc)
         self._configured = True
+        self._loaded_stamp = stamp
         self._loaded()
         return True
+
+    def refresh(self) -> bool:
+        """One turn of the background refresh: the overrides (one small read), then the
+        configuration if its stamp moved since it was read (every apply moves it), or if the
+        store keeps no stamp. Whether both reads that were made succeeded."""
+        done = self.refresh_overrides()
+        if self._configuration_due():
+            done = self.refresh_configuration() and done
+        return done
+
+    def _configuration_due(self, waited: bool = True) -> bool:
+        """Whether to read the configuration now: none read yet; its stamp moved; or, on a
+        store without one, ``waited`` (the configuration interval has passed)."""
+        if not self._configured:
+            return True
+        stamp = self._overrides.stamp
+        if stamp is not None:
+            return stamp != self._loaded_stamp
+        return waited
 
     def refresh_overrides(self) -> bool:
         try:
@@ -632,8 +654,9 @@ class FlagClient:
         while not self._stop.wait(self.override_interval):
             self.refresh_overrides()
             since_config += self.override_interval
-            # Until a configuration has come, it is asked for at every turn.
-            if since_config >= self.config_interval or not self._configured:
+            # Until a configuration has come, it is asked for at every turn; then when its
+            # stamp moves (at once, not at the next interval), or by the interval without one.
+            if self._configuration_due(waited=since_config >= self.config_interval):
                 since_config = 0.0
                 self.refresh_configuration()
 

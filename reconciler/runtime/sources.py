@@ -40,6 +40,9 @@ from reconciler.runtime.snapshot import Shutdown
 from reconciler.runtime.telemetry import Assignment, Shard, dynamodb_item
 
 OVERRIDES_ID = "overrides"  # the control-table record break-glass writes
+# The control-table record every apply rewrites with its group's token, in the same write as
+# the records: a client rereads its configuration only when the stamp has moved.
+STAMP_ID = "configuration"
 # A DynamoDB call that takes longer is given up, and tried once more: at most ~5 s a call.
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
@@ -90,6 +93,7 @@ class Overrides:
     cost: CostState = field(default_factory=CostState)  # the cost guard's, read with them
     experiments: ExperimentStates = field(default_factory=ExperimentStates)  # analyser, operators
     rollouts: RolloutStates = field(default_factory=RolloutStates)  # controller, operators
+    stamp: str | None = None  # the configuration's (None: a store that keeps none)
 
     def in_force(self, now: datetime) -> Overrides:
         """Only the shutdowns that have not expired at ``now``."""
@@ -101,6 +105,7 @@ class Overrides:
             self.cost,
             self.experiments,
             self.rollouts,
+            self.stamp,
         )
 
 
@@ -141,18 +146,20 @@ def overrides_from_item(item: Mapping[str, Any] | None) -> Overrides:
     )
 
 
-CONTROL_RECORDS = (OVERRIDES_ID, COST_GUARD_ID, ANALYSER_ID, CONTROLLER_ID)  # read together
+CONTROL_RECORDS = (OVERRIDES_ID, COST_GUARD_ID, ANALYSER_ID, CONTROLLER_ID, STAMP_ID)  # together
 
 
 def with_controllers(overrides: Overrides, records: Mapping[str, Mapping[str, Any]]) -> Overrides:
     """The overrides with the controllers' records read alongside them."""
     states = replace(overrides.experiments, verdicts=verdicts_from_item(records.get(ANALYSER_ID)))
     rollouts = replace(overrides.rollouts, entries=entries_from_item(records.get(CONTROLLER_ID)))
+    stamp = (records.get(STAMP_ID) or {}).get("stamp")
     return replace(
         overrides,
         cost=cost_state_from_item(records.get(COST_GUARD_ID)),
         experiments=states,
         rollouts=rollouts,
+        stamp=str(stamp) if stamp else None,
     )
 
 
@@ -184,7 +191,7 @@ class SQLiteSource:
         rows = {
             record: json.loads(item)
             for record, item in self._query(
-                "SELECT record_id, item FROM control WHERE record_id IN (?, ?, ?, ?)",
+                "SELECT record_id, item FROM control WHERE record_id IN (?, ?, ?, ?, ?)",
                 *CONTROL_RECORDS,
             )
         }
@@ -256,7 +263,8 @@ class DynamoDBSource:
 
     def _scan(self, table: str) -> list[Item]:
         items: list[Item] = []
-        arguments: dict[str, Any] = {"TableName": table}
+        # Consistent: read right after the stamp moved, it must see what moved it.
+        arguments: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
         while True:
             page = self.client.scan(**arguments)
             items.extend(plain_item(raw) for raw in page.get("Items", []))
@@ -268,7 +276,8 @@ class DynamoDBSource:
         return Configuration(self._scan(self.flags_table), self._scan(self.thresholds_table))
 
     def read_overrides(self) -> Overrides:
-        """The overrides and the controllers' records: four small items in one request."""
+        """The overrides, the controllers' records and the configuration's stamp: five small
+        items in one request."""
         keys = [{"record_id": {"S": r}} for r in CONTROL_RECORDS]
         request: dict[str, Any] = {self.control_table: {"Keys": keys}}
         found: dict[str, Item] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from reconciler.runtime.sources import OVERRIDES_ID, TELEMETRY_TABLE
+from reconciler.runtime.sources import OVERRIDES_ID, STAMP_ID, TELEMETRY_TABLE
 from reconciler.state.dynamodb_client import (
     BACKOFF_CAP,
     CONDITION_FAILED,
@@ -269,10 +269,13 @@ class DynamoDBStore(DynamoDBExperiments):
                     }
                 )
                 owners.append(None)
+        # The configuration's stamp, in the same transaction: clients reread when it moves.
+        stamp = {"record_id": STAMP_ID, "stamp": token, "applied_at": now}
+        actions.append({"Put": {"TableName": self.control_table, "Item": to_dynamodb(stamp)}})
+        owners.append(None)
         request_token = _request_token(token, actions)
         tables = sorted({self.table(w.kind) for w in writes} | {self.audit_table})
-        if overrides_version is not None:
-            tables = sorted({*tables, self.control_table})
+        tables = sorted({*tables, self.control_table})
         try:
             self._call(
                 "TransactWriteItems",

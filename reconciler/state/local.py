@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from reconciler.runtime.sources import OVERRIDES_ID
+from reconciler.runtime.sources import OVERRIDES_ID, STAMP_ID
 from reconciler.state.local_experiments import EXPERIMENTS_SCHEMA, LocalExperiments
 from reconciler.state.local_telemetry import TELEMETRY_SCHEMA, LocalTelemetry
 from reconciler.state.records import (
@@ -182,6 +182,11 @@ class LocalStore(LocalTelemetry, LocalExperiments):
                     )
             connection.execute(
                 "INSERT INTO applied_groups (token, applied_at) VALUES (?, ?)", (token, now)
+            )
+            stamp = {"record_id": STAMP_ID, "stamp": token, "applied_at": now}
+            connection.execute(
+                "INSERT OR REPLACE INTO control (record_id, item) VALUES (?, ?)",
+                (STAMP_ID, dump(stamp)),
             )
 
     @_serialized
