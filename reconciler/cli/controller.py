@@ -20,6 +20,7 @@ from reconciler import __version__, experiment_operators
 from reconciler.breakglass import default_operator
 from reconciler.cli.boundary import run
 from reconciler.cli.new_experiment import new_experiment_command
+from reconciler.cli.options import root_option, store_option
 from reconciler.cli.rollout import ROLLOUT_COMMANDS
 from reconciler.commands.common import make_context
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
@@ -45,20 +46,6 @@ from reconciler.runtime.experiment_state import (
     verdicts_from_item,
 )
 from reconciler.state.records import OVERRIDES_RECORD, RecordKind
-
-_store_option = click.option(
-    "--store",
-    "backend",
-    type=click.Choice(["local", "dynamodb"]),
-    help="The backend (default: as reconcile chooses it).",
-)
-_root_option = click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="The repository (for reconciler.toml and the local store).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -194,8 +181,8 @@ Examples:
     help="With --watch: seconds between experiment analyses (each reads every assignment).",
 )
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
-@_store_option
-@_root_option
+@store_option
+@root_option
 def run_command(
     watch: bool,
     interval: float,
@@ -291,8 +278,8 @@ Examples:
 @click.option("--flush-interval", type=float, default=10.0, show_default=True)
 @click.option("--guard-interval", type=float, default=60.0, show_default=True)
 @click.option("--poll-interval", type=float, default=5.0, show_default=True)
-@_store_option
-@_root_option
+@store_option
+@root_option
 def cost_command(
     day: str | None,
     output_format: str,
@@ -360,8 +347,8 @@ Examples:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the intervals per metric as an SVG file.",
 )
-@_store_option
-@_root_option
+@store_option
+@root_option
 def experiment_command(
     name: str, output_format: str, plot: Path | None, backend: str | None, root: Path
 ) -> int:
@@ -419,8 +406,8 @@ _by_option = click.option(
 @click.argument("name")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def experiment_stop_command(
     name: str, reason: str, by: str, backend: str | None, root: Path
 ) -> int:
@@ -442,8 +429,8 @@ def experiment_stop_command(
 @click.argument("name")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def experiment_resume_command(
     name: str, reason: str, by: str, backend: str | None, root: Path
 ) -> int:
@@ -469,8 +456,8 @@ for _command in ROLLOUT_COMMANDS:
 @controller.command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
-@_store_option
-@_root_option
+@store_option
+@root_option
 def history_command(limit: int, output_format: str, backend: str | None, root: Path) -> int:
     """The controllers' state changes and operators' experiment stops and resumes and rollout
     pauses, resumes, aborts and promotes, newest first: who went from what to what, and why."""

@@ -12,25 +12,13 @@ import click
 
 from reconciler import rollout_operators as operators
 from reconciler.breakglass import default_operator
+from reconciler.cli.options import root_option, store_option
 from reconciler.commands.common import make_context
 from reconciler.controllers.rollout_report import read_status
 from reconciler.errors import ExitCode
 from reconciler.render import rollout as render
 from reconciler.runtime.client import utc_now
 
-_store_option = click.option(
-    "--store",
-    "backend",
-    type=click.Choice(["local", "dynamodb"]),
-    help="The backend (default: as reconcile chooses it).",
-)
-_root_option = click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="The repository (for reconciler.toml and the local store).",
-)
 _reason_option = click.option("--reason", required=True, help="Why, for the audit trail.")
 _by_option = click.option(
     "--by", default=default_operator, help="Who is acting (default: the login name)."
@@ -54,8 +42,8 @@ Examples:
     default="text",
     show_default=True,
 )
-@_store_option
-@_root_option
+@store_option
+@root_option
 def rollout_command(name: str | None, output_format: str, backend: str | None, root: Path) -> int:
     """Where each active rollout is, as clients serve it now: its state and share, since when
     and why, the rollout controller's last checks, an operator's action not taken yet, and
@@ -100,8 +88,8 @@ Example:
 @click.argument("strategy")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def pause_command(strategy: str, reason: str, by: str, backend: str | None, root: Path) -> int:
     """Hold a rollout at the share served now: clients hold it within their override poll,
     whatever its checks or its schedule say, until `controller resume`."""
@@ -118,8 +106,8 @@ Example:
 @click.argument("strategy")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def resume_command(strategy: str, reason: str, by: str, backend: str | None, root: Path) -> int:
     """Lift a pause or a rollback: a paused rollout goes on from its share, a rolled-back one
     starts over at its first step (the same users first)."""
@@ -136,8 +124,8 @@ Example:
 @click.argument("strategy")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def abort_command(strategy: str, reason: str, by: str, backend: str | None, root: Path) -> int:
     """Roll a rollout back now: nobody has the feature from it (its rules' users neither)
     within the clients' override poll, until `controller resume`."""
@@ -154,8 +142,8 @@ Example:
 @click.argument("strategy")
 @_reason_option
 @_by_option
-@_store_option
-@_root_option
+@store_option
+@root_option
 def promote_command(strategy: str, reason: str, by: str, backend: str | None, root: Path) -> int:
     """Move a ramping or holding rollout to its next step (or canary stage), whatever its
     checks say: the rollout controller takes it at its next run."""

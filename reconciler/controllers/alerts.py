@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Protocol
+
+from reconciler.state.store import StateStore
 
 TOPIC_VARIABLE = "COST_ALERTS_TOPIC_ARN"
 
@@ -22,6 +25,27 @@ class Alert(Protocol):
     @property
     def message(self) -> str: ...
     def to_item(self) -> dict[str, Any]: ...
+
+
+class AlertPublisher(Protocol):
+    def publish(self, alert: Any) -> None: ...
+
+
+def publish_each(
+    store: StateStore, publisher: AlertPublisher, alerts: Iterable[Alert], at: str
+) -> tuple[list[str], list[str]]:
+    """Publish each alert (claimed in the alerts table already) and mark it published: the
+    ids published, and what failed (those stay unpublished: a later run publishes them)."""
+    published, errors = [], []
+    for alert in alerts:
+        try:
+            publisher.publish(alert)
+        except Exception as exc:  # claimed, not out: a later run publishes it
+            errors.append(f"{alert.alert_id}: {type(exc).__name__}: {exc}")
+            continue
+        store.mark_alert_published(alert.alert_id, at)
+        published.append(alert.alert_id)
+    return published, errors
 
 
 class SnsPublisher:

@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
+from reconciler.controllers.alerts import AlertPublisher, publish_each
 from reconciler.controllers.experiment_analyser import (
     ExperimentAlert,
     Outcome,
@@ -38,10 +39,6 @@ from reconciler.state.store import StateStore, WriteConflictError
 ATTEMPTS = 5
 REPUBLISH_AFTER = timedelta(minutes=5)
 ANALYSER_RECORD = "controller/experiment_analyser"  # its name in the audit trail
-
-
-class AlertPublisher(Protocol):
-    def publish(self, alert: Any) -> None: ...
 
 
 @dataclass
@@ -167,14 +164,9 @@ def _publish(store: StateStore, run: AnalyserRun, publisher: AlertPublisher, now
         waiting = item.get("experiment_id") and not item.get("published")
         if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
             mine.append(_alert_of(item))
-    for alert in mine:
-        try:
-            publisher.publish(alert)
-        except Exception as exc:  # claimed, not out: a later run publishes it
-            run.publish_errors.append(f"{alert.alert_id}: {type(exc).__name__}: {exc}")
-            continue
-        store.mark_alert_published(alert.alert_id, stamp)
-        run.alerts_published.append(alert.alert_id)
+    published, errors = publish_each(store, publisher, mine, stamp)
+    run.alerts_published.extend(published)
+    run.publish_errors.extend(errors)
     if pending:
         _mark_alerted(store, {a.experiment: a.epoch for a in pending}, now)
 

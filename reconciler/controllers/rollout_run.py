@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
+from reconciler.controllers.alerts import AlertPublisher, publish_each
 from reconciler.controllers.rollout_checks import (
     MIN_SAMPLES,
     Check,
@@ -46,10 +47,6 @@ REPUBLISH_AFTER = timedelta(minutes=5)
 CONTROLLER_RECORD = "controller/rollout_controller"  # its name in the audit trail
 CustomReading = tuple[float | None, int, str]  # value, samples, why there is no value
 HEALTH, ROLLBACK, PROMOTION = "health_check", "rollback_condition", "promotion_criterion"
-
-
-class AlertPublisher(Protocol):
-    def publish(self, alert: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -410,14 +407,9 @@ def _alert(
         waiting = item.get("strategy_name") and not item.get("published")
         if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
             mine.append(_alert_of(item))
-    for alert in mine:
-        try:
-            publisher.publish(alert)
-        except Exception as exc:  # claimed, not out: a later run publishes it
-            run.publish_errors.append(f"{alert.alert_id}: {type(exc).__name__}: {exc}")
-            continue
-        store.mark_alert_published(alert.alert_id, at)
-        run.alerts_published.append(alert.alert_id)
+    published, errors = publish_each(store, publisher, mine, at)
+    run.alerts_published.extend(published)
+    run.publish_errors.extend(errors)
 
 
 def _alert_of(item: Mapping[str, Any]) -> RolloutAlert:
