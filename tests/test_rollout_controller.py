@@ -170,3 +170,14 @@ def test_a_rollback_condition_without_data_holds_a_due_step() -> None:
         RAMP, entry, checks=[judge(HEALTH, Window(5000, 10))], conditions=[quiet], now=later
     )
     assert (held.entry.state, held.entry.percentage) == (HOLDING, 10)
+
+
+def test_a_step_by_time_is_not_called_a_change_in_git() -> None:
+    ramp = Strategy("r", "f", "percentage", 10, 10, 24, 100, start=START)
+    first = decide(ramp, None, checks=[], conditions=[], now=START).entry
+    later = decide(ramp, first, checks=[], conditions=[], now=START + timedelta(days=1, hours=1))
+    assert later.transition == "r: 10% -> 20%"
+    halved = Strategy("r", "f", "percentage", 10, 10, 24, 50, start=START)
+    done = decide(ramp, first, checks=[], conditions=[], now=START + timedelta(days=20)).entry
+    edited = decide(halved, done, checks=[], conditions=[], now=START + timedelta(days=21))
+    assert edited.transition == "r: 100% -> 50% (the schedule changed in git)"

@@ -6,7 +6,7 @@ when its checks say so: each step of a percentage schedule, or each canary stage
 its time has come *and* every check passes; a failed health check or a met rollback condition
 rolls it back (or pauses it, as the condition says) and it stays back until a person resumes it;
 a check without enough traffic holds it where it is. An ungated rollout follows its schedule by
-time (``reconciler.runtime.rollout_state.advance``, as clients do). Operators' actions come
+time (``reconciler.runtime.rollout_state.apply_actions``, as clients do). Operators' actions come
 first, whatever the checks say.
 """
 
@@ -30,7 +30,6 @@ from reconciler.runtime.rollout_state import (
     Entry,
     Stage,
     Strategy,
-    advance,
     apply_actions,
     first_entry,
     strategy_from_item,
@@ -93,18 +92,18 @@ def _decide(  # noqa: PLR0917 - decide's arguments, passed on
     if entry.reason == NOT_WATCHED:
         entry = replace(entry, reason="")  # judged from now on
     said = [s for s in (_said(strategy, a, before, after) for a, before, after in moves) if s]
-    if not said and previous is not None:
+    edited = previous is not None and previous.schedule not in (None, strategy.fingerprint)
+    if not said and previous is not None and edited:
         realigned = _change(strategy, previous, entry)  # git changed the schedule
         said = [f"{realigned} (the schedule changed in git)"] if realigned else []
+    if not strategy.gated:  # moved by time already, as clients move it: say how far
+        since = previous if previous is not None and not said else entry
+        change = _change(strategy, since, entry)
+        return _with(Decision(entry, change, change is not None and entry.state == COMPLETE), said)
     if entry.state in (*STOPPED_STATES, SCHEDULED, COMPLETE):
         # Until a person resumes it, or its start; a complete rollout is over (its checks
         # are not acted on: a later outage is for break-glass or a budget, not a rollback).
         return _with(Decision(entry), said)
-    if not strategy.gated:
-        moved = advance(strategy, entry, now)
-        return _with(
-            Decision(moved, _change(strategy, entry, moved), moved.state == COMPLETE), said
-        )
     if any(a.action in ("resume", "abort") for a, _, _ in moves):
         return _with(Decision(entry), said)  # judged on data from the resume on, next run
     for result in conditions:

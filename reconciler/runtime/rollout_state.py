@@ -234,12 +234,6 @@ def begin(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
     return replace(first_entry(strategy, now), epoch=entry.epoch, acted=entry.acted)
 
 
-def advance(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
-    """An ungated schedule at ``now``: every step that has come due since the entry's, each
-    since the moment it came due (so that the controller and clients agree)."""
-    return _by_time(strategy, begin(strategy, entry, now), now)
-
-
 def _by_time(strategy: Strategy, entry: Entry, now: datetime) -> Entry:
     if entry.state not in (RAMPING, HOLDING):
         return entry
