@@ -296,3 +296,37 @@ def test_two_controllers_at_once_move_it_once_and_alert_once(deployment: Deploym
     assert sum("rolled back" in reason for reason in trail) == 1, trail
     rollbacks = [a for a in deployment.store.read_alerts() if a.get("level") == ROLLED_BACK]
     assert len(rollbacks) == 1
+
+
+def test_an_alert_not_published_is_published_by_a_later_run(deployment: Deployment) -> None:
+    class Down:
+        def publish(self, alert: Any) -> None:
+            raise ConnectionError("SNS unreachable")
+
+    class Topic:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def publish(self, alert: Any) -> None:
+            self.sent.append(alert.alert_id)
+
+    service = begin(deployment, seed=7)
+    start = service.clock.now
+    for hours in (0, 24):
+        at = start + timedelta(hours=hours)
+        service.serve(at - timedelta(minutes=10), range(3000), error_rate=0.01)
+        run_rollout_controller(deployment.store, now=at)
+    bad = start + timedelta(hours=25)
+    service.serve(bad - timedelta(minutes=30), range(3000), error_rate=0.07)
+    failed = run_rollout_controller(deployment.store, now=bad, publisher=Down())
+    assert failed.publish_errors
+    assert not failed.alerts_published
+    topic = Topic()
+    soon = run_rollout_controller(deployment.store, now=bad + timedelta(minutes=1), publisher=topic)
+    assert soon.alerts_published == []  # its recorder may still be publishing it
+    later = bad + timedelta(minutes=6)
+    run_rollout_controller(deployment.store, now=later, publisher=topic)
+    assert [a for a in topic.sent if a.endswith("/rolled_back")] == [
+        a["alert_id"] for a in deployment.store.read_alerts() if a.get("level") == ROLLED_BACK
+    ]
+    assert all(a.get("published") for a in deployment.store.read_alerts())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from reconciler.state.records import format_time
 from reconciler.state.store import StateStore
 
 TOPIC_VARIABLE = "COST_ALERTS_TOPIC_ARN"
@@ -29,6 +31,24 @@ class Alert(Protocol):
 
 class AlertPublisher(Protocol):
     def publish(self, alert: Any) -> None: ...
+
+
+REPUBLISH_AFTER = timedelta(minutes=5)  # an alert its recorder did not publish by then
+
+
+def left_behind(store: StateStore, kind: str, claim: str, now: datetime) -> list[dict[str, Any]]:
+    """The alerts of one controller (those with a ``kind`` attribute: ``experiment_id``,
+    ``strategy_name``) recorded by another run that has not published them within
+    ``REPUBLISH_AFTER``: its publisher died; this run publishes them."""
+    stale = format_time(now - REPUBLISH_AFTER)
+    return [
+        item
+        for item in store.read_alerts()
+        if item.get(kind)
+        and not item.get("published")
+        and item.get("recorded_by") != claim
+        and str(item.get("at", "")) <= stale
+    ]
 
 
 def publish_each(

@@ -12,10 +12,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.controllers.alerts import AlertPublisher, publish_each
+from reconciler.controllers.alerts import AlertPublisher, left_behind, publish_each
 from reconciler.controllers.experiment_analyser import (
     ExperimentAlert,
     Outcome,
@@ -37,7 +37,6 @@ from reconciler.state.records import AuditEntry, RecordKind, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
 ATTEMPTS = 5
-REPUBLISH_AFTER = timedelta(minutes=5)
 ANALYSER_RECORD = "controller/experiment_analyser"  # its name in the audit trail
 
 
@@ -159,11 +158,7 @@ def _publish(store: StateStore, run: AnalyserRun, publisher: AlertPublisher, now
         item = {**alert.to_item(), "at": stamp, "recorded_by": claim}
         if store.put_alert(item):
             mine.append(alert)
-    stale = format_time(now - REPUBLISH_AFTER)
-    for item in store.read_alerts():
-        waiting = item.get("experiment_id") and not item.get("published")
-        if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
-            mine.append(_alert_of(item))
+    mine.extend(_alert_of(item) for item in left_behind(store, "experiment_id", claim, now))
     published, errors = publish_each(store, publisher, mine, stamp)
     run.alerts_published.extend(published)
     run.publish_errors.extend(errors)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from reconciler.controllers.alerts import AlertPublisher, publish_each
+from reconciler.controllers.alerts import AlertPublisher, left_behind, publish_each
 from reconciler.controllers.rollout_checks import (
     MIN_SAMPLES,
     Check,
@@ -43,7 +43,6 @@ from reconciler.state.records import AuditEntry, Item, RecordKind, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
 ATTEMPTS = 5
-REPUBLISH_AFTER = timedelta(minutes=5)
 CONTROLLER_RECORD = "controller/rollout_controller"  # its name in the audit trail
 CustomReading = tuple[float | None, int, str]  # value, samples, why there is no value
 HEALTH, ROLLBACK, PROMOTION = "health_check", "rollback_condition", "promotion_criterion"
@@ -402,11 +401,7 @@ def _alert(
         _drop_claimed(store, {str(a["alert_id"]) for a in pending}, at)
     if publisher is None:
         return
-    stale = format_time(now - REPUBLISH_AFTER)
-    for item in store.read_alerts():
-        waiting = item.get("strategy_name") and not item.get("published")
-        if waiting and item.get("recorded_by") != claim and str(item.get("at", "")) <= stale:
-            mine.append(_alert_of(item))
+    mine.extend(_alert_of(item) for item in left_behind(store, "strategy_name", claim, now))
     published, errors = publish_each(store, publisher, mine, at)
     run.alerts_published.extend(published)
     run.publish_errors.extend(errors)

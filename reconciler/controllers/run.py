@@ -11,9 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
+from reconciler.controllers.alerts import REPUBLISH_AFTER
 from reconciler.controllers.analyser_run import AnalyserRun, run_experiment_analyser
 from reconciler.controllers.cost_guard import Alert, Outcome, decide
 from reconciler.controllers.rollout_metrics import MetricSource
@@ -26,7 +27,7 @@ from reconciler.state.records import AuditEntry, RecordKind, format_time
 from reconciler.state.store import StateStore, WriteConflictError
 
 ATTEMPTS = 5
-REPUBLISH_AFTER = timedelta(minutes=5)  # an alert its recorder did not publish by then
+
 GUARD_RECORD = "controller/cost_guard"  # its name in the audit trail
 
 
