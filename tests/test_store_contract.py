@@ -68,6 +68,7 @@ def test_empty_store_reads_nothing(store: StateStore) -> None:
         assert store.read_records(kind) == {}
     assert store.read_lock() is None
     assert store.read_audit() == []
+    assert store.read_record(RecordKind.FLAG, "vc_a") is None
 
 
 def test_create_update_delete_round_trip(store: StateStore) -> None:
@@ -85,8 +86,14 @@ def test_create_update_delete_round_trip(store: StateStore) -> None:
     assert "tags" not in item, "remove_attributes are removed"
     assert item["ab_test_config"] == flag_item("vc_a")["ab_test_config"], "others untouched"
 
+    one = store.read_record(RecordKind.FLAG, "vc_a")
+    assert one is not None
+    assert one == store.read_records(RecordKind.FLAG)["vc_a"], "one read, the same record"
+    assert store.read_record(RecordKind.EXPERIMENT, "vc_a") is None, "only its own kind"
+
     store.apply_writes([delete("vc_a", 2)], "t3")
     assert sorted(store.read_records(RecordKind.FLAG)) == ["vc_b"]
+    assert store.read_record(RecordKind.FLAG, "vc_a") is None
 
 
 def test_update_keeps_other_owners_attributes(store: StateStore) -> None:

@@ -233,6 +233,18 @@ class DynamoDBStore(DynamoDBExperiments):
             records[name] = StoredRecord(kind, name, item)
         return dict(sorted(records.items()))
 
+    def read_record(self, kind: RecordKind, name: str) -> StoredRecord | None:
+        table = self.table(kind)
+        answer = self._call(
+            "GetItem",
+            lambda: self.client.get_item(
+                TableName=table, Key={kind.key: {"S": name}}, ConsistentRead=True
+            ),
+            tables=[table],
+        )
+        raw = answer.get("Item")
+        return None if raw is None else StoredRecord(kind, name, from_dynamodb(raw))
+
     def apply_writes(
         self, writes: Sequence[Write], token: str, overrides_version: int | None = None
     ) -> None:

@@ -144,6 +144,16 @@ class LocalStore(LocalTelemetry, LocalExperiments):
         return {name: StoredRecord(kind, name, json.loads(item)) for name, item in rows}
 
     @_serialized
+    def read_record(self, kind: RecordKind, name: str) -> StoredRecord | None:
+        connection = self._connect(create=False)
+        if connection is None:
+            return None
+        row = connection.execute(
+            "SELECT item FROM records WHERE kind = ? AND name = ?", (kind.label, name)
+        ).fetchone()
+        return None if row is None else StoredRecord(kind, name, json.loads(row[0]))
+
+    @_serialized
     def apply_writes(
         self, writes: Sequence[Write], token: str, overrides_version: int | None = None
     ) -> None:

@@ -124,6 +124,9 @@ class StateStore(Protocol):
     def read_records(self, kind: RecordKind) -> dict[str, StoredRecord]:
         """Every record of a kind, read in pages."""
 
+    def read_record(self, kind: RecordKind, name: str) -> StoredRecord | None:
+        """One record of a kind by its name (one read), or None."""
+
     def apply_writes(
         self, writes: Sequence[Write], token: str, overrides_version: int | None = None
     ) -> None:
