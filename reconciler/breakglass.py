@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import getpass
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ GLOBAL = "global"
 ATTEMPTS = 5
 HISTORY = 20
 DURATION = re.compile(r"^(\d+)([smhd])$")
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+LONGEST = timedelta(days=366)  # a shutdown for longer is one until restored: say so
+FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,127}$")  # the flag schema's pattern
+MAX_TEXT = 500
+# Characters that change how text reads without being seen: bidirectional overrides and
+# isolates (U+202A-U+202E, U+2066-U+2069). Other format characters (zero-width joiners in an
+# emoji) are allowed, but text made of nothing else is empty.
+_BIDI = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class UnknownFlagError(UserError):
         super().__init__(f"no flag{plural} {names} in the store: nothing was written{how}")
 
 
+class BusyError(UserError):
+    """The overrides record kept changing under a write, or writers queued too long: nothing
+    was written; trying again is safe."""
+
+
 def _either(names: Sequence[str]) -> str:
     quoted = [repr(n) for n in names]
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
@@ -83,24 +96,86 @@ def unknown_flags(store: StateStore, names: Sequence[str]) -> dict[str, list[str
     }
 
 
-def parse_expiry(text: str | None, now: datetime) -> str | None:
-    """``30m``, ``2h``, ``1d`` from now, or an RFC 3339 time; None: until restored."""
+def parse_expiry(text: str | None, now: datetime, option: str = "--expires") -> str | None:
+    """``30m``, ``2h``, ``1d`` from now, or an RFC 3339 time, later than now and at most
+    366 days on; None: until restored."""
     if not text:
         return None
     match = DURATION.match(text.strip())
     if match:
-        return format_time(now + timedelta(**{UNITS[match[2]]: int(match[1])}))
+        seconds = int(match[1]) * SECONDS[match[2]]  # an int: no overflow, however long
+        if seconds <= 0:
+            raise UserError(f"{option} {text!r}: a shutdown must last longer than that")
+        if seconds > LONGEST.total_seconds():
+            raise UserError(
+                f"{option} {text!r}: at most {LONGEST.days}d; leave it out for a shutdown that "
+                "holds until it is restored"
+            )
+        return format_time(now + timedelta(seconds=seconds))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UserError(
-            f"--expires {text!r}: give a duration such as 30m, 2h or 1d, or a time such as "
+            f"{option} {text!r}: give a duration such as 30m, 2h or 1d, or a time such as "
             "2026-01-09T06:00:00Z"
         ) from None
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     if moment <= now:
-        raise UserError(f"--expires {text!r} is in the past")
+        raise UserError(f"{option} {text!r} is in the past")
+    if moment - now > LONGEST:
+        raise UserError(
+            f"{option} {text!r} is more than {LONGEST.days} days away; leave it out for a "
+            "shutdown that holds until it is restored"
+        )
     return format_time(moment)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` without surrounding whitespace, if people can read it as it is stored: not
+    empty or invisible, no control characters (escape sequences that would rewrite an
+    operator's terminal, line breaks that forge lines of a log), no bidirectional overrides,
+    at most ``MAX_TEXT`` characters. Otherwise a ``UserError`` naming ``what``."""
+    stripped = text.strip()
+    visible = [c for c in stripped if unicodedata.category(c) not in ("Cf", "Zs", "Zl", "Zp")]
+    if not visible:
+        raise UserError(f"{what} is required: say it in words, for whoever reads the trail later")
+    bad = next(
+        (c for c in stripped if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI),
+        None,
+    )
+    if bad is not None:
+        raise UserError(
+            f"{what} contains the unprintable character U+{ord(bad):04X}: use plain text on "
+            "one line"
+        )
+    if len(stripped) > MAX_TEXT:
+        raise UserError(f"{what} is {len(stripped)} characters long: at most {MAX_TEXT}")
+    return stripped
+
+
+def check_flag_names(names: Sequence[str]) -> list[str]:
+    """The names, in order and once each, if each could be a flag's (the flag schema's
+    pattern); otherwise a ``UserError`` naming the first that cannot."""
+    for name in names:
+        if not FLAG_NAME.match(name):
+            shown = printable(name) or "(empty)"
+            raise UserError(
+                f"{shown!r} is not a flag name: a letter, then letters, digits, '_' or '-' "
+                "(at most 128)"
+            )
+    return list(dict.fromkeys(names))
+
+
+def printable(text: object) -> str:
+    """Stored text as it can be shown on a terminal or page: control and format characters
+    (and bidirectional overrides) escaped, as they may have been stored by an older writer."""
+    shown = str(text)
+    return "".join(
+        c
+        if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") and c not in _BIDI
+        else c.encode("unicode_escape").decode("ascii")
+        for c in shown
+    )
 
 
 def default_operator() -> str:
@@ -148,6 +223,11 @@ def shutdown(
     A name the store has no flag record of is refused (``UnknownFlagError``, nothing written)
     unless ``force``: the flag may not be applied yet, and the shutdown then holds it from
     its first apply."""
+    reason, by = check_text(reason, "a reason"), check_text(by, "who is acting")
+    if targets is not None:
+        if not targets:
+            raise UserError("name at least one flag, or none for every AI feature")
+        targets = check_flag_names(targets)
     if targets is not None and not force:
         unknown = unknown_flags(store, targets)
         if unknown:
@@ -183,6 +263,11 @@ def restore(
 ) -> list[str]:
     """Lift the shutdown of everything (``targets`` None) or of the named flags; returns what
     was lifted (nothing, if nothing was held: restore is idempotent too)."""
+    reason, by = check_text(reason, "a reason"), check_text(by, "who is acting")
+    if targets is not None:
+        if not targets:
+            raise UserError("name at least one flag, or none for every AI feature")
+        targets = check_flag_names(targets)
     lifted: list[str] = []
 
     def change(record: Item) -> Item | None:
@@ -234,7 +319,7 @@ def update_overrides(
             return
         except WriteConflictError:
             continue  # another operator wrote meanwhile: apply this change on top of theirs
-    raise UserError("the overrides record kept changing under this command; run it again")
+    raise BusyError("the overrides record kept changing under this command; run it again")
 
 
 def scope(entry: Item) -> list[str]:

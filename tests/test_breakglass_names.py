@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,13 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler import breakglass as core
-from reconciler.api import make_server
 from reconciler.cli.boundary import run
 from reconciler.cli.breakglass import breakglass
+from reconciler.server.app import ApiSettings, BearerToken, create_app
+from reconciler.server.local import serving
 from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD, format_time
 from reconciler.state.store import StateStore
-from tests.test_api import TOKEN, request
+from tests.api_transports import TOKEN, Http
 from tests.test_apply import apply, desired, plan
 
 NOW = datetime(2026, 1, 9, 3, 0, tzinfo=UTC)
@@ -108,34 +108,31 @@ def test_the_drill_refuses_an_unknown_flag_without_offering_force(store: StateSt
 
 
 @pytest.fixture
-def api(applied: LocalStore) -> Iterator[int]:
-    server = make_server(lambda: LocalStore(applied.path), TOKEN)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def api(applied: LocalStore) -> Iterator[Http]:
+    settings = ApiSettings(lambda: LocalStore(applied.path), BearerToken(lambda: TOKEN))
+    with serving(create_app(settings)) as port:
+        yield Http(port)
 
 
-def test_the_api_refuses_unknown_flags_the_same_way(api: int, applied: LocalStore) -> None:
+def test_the_api_refuses_unknown_flags_the_same_way(api: Http, applied: LocalStore) -> None:
     body = {"reason": "bad answers", "shutdown_by": "admin", "flags": ["vc_bedrok_live"]}
-    assert request(api, "POST", "/emergency-shutdown", body) == (
+    assert api.request("POST", "/emergency-shutdown", body) == (
         404,
         {
             "error": "no flag 'vc_bedrok_live' (did you mean 'vc_bedrock_live'?) in the store: "
             'nothing was written; to shut down a flag that is not applied yet, give "force": true'
         },
     )
-    assert request(api, "POST", "/emergency-shutdown", {**body, "force": "yes"}) == (
+    assert api.request("POST", "/emergency-shutdown", {**body, "force": "yes"}) == (
         400,
         {"error": "'force' must be true or false"},
     )
     assert nothing_written(applied)
-    status, answer = request(api, "POST", "/emergency-shutdown", {**body, "force": True})
+    status, answer = api.request("POST", "/emergency-shutdown", {**body, "force": True})
     assert status == 200
     assert [a["target"] for a in answer["shut_down"]] == ["vc_bedrok_live"]
-    status, answer = request(
-        api, "POST", "/emergency-shutdown", {**body, "flags": ["vc_bedrock_live"]}
+    status, answer = api.request(
+        "POST", "/emergency-shutdown", {**body, "flags": ["vc_bedrock_live"]}
     )
     assert (status, [a["target"] for a in answer["shut_down"]]) == (200, ["vc_bedrock_live"])
 

@@ -13,7 +13,6 @@ import click
 
 from reconciler import __version__
 from reconciler import breakglass as core
-from reconciler.api import make_server
 from reconciler.cli.boundary import run
 from reconciler.commands.common import make_context
 from reconciler.controllers.rollout_report import OPERATOR, read_status
@@ -67,14 +66,15 @@ def _operator(by: str | None, store: StateStore) -> str:
 
 def _what(targets: list[str]) -> str:
     """``ALL AI features``, or the flags, for people: the scope of a shutdown or restore."""
-    names = ["ALL AI features" if t == core.GLOBAL else t for t in targets]
+    names = ["ALL AI features" if t == core.GLOBAL else core.printable(t) for t in targets]
     return ", ".join(names) if names else "(nothing)"
 
 
 def _describe(entry: core.Active) -> str:
     what = _what([entry.target])
     until = f", until {entry.expires_at}" if entry.expires_at else ", until restored"
-    return f"{what}: shut down by {entry.by} since {entry.since}{until} ({entry.reason})"
+    by, reason = core.printable(entry.by), core.printable(entry.reason)
+    return f"{what}: shut down by {by} since {entry.since}{until} ({reason})"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -267,7 +267,8 @@ def status(history: bool, output_format: str, root: Path, backend: str | None) -
     for error in rollouts.errors:
         click.echo(f"Rollout not readable: {error}")
     for event in trail:
-        action, actor, why = event.get("action"), event.get("actor"), event.get("reason")
+        action = event.get("action")
+        actor, why = core.printable(event.get("actor")), core.printable(event.get("reason"))
         what = _what(core.scope(event) or _others(event))
         click.echo(f"{event.get('at')}  {action:<8} {what} by {actor}: {why}")
     return ExitCode.CLEAN
@@ -305,19 +306,39 @@ def drill(flag: str, interval: float, by: str | None, root: Path, backend: str |
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @_store_options
 def serve(host: str, port: int, root: Path, backend: str | None) -> int:
-    """Serve the HTTP endpoints (POST /emergency-shutdown, /emergency-restore, GET /health,
-    /feature-flags/status) with the bearer token in $RECONCILER_API_TOKEN."""
+    """Serve the HTTP API (GET /health, /health/detail, /feature-flags/status; POST
+    /emergency-shutdown, /emergency-restore) with the bearer token in $RECONCILER_API_TOKEN.
+
+    One JSON access line per request goes to standard error, with user ids hashed and context
+    values redacted. Needs the server extra: pip install 'ai-flag-reconciler[server]'.
+    """
     token = os.environ.get("RECONCILER_API_TOKEN", "")
-    if not token:
-        raise UserError("set RECONCILER_API_TOKEN: every request must carry it as a bearer token")
-    context = make_context(root, backend, "")
-    server = make_server(lambda: context.open_store(lambda *a, **k: None), token, host, port)
-    address, bound = server.server_address[:2]
-    click.echo(f"Serving on http://{address!s}:{bound}", err=True)
+    if len(token) < 16:
+        raise UserError(
+            "set RECONCILER_API_TOKEN (at least 16 characters): every request but /health "
+            "must carry it as a bearer token"
+        )
     try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+        from reconciler.server.app import ApiSettings, BearerToken, create_app  # noqa: PLC0415
+        from reconciler.server.local import listen  # noqa: PLC0415
+        from reconciler.server.local import serve as serve_app  # noqa: PLC0415
+    except ImportError as exc:
+        raise UserError(
+            f"the HTTP API needs the server extra ({exc.name} is missing): "
+            "pip install 'ai-flag-reconciler[server]'"
+        ) from None
+    context = make_context(root, backend, "")
+    context.open_store().close()  # says which store, and fails now if it cannot be opened
+    app = create_app(
+        ApiSettings(lambda: context.open_store(lambda *a, **k: None), BearerToken(lambda: token))
+    )
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    address, bound = sock.getsockname()[:2]
+    click.echo(f"Serving on http://{address!s}:{bound}", err=True)
+    serve_app(app, sock)
     return ExitCode.CLEAN
 
 

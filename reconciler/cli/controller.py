@@ -36,6 +36,7 @@ from reconciler.errors import ExitCode, ReconcilerError
 from reconciler.render import experiment as experiment_render
 from reconciler.render import rollout as rollout_render
 from reconciler.render.cost import render_markdown, render_text
+from reconciler.render.run import run_json
 from reconciler.rollout_operators import AUDIT_ACTIONS
 from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
@@ -126,33 +127,6 @@ def _summary(result: GuardRun | AnalyserRun | RolloutRun) -> list[str]:
     return lines
 
 
-def _json(result: GuardRun | AnalyserRun | RolloutRun) -> dict[str, object]:
-    if isinstance(result, RolloutRun):
-        return rollout_render.run_json(result)
-    if isinstance(result, AnalyserRun):
-        return {
-            "controller": "experiment_analyser",
-            "written": result.written,
-            "version": result.version,
-            "experiments": result.outcome.experiments,
-            "transitions": [t.describe() for t in result.outcome.transitions],
-            "alerts_published": result.alerts_published,
-            "publish_errors": result.publish_errors,
-            "not_started": result.not_started,
-            "errors": result.errors,
-        }
-    return {
-        "controller": "cost_guard",
-        "written": result.written,
-        "superseded": result.superseded,
-        "state": result.state.to_item(),
-        "transitions": [t.describe() for t in result.outcome.transitions],
-        "alerts_recorded": [a.alert_id for a in result.alerts_recorded],
-        "alerts_published": result.alerts_published,
-        "publish_errors": result.publish_errors,
-    }
-
-
 @controller.command(
     "run",
     epilog="""\b
@@ -212,7 +186,7 @@ def run_command(
                 stamp = f"{utc_now():%Y-%m-%dT%H:%M:%SZ} " if watch else ""
                 for result in results:
                     if output_format == "json":
-                        click.echo(json.dumps(_json(result), sort_keys=True))
+                        click.echo(json.dumps(run_json(result), sort_keys=True))
                     else:
                         for line in _summary(result):
                             click.echo(stamp + line)

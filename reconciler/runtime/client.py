@@ -584,7 +584,7 @@ class FlagClient:
                 overrides = self.source.read_overrides()
             with self._write_lock:
                 # Built before anything is swapped: records it cannot use leave all as it was.
-                held = _with_overrides(self._snapshot, overrides) if self._snapshot else None
+                held = with_overrides(self._snapshot, overrides) if self._snapshot else None
                 changed = overrides.cost != self._overrides.cost
                 self._overrides = overrides
                 if held is not None:
@@ -635,7 +635,7 @@ class FlagClient:
         for budget in built.budgets:
             known |= budget.counts or set()
         with self._write_lock:
-            self._snapshot = _with_overrides(built, self._overrides)
+            self._snapshot = with_overrides(built, self._overrides)
             self._known_types = frozenset(known)
             self._by_type = budgets_by_type(built.budgets)
             self._admission = {}
@@ -741,7 +741,8 @@ def _event(inherited: threading.Event) -> threading.Event:
     return fresh
 
 
-def _with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
+def with_overrides(snapshot: Snapshot, overrides: Overrides) -> Snapshot:
+    """The snapshot with what outranks git: shutdowns, controllers' and operators' states."""
     held = dataclasses.replace(
         snapshot, global_shutdown=overrides.global_shutdown, flag_shutdowns=overrides.flags
     )

@@ -1,0 +1,127 @@
+"""The Lambda entry points: the HTTP API behind API Gateway, and one controller tick.
+
+``api`` serves API Gateway (REST API, Lambda proxy integration) events with the same ASGI
+application as ``breakglass serve``, through Mangum. Its settings come from the function's
+environment, as the deployment template sets it:
+
+    RECONCILER_STORE=dynamodb and the table variables   the store
+    RECONCILER_API_AUTH=token|iam                        bearer token, or the gateway's IAM caller
+    RECONCILER_API_TOKEN_SECRET=arn:aws:secretsmanager:  the token (read, then cached 5 minutes)
+
+``controller_tick`` runs every controller once (``controller run``), on an EventBridge schedule
+of one minute; the experiment analyser, which reads every assignment, on every fifth minute.
+Two ticks at once are safe, as two ``controller run`` are.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.config import RepoConfig
+from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
+from reconciler.controllers.run import run_once
+from reconciler.errors import ConfigError
+from reconciler.render.run import run_json
+from reconciler.runtime.client import utc_now
+from reconciler.runtime.sources import aws_region
+from reconciler.server.access_log import LOGGER as ACCESS_LOGGER
+from reconciler.server.app import ApiSettings, BearerToken, GatewayIdentity, create_app
+from reconciler.state.select import open_store
+from reconciler.state.store import StateStore
+
+AUTH_VARIABLE = "RECONCILER_API_AUTH"
+SECRET_VARIABLE = "RECONCILER_API_TOKEN_SECRET"
+TOKEN_VARIABLE = "RECONCILER_API_TOKEN"
+SECRET_TTL = 300.0
+ANALYSE_EVERY = 5  # minutes
+LOGGER = logging.getLogger("reconciler.lambda")
+
+_lock = threading.Lock()
+
+
+def shared_store() -> StateStore:
+    """One store per execution environment (its client is thread-safe), not one per call."""
+    with _lock:
+        return _open_store()
+
+
+@functools.cache
+def _open_store() -> StateStore:
+    backend = os.environ.get("RECONCILER_STORE")
+    return open_store(Path("/tmp"), RepoConfig(), backend=backend)
+
+
+class SecretToken:
+    """The API token from Secrets Manager, read again every ``SECRET_TTL`` seconds (rotation)."""
+
+    def __init__(self, secret_id: str) -> None:
+        self.secret_id = secret_id
+        self._value = ""
+        self._read_at = -SECRET_TTL
+        self._guard = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._guard:
+            if time.monotonic() - self._read_at >= SECRET_TTL:
+                import boto3  # noqa: PLC0415 - only the Lambda reads the secret
+
+                client = boto3.client("secretsmanager", region_name=aws_region())
+                self._value = str(client.get_secret_value(SecretId=self.secret_id)["SecretString"])
+                self._read_at = time.monotonic()
+            return self._value
+
+
+def api_settings(environ: dict[str, str] | None = None) -> ApiSettings:
+    env = dict(os.environ if environ is None else environ)
+    mode = env.get(AUTH_VARIABLE, "token")
+    if mode == "iam":
+        return ApiSettings(shared_store, GatewayIdentity(), who_required=False, release=_keep)
+    if mode != "token":
+        raise ConfigError(f"{AUTH_VARIABLE}={mode!r}: give token or iam")
+    if env.get(SECRET_VARIABLE):
+        return ApiSettings(
+            shared_store, BearerToken(SecretToken(env[SECRET_VARIABLE])), release=_keep
+        )
+    token = env.get(TOKEN_VARIABLE, "")
+    if len(token) < 16:
+        raise ConfigError(f"set {SECRET_VARIABLE} (or {TOKEN_VARIABLE}, at least 16 characters)")
+    return ApiSettings(shared_store, BearerToken(lambda: token), release=_keep)
+
+
+def _keep(store: StateStore) -> None:
+    """The shared store stays open for the next call."""
+
+
+@functools.cache
+def _adapter() -> Any:
+    from mangum import Mangum  # noqa: PLC0415 - only on Lambda
+
+    ACCESS_LOGGER.setLevel(logging.INFO)  # Lambda's root handler ships the lines to CloudWatch
+    return Mangum(create_app(api_settings()), lifespan="off")
+
+
+def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = _adapter()(event, context)
+    return answer
+
+
+def controller_tick(event: dict[str, Any], context: Any) -> list[dict[str, object]]:
+    now = utc_now()
+    topic = os.environ.get(TOPIC_VARIABLE)
+    results = run_once(
+        shared_store(),
+        now=now,
+        publisher=SnsPublisher(topic) if topic else None,
+        experiments=now.minute % ANALYSE_EVERY == 0,
+    )
+    documents = [run_json(result) for result in results]
+    for document in documents:
+        print(json.dumps(document, sort_keys=True, default=str))  # one log line per controller
+    return documents
