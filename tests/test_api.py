@@ -352,3 +352,29 @@ def test_stored_text_is_escaped_on_the_terminal(applied: LocalStore, tmp_path: P
     assert "\x07" not in out
     assert "fine\\x1b[2J\\x1b[31m now" in out
     assert "old\\x07tool" in out
+
+
+@pytest.mark.parametrize("where", ["moto_store", "moto_server_store"])
+def test_on_dynamodb_the_status_reads_one_item_of_the_flag_table_and_scans_nothing(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    from collections import Counter
+
+    from reconciler.state.dynamodb import DynamoDBStore
+
+    store: DynamoDBStore = request.getfixturevalue(where)
+    apply(store, plan(store, desired()))
+    calls: Counter[tuple[str, str]] = Counter()
+
+    def counted(model: Any, params: dict[str, Any], **_: Any) -> None:
+        table = params.get("TableName") or ",".join(params.get("RequestItems", {}))
+        calls[(model.name, str(table))] += 1
+
+    store.client.meta.events.register("before-parameter-build.dynamodb", counted)
+    app = create_app(ApiSettings(lambda: store, BearerToken(lambda: TOKEN), release=lambda _: None))
+    status, answer = Lambda(app).request("GET", "/feature-flags/status?flag=vc_bedrock_live")
+    assert (status, answer["flag"]) == (200, "vc_bedrock_live")
+    flags_table = store.table(RecordKind.FLAG)
+    assert calls[("GetItem", flags_table)] == 1
+    assert {name for name, _ in calls} == {"GetItem"}, "no Scan, no Query"
+    assert {table for _, table in calls} == {flags_table, store.control_table}
