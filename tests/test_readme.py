@@ -260,3 +260,17 @@ def test_rollout_example(example_tree: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert [re.sub(r"last run \d\d:\d\d", "", x) for x in produced] == [
         re.sub(r"last run \d\d:\d\d", "", x) for x in expected.splitlines()
     ]
+
+
+def test_the_http_api_table_lists_every_endpoint(tmp_path: Path) -> None:
+    from reconciler.server.app import ApiSettings, BearerToken, create_app
+    from reconciler.state.local import LocalStore
+
+    app = create_app(ApiSettings(lambda: LocalStore(tmp_path / "s.db"), BearerToken(str)))
+    served = {
+        f"{method} {route.path}"  # type: ignore[attr-defined]
+        for route in app.app.routes  # type: ignore[attr-defined]
+        for method in route.methods - {"HEAD"}  # type: ignore[attr-defined]
+    }
+    documented = set(re.findall(r"^\| `((?:GET|POST) /[^ ?`]*)", README, flags=re.MULTILINE))
+    assert documented == served
