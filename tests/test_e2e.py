@@ -119,21 +119,45 @@ def test_apply_without_a_terminal_needs_yes(example_tree: Path, backend_env: str
     assert "refusing to apply without confirmation: pass --yes" in err
 
 
-def test_saved_plan_from_another_commit_is_refused(example_tree: Path, backend_env: str) -> None:
+def test_saved_plan_from_other_manifests_is_refused(example_tree: Path, backend_env: str) -> None:
+    """A later commit that changes a manifest makes the saved plan stale; one that changes
+    nothing the plan covers (a README) does not."""
     root = str(example_tree)
     git_commit_all(example_tree)
     plan_file = example_tree / "plan.json"
     assert invoke("--plan", root, "--out", str(plan_file))[0] == 0
-    (example_tree / "README").write_text("x")
-    subprocess.run(["git", "add", "-A"], cwd=example_tree, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "next"],
-        cwd=example_tree,
-        check=True,
-    )
+
+    def commit(message: str) -> None:
+        subprocess.run(["git", "add", "-A"], cwd=example_tree, check=True)
+        subprocess.run(
+            [
+                "git",
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "-qm",
+                message,
+            ],
+            cwd=example_tree,
+            check=True,
+        )
+
+    flag = example_tree / "flags.d" / "vc_bedrock_live.yaml"
+    original = flag.read_text()
+    flag.write_text(original.replace("description: ", "description: Changed. ", 1))
+    commit("a manifest changed after the plan")
     code, _, err = invoke("--apply", str(plan_file), "--root", root)
     assert code == 1
-    assert "the plan was made from commit" in err
+    assert "the work tree's manifests are not the ones plan" in err
+
+    flag.write_text(original)
+    commit("the manifest as planned again")
+    (example_tree / "README").write_text("x")
+    commit("only a README")
+    code, _, _ = invoke("--apply", str(plan_file), "--root", root)
+    assert code == 0
 
 
 def test_force_unlock_needs_a_reason(example_tree: Path, backend_env: str) -> None:

@@ -7,15 +7,18 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from reconciler.apply import LEASE_SECONDS, apply_plan
+from reconciler.codec import DesiredState
 from reconciler.commands.common import Context, desired_state
 from reconciler.commands.plan import make_plan, print_plan
 from reconciler.errors import ExitCode, UserError
 from reconciler.gitinfo import head_commit
+from reconciler.plan.build import desired_digest
 from reconciler.plan.model import Plan
 from reconciler.render.text import SYMBOL
 from reconciler.runtime.client import utc_now
@@ -73,13 +76,8 @@ def run_apply(
         _confirm(yes)
     else:
         plan = load_saved_plan(plan_file)
-        desired_state(context)  # the tree must still be valid
-        commit = head_commit(context.root)
-        if plan.git_commit and commit and commit != plan.git_commit:
-            raise UserError(
-                f"the plan was made from commit {plan.git_commit[:12]} but the work tree is at "
-                f"{commit[:12]}; make a new plan"
-            )
+        desired = desired_state(context)  # the tree must still be valid
+        plan = planned_tree(plan, desired, head_commit(context.root))
         click.echo(f"Applying saved plan {plan.plan_id}: {plan.summary()}", err=True)
     store = context.open_store(echo_store)
     try:
@@ -103,6 +101,59 @@ def run_apply(
         click.echo(f"held: {address} is under an emergency shutdown; its change waits", err=True)
     click.echo(result.summary())
     return ExitCode.CLEAN
+
+
+class TreeChangedError(UserError):
+    """The work tree declares other records than the tree the saved plan was made from."""
+
+    def __init__(self, plan: Plan, digest: str, commit: str | None) -> None:
+        super().__init__(
+            f"the work tree's manifests are not the ones plan {plan.plan_id} was made from: "
+            f"the plan was made from {_commit(plan.git_commit)} (desired state "
+            f"{_short(plan.desired_digest)}), the work tree at {_commit(commit)} declares "
+            f"{_short(digest)}: they changed after the plan was made (a later commit, another "
+            "change merged since, or an edit). Nothing was written. Make a new plan of this tree "
+            "(reconcile --plan --out plan.json), review it, and apply that one."
+        )
+        self.digest = digest
+
+
+def planned_tree(plan: Plan, desired: DesiredState, commit: str | None) -> Plan:
+    """The saved plan, once the work tree is proved to be the tree it was made from.
+
+    A plan records the digest of the desired state it was made from: the work tree must
+    declare exactly that, or apply refuses before it opens the store. The commit may differ
+    (the pull request's plan is made from GitHub's test merge, then applied on the branch's
+    merge commit): with the same desired state the plan's writes are the reviewed ones, and
+    the audit trail names the commit that is applied. A plan without a digest (made before
+    plans recorded one) can only be checked by its commit."""
+    if plan.desired_digest is None:
+        if plan.git_commit and commit and commit != plan.git_commit:
+            raise UserError(
+                f"the plan was made from commit {plan.git_commit[:12]} but the work tree is at "
+                f"{commit[:12]}, and the plan records no digest of its manifests to prove them "
+                "the same; make a new plan"
+            )
+        return plan
+    digest = desired_digest(desired)
+    if digest != plan.desired_digest:
+        raise TreeChangedError(plan, digest, commit)
+    if commit is None or commit == plan.git_commit:
+        return plan
+    click.echo(
+        f"The plan was made from {_commit(plan.git_commit)}; the work tree at {_commit(commit)} "
+        f"declares the same desired state ({_short(digest)}), so the plan applies as made.",
+        err=True,
+    )
+    return replace(plan, git_commit=commit)
+
+
+def _commit(commit: str | None) -> str:
+    return f"commit {commit[:12]}" if commit else "a tree outside git"
+
+
+def _short(digest: str | None) -> str:
+    return digest[: len("sha256:") + 12] if digest else "(none)"
 
 
 def brief(plan: Plan) -> Iterator[str]:

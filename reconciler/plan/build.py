@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from datetime import datetime
 
-from reconciler.codec import DesiredState
+from reconciler.codec import DesiredState, canonical
 from reconciler.plan.diff import (
     ActualState,
     diff,
@@ -35,6 +35,7 @@ def build_plan(
     force_delete_held: bool = False,
     notes: tuple[str, ...] = (),
 ) -> Plan:
+    digest = desired_digest(desired)  # of the tree as declared, before the store adds to it
     actual = {kind: store.read_records(kind) for kind in RecordKind}
     desired = with_rollout_starts(desired, actual, now)
     in_force = overrides_from_item(store.read_overrides()).in_force(now)
@@ -58,7 +59,12 @@ def build_plan(
     if empty and not allow_empty:
         changes = [_refuse_empty(c) for c in changes]
     body = json.dumps(
-        [git_commit, store.describe(), [(c.address, c.action, c.desired_hash) for c in changes]],
+        [
+            git_commit,
+            digest,
+            store.describe(),
+            [(c.address, c.action, c.desired_hash) for c in changes],
+        ],
         sort_keys=True,
     )
     plan_id = hashlib.sha256(f"{format_time(now)}{body}".encode()).hexdigest()[:16]
@@ -70,7 +76,23 @@ def build_plan(
         changes=tuple(changes),
         unmanaged=tuple(unmanaged),
         notes=notes,
+        desired_digest=digest,
     )
+
+
+def desired_digest(desired: DesiredState) -> str:
+    """One hash of every record the tree declares, by kind and name, in canonical JSON.
+
+    Two trees with the same digest declare the same records with the same content, whatever
+    their commits, comments or layout: so a plan saved from one applies to the
+    other exactly as reviewed. Kinds without records count as empty, so the digest does not
+    depend on which kinds a tree mentions."""
+    document = {
+        kind.label: canonical(desired.get(kind, {}))
+        for kind in sorted(RecordKind, key=lambda k: k.label)
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def with_rollout_starts(desired: DesiredState, actual: ActualState, now: datetime) -> DesiredState:

@@ -91,6 +91,9 @@ class Plan:
     changes: tuple[Change, ...]
     unmanaged: tuple[Unmanaged, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # The digest of the desired state the plan was made from (``desired_digest``): what
+    # ``--apply PLAN`` recomputes from the work tree to prove it declares the same records.
+    desired_digest: str | None = None
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action == action)
@@ -127,6 +130,7 @@ class Plan:
             "plan_id": self.plan_id,
             "created_at": self.created_at,
             "git_commit": self.git_commit,
+            "desired_digest": self.desired_digest,
             "store": self.store,
             "summary": {
                 "add": self.count("create"),
@@ -160,9 +164,16 @@ class Plan:
                     Unmanaged(_kind(u["kind"]), u["name"]) for u in data.get("unmanaged", [])
                 ),
                 notes=tuple(data.get("notes", [])),
+                desired_digest=_optional_text(data.get("desired_digest")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"the plan file is damaged or not a plan: {exc!r}") from None
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a string or null, not {value!r}")
+    return value
 
 
 def _kind(label: str) -> RecordKind:
