@@ -7,8 +7,14 @@ semantic checks still run over the rest and one run reports everything.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterator
+import functools
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +28,7 @@ from reconciler.secrets import find_secrets
 from reconciler.yaml_strict import YamlDocument, load_yaml
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+PARALLEL_FROM = 2000  # manifest files; below, one process is quicker than starting others
 IGNORED_NAMES = ("README", "readme", "CODEOWNERS", "OWNERS")
 
 M = TypeVar("M", bound=Manifest)
@@ -29,10 +36,30 @@ M = TypeVar("M", bound=Manifest)
 
 @dataclass(frozen=True)
 class Source:
-    """A manifest file: its path relative to the tree's root, and its parsed document."""
+    """A manifest file: its path relative to the tree's root, and its parsed document.
+
+    A source in a loaded tree keeps only its path: the document (the file's text and data)
+    is read again on first use, to say where a problem is. A tree of tens of thousands of
+    manifests holds their models, not their text."""
 
     path: str
-    document: YamlDocument
+    _document: YamlDocument | None = field(default=None, repr=False, compare=False)
+    root: Path | None = field(default=None, compare=False)
+
+    @property
+    def document(self) -> YamlDocument:
+        if self._document is None:
+            document = None
+            if self.root is not None:
+                with contextlib.suppress(OSError):
+                    document = load_yaml((self.root / self.path).read_bytes())[0]
+            object.__setattr__(self, "_document", document or YamlDocument(None, ""))
+        assert self._document is not None
+        return self._document
+
+    def released(self) -> Source:
+        """The same source without its document in memory."""
+        return Source(self.path, None, self.root)
 
     @property
     def folder(self) -> str:
@@ -81,7 +108,15 @@ class Tree:
         return {Path(p).stem for p in self.unloaded if p.startswith(folder + "/")}
 
     def of(self, model: type[M]) -> list[tuple[M, Source]]:
-        return [(m.manifest, m.source) for m in self.manifests if isinstance(m.manifest, model)]
+        """The manifests of one kind, in the tree's order."""
+        return [(m.manifest, m.source) for m in self._by_kind.get(model, ())]  # type: ignore[misc]
+
+    @functools.cached_property
+    def _by_kind(self) -> dict[type, list[Loaded]]:
+        grouped: dict[type, list[Loaded]] = {}
+        for loaded in self.manifests:
+            grouped.setdefault(type(loaded.manifest), []).append(loaded)
+        return grouped
 
 
 @dataclass
@@ -96,7 +131,6 @@ def load_tree(root: Path) -> LoadResult:
     loaded: list[Loaded] = []
     unloaded: list[str] = []
     diagnostics: list[Diagnostic] = []
-    files = 0
     folders = [root / kind.folder for kind in KINDS.values()]
     if not any(folder.is_dir() for folder in folders):
         names = ", ".join(f"{kind.folder}/" for kind in KINDS.values())
@@ -109,6 +143,7 @@ def load_tree(root: Path) -> LoadResult:
                 "layout",
             )
         )
+    manifests: list[tuple[Path, str]] = []
     for folder in folders:
         for path in _files(folder):
             relative = path.relative_to(root).as_posix()
@@ -124,14 +159,47 @@ def load_tree(root: Path) -> LoadResult:
                     )
                 )
                 continue
-            files += 1
-            result = load_file(path, relative)
-            diagnostics.extend(result[1])
-            if result[0] is not None:
-                loaded.append(result[0])
-            else:
-                unloaded.append(relative)
-    return LoadResult(Tree(root, tuple(loaded), frozenset(unloaded)), diagnostics, files)
+            manifests.append((path, relative))
+    for (_, relative), (built, found) in zip(manifests, _load_all(root, manifests), strict=True):
+        diagnostics.extend(found)
+        if built is not None:
+            loaded.append(built)
+        else:
+            unloaded.append(relative)
+    return LoadResult(Tree(root, tuple(loaded), frozenset(unloaded)), diagnostics, len(manifests))
+
+
+Outcome = tuple["Loaded | None", list[Diagnostic]]
+
+
+def _load_all(root: Path, files: Sequence[tuple[Path, str]]) -> list[Outcome]:
+    """Each file loaded, in order: in worker processes when the tree is large and the machine
+    has cores to spare (each file is independent; the results come back as models and
+    diagnostics, which pickle small), else here."""
+    workers = _workers(len(files))
+    if workers <= 1:
+        return [load_file(path, relative, root) for path, relative in files]
+    size = -(-len(files) // (workers * 4))  # a few chunks per worker: none waits on the last
+    chunks = [(root, files[i : i + size]) for i in range(0, len(files), size)]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return [outcome for chunk in pool.map(_load_chunk, chunks) for outcome in chunk]
+
+
+def _load_chunk(job: tuple[Path, Sequence[tuple[Path, str]]]) -> list[Outcome]:
+    root, files = job
+    return [load_file(path, relative, root) for path, relative in files]
+
+
+def _workers(files: int) -> int:
+    """Processes for loading ``files`` files: one below ``PARALLEL_FROM`` files, without fork
+    (not Linux), or when ``RECONCILER_WORKERS`` says so; else one per usable core, up to 8."""
+    if files < PARALLEL_FROM or not sys.platform.startswith("linux"):
+        return 1
+    chosen = os.environ.get("RECONCILER_WORKERS", "")
+    if chosen.isdigit():
+        return max(1, int(chosen))
+    return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
 def _files(folder: Path) -> Iterator[Path]:
@@ -142,8 +210,13 @@ def _files(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic]]:
-    """Parse, validate and build one manifest file."""
+def load_file(
+    path: Path, relative: str, root: Path | None = None
+) -> tuple[Loaded | None, list[Diagnostic]]:
+    """Parse, validate and build one manifest file (``relative`` to ``root``: a built
+    manifest's source reads its document again from there when it is needed)."""
+    if root is None:  # the folders above the file that ``relative`` names
+        root = path.parents[len(Path(relative).parts) - 1]
 
     def at_file(position: Position, field_path: FieldPath, message: str, rule: str) -> Diagnostic:
         return Diagnostic(relative, position, field_path, message, rule)
@@ -156,7 +229,7 @@ def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic
     diagnostics = [at_file(p.position, p.field, p.message, "yaml") for p in problems]
     if document is None:
         return None, diagnostics
-    source = Source(relative, document)
+    source = Source(relative, document, root)
     diagnostics.extend(find_secrets(relative, document))
     data = document.data
     if not isinstance(data, dict):
@@ -172,7 +245,7 @@ def load_file(path: Path, relative: str) -> tuple[Loaded | None, list[Diagnostic
         # The fast path: the model and the schema accept the same documents (a tested
         # property), so a document the model builds needs no jsonschema pass.
         try:
-            return Loaded(kind.model.model_validate(data), source), diagnostics
+            return Loaded(kind.model.model_validate(data), source.released()), diagnostics
         except pydantic.ValidationError as exc:
             model_errors = exc.errors()
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,73 @@ def test_no_file_content_makes_loading_raise(tmp_path: Path, raw: bytes) -> None
     for diagnostic in diagnostics:
         assert diagnostic.position.line >= 1
         assert diagnostic.message
+
+
+_FRAGMENTS = [
+    "description: plain words\n",
+    "description: 'AKIAIOSFODNN7EXAMPLE'\n",
+    'description: "\\x41KIAIOSFODNN7EXAMPLE"\n',
+    "value: ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8\n",
+    "api_key: s3cr3tvalue99\n",
+    "max_tokens: '1000'\n",
+    "# a comment with sk-ant-abcdefghijklmnopqrstuvwx\n",
+    "note: >-\n  folded text\n  AKIAIOSFODNN7EXAMPLE here\n",
+    "url: https://user:pa55word@example.com/x\n",
+    "token: ${SECRET_FROM_ENV}\n",
+    'db_password: "hunter2hunter2"\n',
+    '"\\x74oken": "abcdefgh12345678"\n',
+    "slack: xoxb-1234567890-abcdefghij\n",
+    "stripe: rk_live_abcdefghijklmnopqrstuvwx\n",
+    "google: AIzaSyA1234567890abcdefghijklmnopqrstuv\n",
+    "jwt: eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.abcdefghijkl\n",
+    "pem: '-----BEGIN RSA PRIVATE KEY-----'\n",
+    "name: vc_bedrock_live_g00001\n",
+]
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=5, unique=True))
+def test_the_one_search_of_the_text_misses_no_secret(parts: list[str]) -> None:
+    """Files the quick search of the text lets through hold nothing the full scan would find."""
+    from reconciler import secrets
+    from reconciler.yaml_strict import load_yaml
+
+    document, _ = load_yaml(("kind: Flag\n" + "".join(parts)).encode())
+    assert document is not None
+    quick = list(secrets.find_secrets("f.yaml", document))
+    original, secrets._suspect = secrets._suspect, lambda text: True
+    try:
+        full = list(secrets.find_secrets("f.yaml", document))
+    finally:
+        secrets._suspect = original
+    assert quick == full
+
+
+def test_a_tree_loaded_by_worker_processes_is_the_one_loaded_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large trees load in worker processes; the result is the same, in the same order, and
+    a manifest's source still says where a problem is."""
+    import shutil
+
+    from reconciler import loader
+    from tests.conftest import REPO_ROOT
+
+    for folder in ("flags.d", "experiments.d", "rollouts.d", "costs.d"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    (tmp_path / "flags.d" / "vc_broken.yaml").write_text("kind: Flag\nflag_name: [\n")
+    monkeypatch.setenv("RECONCILER_WORKERS", "1")
+    here = load_tree(tmp_path)
+    monkeypatch.setattr(loader, "PARALLEL_FROM", 1)
+    monkeypatch.setenv("RECONCILER_WORKERS", "2")
+    assert loader._workers(len(here.tree.manifests)) == 2
+    there = load_tree(tmp_path)
+    assert [m.manifest for m in there.tree.manifests] == [m.manifest for m in here.tree.manifests]
+    assert [m.source.path for m in there.tree.manifests] == [
+        m.source.path for m in here.tree.manifests
+    ]
+    assert there.diagnostics == here.diagnostics
+    assert there.diagnostics, "the broken file is reported"
+    assert there.tree.unloaded == {"flags.d/vc_broken.yaml"}
+    flag = there.tree.manifests[0].source
+    assert flag._document is None, "the text is not kept"
+    assert flag.at(("description",)).line > 1, "and is read again to say where"
