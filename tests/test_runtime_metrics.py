@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import zip_longest
 from typing import Any
 
@@ -20,6 +20,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
+from moto.cloudwatch.models import MetricAggregatedDatum, cloudwatch_backends
+from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from reconciler.runtime.metrics import (
     COSTS_NAMESPACE,
@@ -85,19 +87,27 @@ def flush_changes() -> dict[str, Totals]:
     return changes
 
 
-def expected(request_type: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each metric's statistic set, from the recorded values themselves."""
-    costs = [micros / 1_000_000 for micros in COSTS[request_type]]
-    spend = sum(COSTS[request_type]) / 1_000_000  # summed in micro-dollars, then made dollars
-    tokens = TOKENS[request_type]
-    errors = [100.0 * failed for failed in OUTCOMES[request_type]]
-    latencies = LATENCIES[request_type]
+def expected(request_type: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each metric's statistic set, from the recorded values themselves; ``None``: the roll-up
+    of every request type."""
+    types = list(COSTS) if request_type is None else [request_type]
+    micros = [m for t in types for m in COSTS[t]]
+    costs = [m / 1_000_000 for m in micros]
+    spend = sum(micros) / 1_000_000  # summed in micro-dollars, then made dollars
+    tokens = [n for t in types for n in TOKENS[t]]
+    outcomes = [o for t in types for o in OUTCOMES[t]]
+    errors = [100.0 * failed for failed in outcomes]
+    latencies = [ms for t in types for ms in LATENCIES[t]]
     found = {}
     for key, values, total, unit in (
         ((COSTS_NAMESPACE, "RequestCost"), costs, spend, "None"),
         ((COSTS_NAMESPACE, "TokenUsage"), tokens, sum(tokens), "Count"),
+        ((COSTS_NAMESPACE, "Spend"), [spend], spend, "None"),
+        ((COSTS_NAMESPACE, "RequestCount"), [len(costs)], len(costs), "Count"),
         ((OPERATIONS_NAMESPACE, "ErrorRate"), errors, sum(errors), "Percent"),
         ((OPERATIONS_NAMESPACE, "ResponseTime"), latencies, sum(latencies), "Milliseconds"),
+        ((OPERATIONS_NAMESPACE, "OutcomeCount"), [len(outcomes)], len(outcomes), "Count"),
+        ((OPERATIONS_NAMESPACE, "ErrorCount"), [sum(outcomes)], sum(outcomes), "Count"),
     ):
         found[key] = {
             "SampleCount": float(len(values)),
@@ -109,6 +119,10 @@ def expected(request_type: str) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+PER_REQUEST = {"RequestCost", "TokenUsage", "ErrorRate", "ResponseTime"}
+NAMES = sorted(expected(None))
+
+
 @pytest.fixture
 def cloudwatch() -> Iterator[Any]:
     with mock_aws():
@@ -118,16 +132,34 @@ def cloudwatch() -> Iterator[Any]:
 def read_back(
     client: Any, namespace: str, metric: str, dimensions: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    answer = client.get_metric_statistics(
-        Namespace=namespace,
-        MetricName=metric,
-        Dimensions=[{"Name": k, "Value": v} for k, v in dimensions.items()],
-        StartTime=AT - timedelta(minutes=5),
-        EndTime=AT + timedelta(minutes=5),
-        Period=60,
-        Statistics=[*STATISTICS, "Average"],
-    )
-    return [{k: v for k, v in p.items() if k != "Timestamp"} for p in answer["Datapoints"]]
+    """The statistics of one series, as CloudWatch's GetMetricStatistics gives them for one
+    period: of the data whose dimensions are exactly ``dimensions`` (moto's own read matches any
+    series that has them, which would mix a roll-up with the series it rolls up)."""
+    region = client.meta.region_name
+    stored = cloudwatch_backends[DEFAULT_ACCOUNT_ID][region].get_all_metrics()
+    wanted = sorted(dimensions.items())
+    data = [
+        d
+        for d in stored
+        if (d.namespace, d.name) == (namespace, metric)
+        and sorted((x.name, x.value) for x in d.dimensions) == wanted
+        and isinstance(d, MetricAggregatedDatum)  # the sinks send statistic sets only
+    ]
+    if not data:
+        return []
+    count = sum(float(d.sample_count) for d in data)
+    total = sum(float(d.sum) for d in data)
+    [unit] = {d.unit for d in data}
+    return [
+        {
+            "SampleCount": count,
+            "Sum": total,
+            "Minimum": min(float(d.min) for d in data),
+            "Maximum": max(float(d.max) for d in data),
+            "Unit": unit,
+            "Average": total / count,
+        }
+    ]
 
 
 def all_metrics(client: Any) -> set[tuple[str, str, tuple[tuple[str, str], ...]]]:
@@ -161,17 +193,22 @@ class PutCalls(list[dict[str, Any]]):
 
 
 def test_statistic_sets_read_back_exactly(cloudwatch: Any) -> None:
+    """Per request type with and without the service's dimensions, and the roll-up without any:
+    each the recorded values' statistic set."""
     CloudWatchMetrics(cloudwatch, dimensions=SERVICE).emit(flush_changes(), AT)
 
+    series: list[tuple[str | None, dict[str, str]]] = [(None, {})]
     for request_type in COSTS:
-        dimensions = {"RequestType": request_type, **SERVICE}
-        for (namespace, metric), statistics in expected(request_type).items():
+        series += [(request_type, {"RequestType": request_type, **SERVICE})]
+        series += [(request_type, {"RequestType": request_type})]
+    for of_type, dimensions in series:
+        for (namespace, metric), statistics in expected(of_type).items():
             assert read_back(cloudwatch, namespace, metric, dimensions) == [
                 {
                     **statistics,
                     "Average": pytest.approx(statistics["Sum"] / statistics["SampleCount"]),
                 }
-            ], (request_type, metric)
+            ], (dimensions, metric)
 
 
 def test_request_cost_is_in_dollars_and_error_rate_is_the_average(cloudwatch: Any) -> None:
@@ -188,17 +225,46 @@ def test_request_cost_is_in_dollars_and_error_rate_is_the_average(cloudwatch: An
 def test_every_metric_carries_the_request_type_and_the_fixed_dimensions(cloudwatch: Any) -> None:
     CloudWatchMetrics(cloudwatch, dimensions=SERVICE).emit(flush_changes(), AT)
 
-    names = [
-        (COSTS_NAMESPACE, "RequestCost"),
-        (COSTS_NAMESPACE, "TokenUsage"),
-        (OPERATIONS_NAMESPACE, "ErrorRate"),
-        (OPERATIONS_NAMESPACE, "ResponseTime"),
-    ]
-    assert all_metrics(cloudwatch) == {
-        (namespace, metric, (("RequestType", request_type), ("Service", "vc-api")))
-        for namespace, metric in names
+    by_type = {
+        (namespace, metric, dimensions)
+        for namespace, metric in NAMES
         for request_type in COSTS
+        for dimensions in (
+            (("RequestType", request_type), ("Service", "vc-api")),
+            (("RequestType", request_type),),
+        )
     }
+    rollups = {(namespace, metric, ()) for namespace, metric in NAMES}
+    assert all_metrics(cloudwatch) == by_type | rollups
+
+
+def test_without_fixed_dimensions_a_metric_has_the_request_type_and_the_roll_up(
+    cloudwatch: Any,
+) -> None:
+    CloudWatchMetrics(cloudwatch).emit(flush_changes(), AT)
+
+    assert all_metrics(cloudwatch) == {
+        (namespace, metric, dimensions)
+        for namespace, metric in NAMES
+        for dimensions in [(), *((("RequestType", t),) for t in COSTS)]
+    }
+
+
+def test_spend_and_the_error_counts_add_up_over_flushes(cloudwatch: Any) -> None:
+    """Two flushes: the roll-up's Sum of Spend is all the spend (RequestCost's Sum is too, in
+    this sink), and ErrorCount / OutcomeCount is the error rate of all outcomes."""
+    sink = CloudWatchMetrics(cloudwatch)
+    sink.emit(flush_changes(), AT)
+    sink.emit({"cost:chat": totals([250_000]), "outcome:chat": totals([0] * 9)}, AT)
+
+    [spend] = read_back(cloudwatch, COSTS_NAMESPACE, "Spend", {})
+    assert spend["Sum"] == pytest.approx(0.323443, rel=1e-15)  # 73,443 + 250,000 micro-dollars
+    assert spend["SampleCount"] == 2.0  # one sample a flush
+    [errors] = read_back(cloudwatch, OPERATIONS_NAMESPACE, "ErrorCount", {})
+    [outcomes] = read_back(cloudwatch, OPERATIONS_NAMESPACE, "OutcomeCount", {})
+    assert (errors["Sum"], outcomes["Sum"]) == (3.0, 15.0)
+    [rate] = read_back(cloudwatch, OPERATIONS_NAMESPACE, "ErrorRate", {})
+    assert rate["Average"] == pytest.approx(100 * 3 / 15)
 
 
 def test_one_call_per_namespace(cloudwatch: Any) -> None:
@@ -216,12 +282,15 @@ def test_more_than_a_thousand_items_go_in_several_calls(cloudwatch: Any) -> None
 
     CloudWatchMetrics(cloudwatch).emit(changes, AT)
 
-    assert calls.calls == 3
-    assert [len(c["MetricData"]) for c in calls] == [MAX_ITEMS, MAX_ITEMS, 200]
+    items = 1_100 * 4 + 4  # RequestCost, RequestCount, Spend, TokenUsage per type; 4 roll-ups
+    assert calls.calls == 5
+    assert [len(c["MetricData"]) for c in calls] == [MAX_ITEMS] * 4 + [items - 4 * MAX_ITEMS]
     assert {c["Namespace"] for c in calls} == {COSTS_NAMESPACE}
-    assert len(all_metrics(cloudwatch)) == 2_200
+    assert len(all_metrics(cloudwatch)) == items
     [last] = read_back(cloudwatch, COSTS_NAMESPACE, "TokenUsage", {"RequestType": types[-1]})
     assert last["Sum"] == 1_100
+    [rollup] = read_back(cloudwatch, COSTS_NAMESPACE, "TokenUsage", {})
+    assert rollup["Sum"] == sum(range(1, 1_101))
 
 
 def test_requests_stay_under_the_size_limit(cloudwatch: Any) -> None:
@@ -239,10 +308,11 @@ def test_requests_stay_under_the_size_limit(cloudwatch: Any) -> None:
 
     CloudWatchMetrics(cloudwatch, dimensions=dimensions).emit(changes, AT)
 
+    items = 40 * 4 * 2 + 4  # 4 metrics a type, with and without the fixed dimensions; roll-ups
     assert calls.calls == len(calls) == len(bodies) > 1
-    assert sum(len(c["MetricData"]) for c in calls) == 80
+    assert sum(len(c["MetricData"]) for c in calls) == items
     assert max(bodies) < REQUEST_LIMIT
-    assert len(all_metrics(cloudwatch)) == 80
+    assert len(all_metrics(cloudwatch)) == items
 
 
 def test_unknown_empty_and_unpublishable_series_are_left_out(cloudwatch: Any) -> None:
@@ -266,6 +336,19 @@ def test_unknown_empty_and_unpublishable_series_are_left_out(cloudwatch: Any) ->
     assert all_metrics(cloudwatch) == set()
 
 
+def test_a_refused_series_is_left_out_of_the_roll_up_too(cloudwatch: Any) -> None:
+    changes = {"latency:chat": totals([12.0, 30.0]), "latency:vc_analysis": totals([2.0**400])}
+
+    CloudWatchMetrics(cloudwatch).emit(changes, AT)
+
+    assert all_metrics(cloudwatch) == {
+        (OPERATIONS_NAMESPACE, "ResponseTime", (("RequestType", "chat"),)),
+        (OPERATIONS_NAMESPACE, "ResponseTime", ()),
+    }
+    [rollup] = read_back(cloudwatch, OPERATIONS_NAMESPACE, "ResponseTime", {})
+    assert (rollup["SampleCount"], rollup["Sum"], rollup["Maximum"]) == (2.0, 42.0, 30.0)
+
+
 def test_no_client_is_made_until_there_is_something_to_send() -> None:
     sink = CloudWatchMetrics()
     sink.emit({"quality:chat": totals([0.5])}, AT)
@@ -277,7 +360,7 @@ def test_no_client_is_made_until_there_is_something_to_send() -> None:
         config = made.meta.config
         assert (config.connect_timeout, config.read_timeout) == (1, 2)
         assert config.retries["total_max_attempts"] == 3  # two retries after the first attempt
-        assert len(all_metrics(made)) == 8
+        assert len(all_metrics(made)) == len(NAMES) * (len(COSTS) + 1)
 
 
 def test_transport_errors_reach_the_recorder_which_counts_them() -> None:
@@ -355,6 +438,23 @@ def by_line(documents: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Map
     return found
 
 
+Series = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+def extracted(documents: Sequence[Mapping[str, Any]]) -> dict[Series, list[float]]:
+    """The samples CloudWatch takes from EMF documents, as the specification says: each metric
+    of a directive, under each of its dimension sets (a number is one sample)."""
+    found: dict[Series, list[float]] = {}
+    for document in documents:
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for keys in directive["Dimensions"]:
+                dimensions = tuple(sorted((key, document[key]) for key in keys))
+                for definition in directive["Metrics"]:
+                    series = (directive["Namespace"], definition["Name"], dimensions)
+                    found.setdefault(series, []).append(document[definition["Name"]])
+    return found
+
+
 def test_emf_lines_are_valid_documents() -> None:
     documents = emitted_lines(flush_changes(), dimensions=SERVICE)
 
@@ -364,36 +464,75 @@ def test_emf_lines_are_valid_documents() -> None:
         assert document["_aws"]["Timestamp"] == int(AT.timestamp()) * 1000
         assert document["Service"] == "vc-api"
         [directive] = document["_aws"]["CloudWatchMetrics"]
-        assert directive["Dimensions"] == [["RequestType", "Service"]]
+        assert directive["Dimensions"] == [["RequestType", "Service"], ["RequestType"], []]
     lines = by_line(documents)
     costs = lines[COSTS_NAMESPACE, "vc_analysis"]["_aws"]["CloudWatchMetrics"][0]["Metrics"]
     assert costs == [
         {"Name": "RequestCost", "Unit": "None"},
-        {"Name": "TokenUsage", "Unit": "Count"},
         {"Name": "RequestCount", "Unit": "Count"},
+        {"Name": "Spend", "Unit": "None"},
+        {"Name": "TokenUsage", "Unit": "Count"},
     ]
     operations = lines[OPERATIONS_NAMESPACE, "chat"]["_aws"]["CloudWatchMetrics"][0]["Metrics"]
     assert operations == [
+        {"Name": "ErrorCount", "Unit": "Count"},
         {"Name": "ErrorRate", "Unit": "Percent"},
-        {"Name": "ResponseTime", "Unit": "Milliseconds"},
         {"Name": "OutcomeCount", "Unit": "Count"},
+        {"Name": "ResponseTime", "Unit": "Milliseconds"},
     ]
 
 
-def test_emf_means_and_counts_reconstruct_the_recorded_totals() -> None:
+def test_emf_without_fixed_dimensions_has_the_request_type_and_the_roll_up() -> None:
+    for document in emitted_lines(flush_changes()):
+        assert_emf(document)
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Dimensions"] == [["RequestType"], []]
+
+
+def test_emf_means_and_totals_reconstruct_the_recorded_totals() -> None:
     lines = by_line(emitted_lines(flush_changes()))
 
     for request_type, costs in COSTS.items():
         line = lines[COSTS_NAMESPACE, request_type]
         assert line["RequestCount"] == len(costs)
+        assert line["Spend"] == sum(costs) / 1e6  # the total, made dollars once
         assert line["RequestCost"] * line["RequestCount"] == pytest.approx(sum(costs) / 1e6)
         assert line["TokenUsage"] * line["RequestCount"] == pytest.approx(sum(TOKENS[request_type]))
     for request_type, outcomes in OUTCOMES.items():
         line = lines[OPERATIONS_NAMESPACE, request_type]
-        assert line["OutcomeCount"] == len(outcomes)
+        assert (line["OutcomeCount"], line["ErrorCount"]) == (len(outcomes), sum(outcomes))
         assert line["ErrorRate"] * line["OutcomeCount"] / 100 == pytest.approx(sum(outcomes))
         latencies = LATENCIES[request_type]
         assert line["ResponseTime"] == pytest.approx(sum(latencies) / len(latencies))
+
+
+def test_emf_sums_of_spend_and_error_counts_are_exact_where_the_means_are_not() -> None:
+    """What CloudWatch makes of the lines' roll-up (``[]``): Spend sums to all the spend and
+    ErrorCount / OutcomeCount is the error rate, while RequestCost's Sum and ErrorRate's
+    Average, means of means, are neither."""
+    samples = extracted(emitted_lines(flush_changes(), dimensions=SERVICE))
+
+    spend = sum(m for costs in COSTS.values() for m in costs) / 1e6
+    assert sum(samples[COSTS_NAMESPACE, "Spend", ()]) == pytest.approx(spend, rel=1e-15)
+    assert sum(samples[COSTS_NAMESPACE, "RequestCost", ()]) < spend / 2
+    errors = sum(samples[OPERATIONS_NAMESPACE, "ErrorCount", ()])
+    outcomes = sum(samples[OPERATIONS_NAMESPACE, "OutcomeCount", ()])
+    assert 100 * errors / outcomes == 50.0  # three of six outcomes failed
+    rates = samples[OPERATIONS_NAMESPACE, "ErrorRate", ()]
+    assert sum(rates) / len(rates) == 62.5  # the mean of 25% and 100%
+
+
+def test_both_sinks_publish_the_same_series_with_the_same_exact_sums(cloudwatch: Any) -> None:
+    CloudWatchMetrics(cloudwatch, dimensions=SERVICE).emit(flush_changes(), AT)
+    samples = extracted(emitted_lines(flush_changes(), dimensions=SERVICE))
+
+    assert set(samples) == all_metrics(cloudwatch)
+    exact = [series for series in samples if series[1] not in PER_REQUEST]
+    assert len(exact) == 4 * 5  # Spend and three counts, by two types twice, and the roll-up
+    for namespace, metric, dimensions in exact:
+        [point] = read_back(cloudwatch, namespace, metric, dict(dimensions))
+        from_lines = sum(samples[namespace, metric, dimensions])
+        assert from_lines == pytest.approx(point["Sum"], rel=1e-15), (metric, dimensions)
 
 
 def test_emf_lines_carry_the_exact_statistic_sets() -> None:
@@ -401,8 +540,19 @@ def test_emf_lines_carry_the_exact_statistic_sets() -> None:
 
     for request_type in COSTS:
         for (namespace, metric), statistics in expected(request_type).items():
-            carried = lines[namespace, request_type]["Statistics"][metric]
-            assert carried == {k: statistics[k] for k in STATISTICS}, (request_type, metric)
+            carried = lines[namespace, request_type]["Statistics"]
+            if metric in PER_REQUEST:
+                assert carried[metric] == {k: statistics[k] for k in STATISTICS}, metric
+            else:
+                assert metric not in carried  # the metric itself is the total
+
+
+def test_emf_with_the_most_fixed_dimensions_keeps_the_limits() -> None:
+    dimensions = {f"Dimension{n:02d}": "x" for n in range(29)}
+    for document in emitted_lines(flush_changes(), dimensions=dimensions):
+        assert_emf(document)
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert [len(keys) for keys in directive["Dimensions"]] == [30, 1, 0]
 
 
 def test_emf_leaves_out_what_it_does_not_know() -> None:
@@ -411,6 +561,7 @@ def test_emf_leaves_out_what_it_does_not_know() -> None:
 
     [line] = emitted_lines({"latency:chat": totals([12.5])})  # a latency with no outcome
     assert "OutcomeCount" not in line
+    assert "ErrorCount" not in line
     assert line["ResponseTime"] == 12.5
 
 
