@@ -87,6 +87,12 @@ Exit codes: 0 clean, 1 user or configuration error, 2 changes pending
     "(the repository's .gitignore ignores it). Nothing is saved without --out.",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="--plan exits 2 when changes are pending.")
+@click.option(
+    "--show-all",
+    is_flag=True,
+    help="--plan: every change field by field, however many (a plan of more than 200 changes "
+    "otherwise shows its risks, holds and deletions in full and counts the rest).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (for CI).")
 @click.option(
     "--max-deletions",
@@ -117,6 +123,7 @@ def reconcile(
     output_format: str,
     out: Path | None,
     detailed_exitcode: bool,
+    show_all: bool,
     yes: bool,
     max_deletions: int,
     allow_empty: bool,
@@ -162,6 +169,7 @@ def reconcile(
             detailed_exitcode=detailed_exitcode,
             allow_empty=allow_empty,
             force_delete_held=force_delete_held,
+            show_all=show_all,
         )
     if mode == "apply":
         return run_apply(

@@ -39,15 +39,15 @@ def make_plan(context: Context, *, allow_empty: bool, force_delete_held: bool = 
         store.close()
 
 
-def print_plan(plan: Plan, output_format: str) -> None:
+def print_plan(plan: Plan, output_format: str, *, show_all: bool = False) -> None:
     if output_format == "json":
         click.echo(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
     elif output_format == "markdown":
-        click.echo(render_markdown(plan), nl=False)
+        click.echo(render_markdown(plan, show_all=show_all), nl=False)
     else:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        for line in render_text(plan, color=color):
-            click.echo(line)
+        lines = render_text(plan, color=color, show_all=show_all)
+        click.echo("\n".join(lines))  # one write: a plan may have a million lines
 
 
 def save_plan(plan: Plan, path: Path) -> None:
@@ -65,9 +65,10 @@ def run_plan(
     detailed_exitcode: bool,
     allow_empty: bool,
     force_delete_held: bool = False,
+    show_all: bool = False,
 ) -> int:
     plan = make_plan(context, allow_empty=allow_empty, force_delete_held=force_delete_held)
-    print_plan(plan, output_format)
+    print_plan(plan, output_format, show_all=show_all)
     if out is not None:
         save_plan(plan, out)
     if plan.blocked:

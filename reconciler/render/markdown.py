@@ -7,15 +7,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from reconciler.plan.model import Change, Plan
+from reconciler.render.large import FULL_UP_TO, Group, select
 
 MARKER = "<!-- reconcile-plan -->"
 MAX_CHARS = 60_000  # GitHub allows 65,536 characters per comment
 ICON = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
 
 
-def render_markdown(plan: Plan, *, max_chars: int = MAX_CHARS) -> str:
-    """The comment, cut to ``max_chars`` with a note saying what was left out."""
-    parts = [*_head(plan), *(_section(c) for c in plan.changes if c.pending or c.holds)]
+def render_markdown(plan: Plan, *, max_chars: int = MAX_CHARS, show_all: bool = False) -> str:
+    """The comment, cut to ``max_chars`` with a note saying what was left out; a large plan
+    has its notable changes in full and the rest counted (``reconciler.render.large``)."""
+    listed = [c for c in plan.changes if c.pending or c.holds]
+    full, groups = select(listed, show_all=show_all)
+    parts = [*_head(plan, full, groups), *(_section(c) for c in full)]
     budget = max_chars - 400  # room for the note
     text, used = "", 0
     for part in parts:
@@ -32,7 +36,7 @@ def render_markdown(plan: Plan, *, max_chars: int = MAX_CHARS) -> str:
     return text
 
 
-def _head(plan: Plan) -> Iterator[str]:
+def _head(plan: Plan, full: list[Change], groups: list[Group]) -> Iterator[str]:
     yield MARKER
     yield f"### reconcile plan: {plan.summary().removeprefix('Plan: ')}"
     commit = f"`{plan.git_commit[:12]}`" if plan.git_commit else "not a git work tree"
@@ -68,10 +72,19 @@ def _head(plan: Plan) -> Iterator[str]:
         return
     yield "| | record | change | fields |"
     yield "|---|---|---|---|"
-    for change in plan.pending:
-        icon, fields = ICON[change.action], len(change.fields)
-        yield f"| {icon} | `{change.address}` | {change.action} | {fields} |"
+    for change in full:
+        if change.pending:
+            icon, fields = ICON[change.action], len(change.fields)
+            yield f"| {icon} | `{change.address}` | {change.action} | {fields} |"
+    for group in groups:
+        yield f"| {ICON[group.action]} | {group.describe()} | {group.action} | |"
     yield ""
+    if groups:
+        yield (
+            f"> A plan of more than {FULL_UP_TO} changes shows its risks, holds and deletions "
+            "in full and counts the rest; the JSON plan has every change."
+        )
+        yield ""
 
 
 def _section(change: Change) -> str:

@@ -7,13 +7,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from reconciler.plan.model import Change, Plan
+from reconciler.render.large import FULL_UP_TO, select
 
 SYMBOL = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
 COLOR = {"create": "32", "update": "33", "delete": "31", "risk": "1;31", "hold": "35", "dim": "2"}
 MAX_VALUE = 100
 
 
-def render_text(plan: Plan, *, color: bool = False, show_unchanged: bool = False) -> Iterator[str]:
+def render_text(
+    plan: Plan, *, color: bool = False, show_unchanged: bool = False, show_all: bool = False
+) -> Iterator[str]:
+    """The plan's lines; a large plan shows its notable changes in full and counts the rest
+    (``reconciler.render.large``) unless ``show_all``."""
+
     def paint(text: str, style: str) -> str:
         return f"\x1b[{COLOR[style]}m{text}\x1b[0m" if color else text
 
@@ -22,10 +28,19 @@ def render_text(plan: Plan, *, color: bool = False, show_unchanged: bool = False
     for note in plan.notes:
         yield f"Note: {note}"
     yield ""
-    for change in plan.changes:
-        if change.action == "unchanged" and not change.holds and not show_unchanged:
-            continue
+    listed = [c for c in plan.changes if c.action != "unchanged" or c.holds or show_unchanged]
+    full, groups = select(listed, show_all=show_all)
+    for change in full:
         yield from _change(change, paint)
+    if groups:
+        yield (
+            f"{len(listed) - len(full):,} more change(s) not shown field by field (a plan of "
+            f"more than {FULL_UP_TO} shows risks, holds and deletions in full; --show-all shows "
+            "every change, --format json has them all):"
+        )
+        for group in groups:
+            yield paint(f"  {SYMBOL[group.action]} {group.describe()}", group.action)
+        yield ""
     if plan.unmanaged:
         names = ", ".join(u.address for u in plan.unmanaged)
         yield paint(f"Not managed by reconcile, left alone: {names}", "dim")
