@@ -26,14 +26,20 @@ NOT_GIT_OWNED = frozenset(META_FIELDS) | frozenset(OVERRIDE_FIELDS) | frozenset(
 DesiredState = dict[RecordKind, dict[str, Item]]
 
 
+_NESTED = (dict, list, tuple, float)  # what canonical may change; other values stay as they are
+
+
 def canonical(value: Any) -> Any:
     """JSON values in one canonical form: integral floats become ints (100.0 is 100)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
     if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in value.items()}
+        return {
+            k if type(k) is str else str(k): canonical(v) if isinstance(v, _NESTED) else v
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
+        return [canonical(v) if isinstance(v, _NESTED) else v for v in value]
     return value
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from datetime import datetime
 
-from reconciler.codec import DesiredState, canonical
+from reconciler.codec import DesiredState
 from reconciler.plan.diff import (
     ActualState,
     diff,
@@ -87,9 +87,8 @@ def desired_digest(desired: DesiredState) -> str:
     their commits, comments or layout: so a plan saved from one applies to the
     other exactly as reviewed. Kinds without records count as empty, so the digest does not
     depend on which kinds a tree mentions."""
-    document = {
-        kind.label: canonical(desired.get(kind, {}))
-        for kind in sorted(RecordKind, key=lambda k: k.label)
+    document = {  # the codec's items are canonical already
+        kind.label: desired.get(kind, {}) for kind in sorted(RecordKind, key=lambda k: k.label)
     }
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

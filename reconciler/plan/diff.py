@@ -7,8 +7,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from reconciler.codec import DesiredState, content_hash, git_owned
 from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
@@ -173,6 +171,8 @@ def _fields(before: Item | None, after: Item | None) -> list[FieldChange]:
             for key, value in sorted(side.items())
         ]
     found: list[FieldChange] = []
+    from deepdiff import DeepDiff  # noqa: PLC0415 - a quarter second to import; only for changes
+
     tree = DeepDiff(before, after, view="tree", ignore_numeric_type_changes=True)
     for report, levels in tree.items():
         for level in levels:
