@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from datetime import datetime
 
-from reconciler.codec import DesiredState
+from reconciler.codec import DesiredState, content_hash
 from reconciler.plan.diff import (
     ActualState,
     diff,
@@ -35,14 +35,19 @@ def build_plan(
     force_delete_held: bool = False,
     notes: tuple[str, ...] = (),
 ) -> Plan:
-    digest = desired_digest(desired)  # of the tree as declared, before the store adds to it
+    declared = hashes_of(desired, {})
+    digest = desired_digest(desired, declared)  # of the tree as declared, before the store adds
     actual = {kind: store.read_records(kind) for kind in RecordKind}
-    desired = with_rollout_starts(desired, actual, now)
+    started = with_rollout_starts(desired, actual, now)
+    hashes = hashes_of(started, {k: (desired, h) for k, h in declared.items()})
+    desired = started
     in_force = overrides_from_item(store.read_overrides()).in_force(now)
     rollouts = replace(
         in_force.rollouts, entries=entries_from_item(store.read_control(CONTROLLER_ID))
     )
-    changes, unmanaged = diff(desired, actual, now=format_time(now), rollouts=rollouts)
+    changes, unmanaged = diff(
+        desired, actual, now=format_time(now), rollouts=rollouts, hashes=hashes
+    )
     changes, held_notes = hold_overridden(changes, in_force, block_deletes=not force_delete_held)
     ai_flags = [r.name for r in actual[RecordKind.FLAG].values() if r.item.get("request_type")]
     guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), ai_flags, now)
@@ -80,15 +85,35 @@ def build_plan(
     )
 
 
-def desired_digest(desired: DesiredState) -> str:
-    """One hash of every record the tree declares, by kind and name, in canonical JSON.
+def hashes_of(
+    desired: DesiredState, known: dict[tuple[RecordKind, str], tuple[DesiredState, str]]
+) -> dict[tuple[RecordKind, str], str]:
+    """Each record's content hash, computed once: an item ``known`` hashed in another state
+    (the same object) keeps its hash."""
+    hashes = {}
+    for kind, items in desired.items():
+        for name, item in items.items():
+            seen = known.get((kind, name))
+            same = seen is not None and seen[0].get(kind, {}).get(name) is item
+            hashes[(kind, name)] = seen[1] if seen is not None and same else content_hash(item)
+    return hashes
+
+
+def desired_digest(
+    desired: DesiredState, hashes: dict[tuple[RecordKind, str], str] | None = None
+) -> str:
+    """One hash of every record the tree declares: of each record's content hash (its
+    canonical JSON), by kind and name.
 
     Two trees with the same digest declare the same records with the same content, whatever
     their commits, comments or layout: so a plan saved from one applies to the
     other exactly as reviewed. Kinds without records count as empty, so the digest does not
-    depend on which kinds a tree mentions."""
-    document = {  # the codec's items are canonical already
-        kind.label: desired.get(kind, {}) for kind in sorted(RecordKind, key=lambda k: k.label)
+    depend on which kinds a tree mentions. (The codec's items hold only git-owned
+    attributes, which is what a content hash covers.)"""
+    hashes = hashes if hashes is not None else hashes_of(desired, {})
+    document = {
+        kind.label: {name: hashes[(kind, name)] for name in sorted(desired.get(kind, {}))}
+        for kind in sorted(RecordKind, key=lambda k: k.label)
     }
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -37,10 +37,13 @@ def diff(
     *,
     now: str,
     rollouts: RolloutStates | None = None,
+    hashes: Mapping[tuple[RecordKind, str], str] | None = None,
 ) -> tuple[list[Change], list[Unmanaged]]:
     """Changes that make ``actual`` equal to ``desired``: creates and updates kind by kind,
     then deletes. Records reconcile did not create are never changed, only reported.
-    ``rollouts``: where the rollouts are, for the risks (both sides are served from there)."""
+    ``rollouts``: where the rollouts are, for the risks (both sides are served from there).
+    ``hashes``: the desired items' content hashes where already computed."""
+    known = hashes or {}
     changes: list[Change] = []
     deletes: list[Change] = []
     unmanaged: list[Unmanaged] = []
@@ -57,6 +60,7 @@ def diff(
                     unmanaged.append(Unmanaged(kind, name))
                 continue
             after = wanted[name]  # the codec's items are canonical
+            hashed = known.get((kind, name)) or content_hash(after)
             if record is None:
                 changes.append(
                     Change(
@@ -64,7 +68,7 @@ def diff(
                         name,
                         "create",
                         after=after,
-                        desired_hash=content_hash(after),
+                        desired_hash=hashed,
                         fields=tuple(_fields(None, after)),
                         risks=tuple(
                             risks_of(kind, name, None, after, now=_moment(now), rollouts=rollouts)
@@ -72,7 +76,7 @@ def diff(
                     )
                 )
             else:
-                changes.append(_update(record, after, now, rollouts))
+                changes.append(_update(record, after, now, rollouts, hashed))
     return changes + deletes, unmanaged
 
 
@@ -85,10 +89,17 @@ def _moment(now: str) -> datetime | None:
 
 
 def _update(
-    record: StoredRecord, after: Item, now: str, rollouts: RolloutStates | None = None
+    record: StoredRecord,
+    after: Item,
+    now: str,
+    rollouts: RolloutStates | None = None,
+    hashed: str | None = None,
 ) -> Change:
     before = git_owned(record.item)
-    drift = record.managed and record.content_hash != content_hash(record.item)
+    desired_hash = hashed or content_hash(after)
+    # The stored content is git's when it equals it: its hash is then the one just computed.
+    stored_hash = desired_hash if before == after else content_hash(record.item)
+    drift = record.managed and record.content_hash != stored_hash
     blocked = None
     if not record.managed:
         blocked = (
@@ -103,7 +114,7 @@ def _update(
         before=before,
         after=after,
         expected_version=record.version,
-        desired_hash=content_hash(after),
+        desired_hash=desired_hash,
         fields=tuple(_fields(before, after)) if action == "update" else (),
         risks=tuple(
             risks_of(record.kind, record.name, before, after, now=_moment(now), rollouts=rollouts)
