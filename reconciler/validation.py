@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.checks import check_tree
 from reconciler.config import RepoConfig
 from reconciler.diagnostics import Diagnostic, Severity, count
 from reconciler.loader import Tree, load_tree
+
+TEMPLATE_FILE = "deploy/template.yaml"  # reconciler.deploy.template.TEMPLATE_PATH
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,22 @@ class Validation:
 
 
 def validate(root: Path, config: RepoConfig) -> Validation:
-    """Load ``root`` and check it; reports, never raises, for anything the files contain."""
+    """Load ``root`` and check it; reports, never raises, for anything the files contain.
+
+    With a committed deployment template (``deploy/template.yaml``), also that it is still the
+    one the manifests and the code generate (a cost threshold changed, say, and the template
+    not regenerated)."""
+    result = validate_manifests(root, config)
+    if not result.ok or not (root / TEMPLATE_FILE).is_file():
+        return result
+    from reconciler.deploy.template import check_committed  # noqa: PLC0415 - boto3, only here
+
+    found = check_committed(root, result.tree, config)
+    return replace(result, diagnostics=(*result.diagnostics, *found))
+
+
+def validate_manifests(root: Path, config: RepoConfig) -> Validation:
+    """Load ``root`` and check its manifests (not the deployment template)."""
     result = load_tree(root)
     diagnostics = [*result.diagnostics, *check_tree(result.tree, config)]
     return Validation(result.tree, tuple(diagnostics), result.files)

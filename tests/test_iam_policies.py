@@ -1,7 +1,9 @@
 """Least privilege: each role's IAM policy allows exactly the DynamoDB actions its code calls.
 
 The calls are read from the code itself (the methods each role uses, and everything they call),
-so a new call without a policy change, or a policy grant nothing uses, fails here.
+so a new call without a policy change, or a policy grant nothing uses, fails here. The
+deployment template's roles carry these same documents, with the stack's tables: checked here
+too, statement by statement, on the committed deploy/template.yaml.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import textwrap
 from collections.abc import Iterable
 
 import pytest
+import yaml
 
+from reconciler.deploy.roles import ROLE_DOCUMENTS
 from reconciler.runtime import sources
 from reconciler.state import dynamodb
+from reconciler.state.records import table_names
 from tests.conftest import REPO_ROOT
 
 POLICIES = REPO_ROOT / "docs" / "iam"
@@ -44,6 +49,22 @@ ROLES = {
     "breakglass": (
         dynamodb.DynamoDBStore,
         ["read_overrides", "write_overrides", "read_audit", "read_records", "read_lock"],
+    ),
+    "reconciler-plan": (  # reconcile --plan, read-only
+        dynamodb.DynamoDBStore,
+        ["read_records", "read_overrides", "read_control"],
+    ),
+    "api": (  # the HTTP API's Lambda function
+        dynamodb.DynamoDBStore,
+        [
+            "read_record",
+            "read_records",
+            "read_overrides",
+            "write_overrides",
+            "read_audit",
+            "read_lock",
+            "read_control",
+        ],
     ),
     "runtime": (
         sources.DynamoDBSource,
@@ -172,3 +193,121 @@ def test_the_runtime_writes_only_telemetry_and_breakglass_cannot_touch_configura
     for statement in policy["Statement"]:
         if set(statement["Action"]) & writes:
             assert all("feature-flags" not in r for r in statement["Resource"])
+
+
+def test_bootstrap_may_create_every_table_the_code_uses() -> None:
+    policy = json.loads((POLICIES / "reconciler-ci.json").read_text())
+    [bootstrap] = [s for s in policy["Statement"] if "dynamodb:CreateTable" in s["Action"]]
+    tables = {f"arn:aws:dynamodb:*:*:table/{name}" for name in table_names({}).values()}
+    assert set(bootstrap["Resource"]) == tables
+
+
+# -- the deployment template's roles ---------------------------------------------------------
+
+TEMPLATE = REPO_ROOT / "deploy" / "template.yaml"
+TOPIC = "the stack's alert topic"
+
+
+def _template() -> dict[str, object]:
+    loaded: dict[str, object] = yaml.safe_load(TEMPLATE.read_text())
+    return loaded
+
+
+def _stack_tables() -> dict[str, str]:
+    """A table's logical id in the template to its ARN in the documents (default names)."""
+    resources = _template()["Resources"]
+    assert isinstance(resources, dict)
+    by_name = {name: variable for variable, name in table_names({}).items()}
+    found = {}
+    for logical, resource in resources.items():
+        if resource["Type"] == "AWS::DynamoDB::Table":
+            variable = by_name[resource["Properties"]["TableName"]]
+            found[logical] = f"arn:aws:dynamodb:*:*:table/{table_names({})[variable]}"
+    return found
+
+
+def _as_document(resource: object, tables: dict[str, str]) -> object:
+    """A template statement's resource as the documents write it."""
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        logical, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn"
+        return tables[logical]
+    if resource == {"Ref": "AlertsTopic"}:
+        return TOPIC
+    return resource
+
+
+def _document_statements(role: str) -> list[dict[str, object]]:
+    policy = json.loads((POLICIES / f"{role}.json").read_text())
+    statements = []
+    for statement in policy["Statement"]:
+        resources = [TOPIC if r.startswith("arn:aws:sns:") else r for r in statement["Resource"]]
+        statements.append({**statement, "Resource": resources})
+    return statements
+
+
+def _template_policies(logical: str) -> dict[str, list[dict[str, object]]]:
+    """Every policy a template role or managed policy carries, by name."""
+    resources = _template()["Resources"]
+    assert isinstance(resources, dict)
+    resource = resources[logical]
+    properties = resource["Properties"]
+    if resource["Type"] == "AWS::IAM::ManagedPolicy":
+        return {ROLE_DOCUMENTS[logical]: properties["PolicyDocument"]["Statement"]}
+    found = {p["PolicyName"]: p["PolicyDocument"]["Statement"] for p in properties["Policies"]}
+    for other in resources.values():  # policies attached from outside the role
+        if other["Type"] == "AWS::IAM::Policy" and {"Ref": logical} in other["Properties"]["Roles"]:
+            found[other["Properties"]["PolicyName"]] = other["Properties"]["PolicyDocument"][
+                "Statement"
+            ]
+    return found
+
+
+def test_every_role_of_the_template_has_a_checked_document() -> None:
+    resources = _template()["Resources"]
+    assert isinstance(resources, dict)
+    iam = {
+        logical
+        for logical, r in resources.items()
+        if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
+    }
+    assert iam == set(ROLE_DOCUMENTS)
+    assert set(ROLE_DOCUMENTS.values()) <= set(ROLES)
+
+
+@pytest.mark.parametrize("logical", sorted(ROLE_DOCUMENTS))
+def test_each_template_role_carries_its_document_with_the_stack_tables(logical: str) -> None:
+    role = ROLE_DOCUMENTS[logical]
+    tables = _stack_tables()
+    policies = _template_policies(logical)
+    statements = [
+        {**s, "Resource": [_as_document(r, tables) for r in s["Resource"]]}
+        for s in policies.pop(role)
+    ]
+    assert statements == _document_statements(role)
+    dynamodb_actions = {a for s in statements for a in s["Action"] if a.startswith("dynamodb:")}
+    cls, entries = ROLES[role]
+    assert dynamodb_actions == granted(role) == actions_called(cls, entries)
+    # Beside the document: the function's own log group, and the API's token in token mode.
+    extra = {a for statements in policies.values() for s in statements for a in s["Action"]}
+    expected = {
+        "ApiFunctionRole": {
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+            "secretsmanager:GetSecretValue",
+        },
+        "ControllerFunctionRole": {"logs:CreateLogStream", "logs:PutLogEvents"},
+    }
+    assert extra == expected.get(logical, set())
+
+
+def test_the_function_roles_write_their_own_logs_and_read_only_their_secret() -> None:
+    for logical, group in (
+        ("ApiFunctionRole", "ApiLogGroup"),
+        ("ControllerFunctionRole", "ControllerLogGroup"),
+    ):
+        [logs] = _template_policies(logical)["logs"]
+        assert logs["Resource"] == [{"Fn::GetAtt": [group, "Arn"]}]
+    [token] = _template_policies("ApiFunctionRole")["api-token"]
+    assert token["Action"] == ["secretsmanager:GetSecretValue"]
+    assert token["Resource"] == [{"Ref": "ApiTokenSecret"}]

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from reconciler.runtime.sources import OVERRIDES_ID, STAMP_ID, TELEMETRY_TABLE
+from reconciler.runtime.sources import (
+    ASSIGNMENTS_TABLE,
+    OVERRIDES_ID,
+    STAMP_ID,
+    TELEMETRY_TABLE,
+)
 from reconciler.state.dynamodb_client import (
     BACKOFF_CAP,
     CONDITION_FAILED,
@@ -31,6 +36,9 @@ from reconciler.state.dynamodb_client import (
 )
 from reconciler.state.dynamodb_experiments import DynamoDBExperiments
 from reconciler.state.records import (
+    AB_RESULTS_TABLE,
+    AUDIT_TABLE,
+    CONTROL_TABLE,
     COST_ALERTS_TABLE,
     COST_METRICS_TABLE,
     MANAGED_BY,
@@ -72,6 +80,42 @@ LOCK_RECORD = "lock/reconcile"  # the audit trail's name for the lease
 TTL_ATTRIBUTE = "ttl"
 LOCK_TTL_GRACE = timedelta(days=1)  # DynamoDB removes a dead lease's item a day after it expired
 
+# Every table's key, by the table's environment variable: string attributes, the partition key
+# first. ``bootstrap`` creates the tables with these keys, and the deployment template too.
+TABLE_KEYS: dict[str, list[KeySchemaElementTypeDef]] = {
+    **{kind.table_env: [{"AttributeName": kind.key, "KeyType": "HASH"}] for kind in RecordKind},
+    AUDIT_TABLE[0]: [
+        {"AttributeName": "record", "KeyType": "HASH"},
+        {"AttributeName": "audit_id", "KeyType": "RANGE"},
+    ],
+    CONTROL_TABLE[0]: [{"AttributeName": "record_id", "KeyType": "HASH"}],
+    TELEMETRY_TABLE[0]: [
+        {"AttributeName": "shard_key", "KeyType": "HASH"},
+        {"AttributeName": "writer", "KeyType": "RANGE"},
+    ],
+    COST_METRICS_TABLE[0]: [
+        {"AttributeName": "date", "KeyType": "HASH"},
+        {"AttributeName": "request_type", "KeyType": "RANGE"},
+    ],
+    COST_ALERTS_TABLE[0]: [{"AttributeName": "alert_id", "KeyType": "HASH"}],
+    ASSIGNMENTS_TABLE[0]: [
+        {"AttributeName": "assignment_key", "KeyType": "HASH"},
+        {"AttributeName": "user_hash", "KeyType": "RANGE"},
+    ],
+    AB_RESULTS_TABLE[0]: [
+        {"AttributeName": "experiment_id", "KeyType": "HASH"},
+        {"AttributeName": "result_key", "KeyType": "RANGE"},
+    ],
+}
+# The tables whose items expire (attribute ``TTL_ATTRIBUTE``): the control table's dead
+# leases, the telemetry shards and the experiment assignments.
+TTL_TABLES = (CONTROL_TABLE[0], TELEMETRY_TABLE[0], ASSIGNMENTS_TABLE[0])
+
+
+def table_schemas(tables: Mapping[str, str]) -> dict[str, list[KeySchemaElementTypeDef]]:
+    """Each table's key schema by table name; ``tables`` maps the variables to the names."""
+    return {tables[variable]: keys for variable, keys in TABLE_KEYS.items()}
+
 
 class DynamoDBStore(DynamoDBExperiments):
     """A StateStore in DynamoDB tables."""
@@ -81,40 +125,12 @@ class DynamoDBStore(DynamoDBExperiments):
     max_group_size = 49
 
     def _key_schemas(self) -> dict[str, list[KeySchemaElementTypeDef]]:
-        schemas: dict[str, list[KeySchemaElementTypeDef]] = {
-            self.table(kind): [{"AttributeName": kind.key, "KeyType": "HASH"}]
-            for kind in RecordKind
-        }
-        schemas[self.audit_table] = [
-            {"AttributeName": "record", "KeyType": "HASH"},
-            {"AttributeName": "audit_id", "KeyType": "RANGE"},
-        ]
-        schemas[self.control_table] = [{"AttributeName": "record_id", "KeyType": "HASH"}]
-        schemas[self.tables[TELEMETRY_TABLE[0]]] = [
-            {"AttributeName": "shard_key", "KeyType": "HASH"},
-            {"AttributeName": "writer", "KeyType": "RANGE"},
-        ]
-        schemas[self.tables[COST_METRICS_TABLE[0]]] = [
-            {"AttributeName": "date", "KeyType": "HASH"},
-            {"AttributeName": "request_type", "KeyType": "RANGE"},
-        ]
-        schemas[self.tables[COST_ALERTS_TABLE[0]]] = [
-            {"AttributeName": "alert_id", "KeyType": "HASH"}
-        ]
-        schemas[self.assignments_table] = [
-            {"AttributeName": "assignment_key", "KeyType": "HASH"},
-            {"AttributeName": "user_hash", "KeyType": "RANGE"},
-        ]
-        schemas[self.results_table] = [
-            {"AttributeName": "experiment_id", "KeyType": "HASH"},
-            {"AttributeName": "result_key", "KeyType": "RANGE"},
-        ]
-        return schemas
+        return table_schemas(self.tables)
 
     def bootstrap(self) -> list[str]:
         """Create the missing tables (on-demand billing), wait until they are active, and turn
-        on point-in-time recovery everywhere and TTL on the control table. Tables that exist
-        are checked and otherwise left as they are."""
+        on point-in-time recovery everywhere and TTL on ``TTL_TABLES``. Tables that exist are
+        checked and otherwise left as they are."""
         done: list[str] = []
         changed = False
         waiting: list[str] = []
@@ -139,9 +155,7 @@ class DynamoDBStore(DynamoDBExperiments):
         for name in waiting:
             self._wait_active(name)
         settings = [self._ensure_recovery(name) for name in self._key_schemas()]
-        settings.append(self._ensure_ttl(self.control_table))
-        settings.append(self._ensure_ttl(self.tables[TELEMETRY_TABLE[0]]))
-        settings.append(self._ensure_ttl(self.assignments_table))
+        settings.extend(self._ensure_ttl(self.tables[variable]) for variable in TTL_TABLES)
         for line in filter(None, settings):
             done.append(line)
             changed = changed or line.startswith("enabled ")
