@@ -76,8 +76,12 @@ def encode(tree: Tree) -> DesiredState:
         },
         RecordKind.EXPERIMENT: {e.experiment_id: encode_experiment(e) for e in experiments},
         RecordKind.ROLLOUT: {r.strategy_name: _plain(r) for r in strategies},
-        RecordKind.COST_THRESHOLD: {t.threshold_name: _plain(t) for t in thresholds},
+        RecordKind.COST_THRESHOLD: {t.threshold_name: encode_threshold(t) for t in thresholds},
     }
+
+
+def encode_threshold(threshold: CostThreshold) -> Item:
+    return _plain(threshold)
 
 
 def encode_flag(

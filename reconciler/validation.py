@@ -8,6 +8,7 @@ from pathlib import Path
 
 from reconciler.checks import check_tree
 from reconciler.config import RepoConfig
+from reconciler.deploy.alarms import alarm_problems
 from reconciler.diagnostics import Diagnostic, Severity, count
 from reconciler.loader import Tree, load_tree
 
@@ -65,9 +66,14 @@ def validate(root: Path, config: RepoConfig) -> Validation:
 
 
 def validate_manifests(root: Path, config: RepoConfig) -> Validation:
-    """Load ``root`` and check its manifests (not the deployment template)."""
+    """Load ``root`` and check its manifests (not the deployment template), and the alarms
+    they and ``reconciler.toml`` make (warnings for those that cannot be made)."""
     result = load_tree(root)
-    diagnostics = [*result.diagnostics, *check_tree(result.tree, config)]
+    diagnostics = [
+        *result.diagnostics,
+        *check_tree(result.tree, config),
+        *alarm_problems(result.tree, config),
+    ]
     return Validation(result.tree, tuple(diagnostics), result.files)
 
 

@@ -452,3 +452,15 @@ def test_cloudwatch_accepts_every_alarm(example_tree: Path) -> None:
             assert [m["Id"] for m in alarm["Metrics"]] == [m["Id"] for m in properties["Metrics"]]
         else:
             assert (alarm["MetricName"], alarm["Period"]) == ("Spend", DAY)
+
+
+def test_validate_warns_of_a_threshold_no_alarm_can_watch(example_tree: Path) -> None:
+    from tests.test_cli import invoke
+
+    path = example_tree / "costs.d" / "ai_daily_budget.yaml"
+    path.write_text(path.read_text().replace("period: daily", "period: monthly"))
+    code, out, err = invoke("--validate", str(example_tree))
+    assert code == 0, "a warning, not an error"
+    [line] = [line for line in (out + err).splitlines() if "no CloudWatch alarm" in line]
+    assert line.startswith("costs.d/ai_daily_budget.yaml:8:")
+    assert "CloudWatch cannot sum a calendar month" in line

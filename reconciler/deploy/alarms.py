@@ -28,11 +28,11 @@ from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 
-from reconciler.codec import encode
+from reconciler.codec import encode_threshold
 from reconciler.config import AlarmSettings, ErrorRateAlarm, RepoConfig
 from reconciler.diagnostics import Diagnostic, Severity
 from reconciler.loader import Source, Tree
-from reconciler.manifests import CostThreshold
+from reconciler.manifests import CostThreshold, Flag
 from reconciler.runtime.budgets import Budget, budgets_from_items, format_usd, to_micros
 from reconciler.runtime.budgets import usd as exact_usd
 from reconciler.runtime.metrics import (
@@ -43,7 +43,6 @@ from reconciler.runtime.metrics import (
     REQUEST_TYPE,
     SPEND,
 )
-from reconciler.state.records import RecordKind
 
 Resource = dict[str, object]
 DAILY_COST_ALARM = "BedrockAI-DailyCostHigh"
@@ -132,11 +131,18 @@ def alarm_problems(tree: Tree, config: RepoConfig) -> list[Diagnostic]:
 def _thresholds(tree: Tree) -> list[tuple[Budget, Source]]:
     """The enabled cost thresholds as the guard reads them (by its own code), with their
     files, by name."""
-    items = encode(tree)
-    budgets = budgets_from_items(
-        items[RecordKind.COST_THRESHOLD].values(), list(items[RecordKind.FLAG].values())
-    )
-    sources = {t.threshold_name: source for t, source in tree.of(CostThreshold)}
+    thresholds = tree.of(CostThreshold)
+    if not thresholds:
+        return []
+    # What the guard reads of flags for a threshold: each AI flag's request type (only that:
+    # encoding every flag of a large tree would cost more than the rest of the check).
+    flags = [
+        {"flag_name": flag.flag_name, "request_type": flag.request_type}
+        for flag, _ in tree.of(Flag)
+        if flag.request_type
+    ]
+    budgets = budgets_from_items([encode_threshold(t) for t, _ in thresholds], flags)
+    sources = {t.threshold_name: source for t, source in thresholds}
     found = [(b, sources[b.name]) for b in budgets if b.name in sources]
     return sorted(found, key=lambda pair: pair[0].name)
 
