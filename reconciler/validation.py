@@ -69,11 +69,9 @@ def validate_manifests(root: Path, config: RepoConfig) -> Validation:
     """Load ``root`` and check its manifests (not the deployment template), and the alarms
     they and ``reconciler.toml`` make (warnings for those that cannot be made)."""
     result = load_tree(root)
-    diagnostics = [
-        *result.diagnostics,
-        *check_tree(result.tree, config),
-        *alarm_problems(result.tree, config),
-    ]
+    diagnostics = [*result.diagnostics, *check_tree(result.tree, config)]
+    if not any(d.severity is Severity.ERROR for d in diagnostics):  # no alarm of a wrong tree
+        diagnostics.extend(alarm_problems(result.tree, config))
     return Validation(result.tree, tuple(diagnostics), result.files)
 
 
