@@ -28,7 +28,7 @@ from reconciler.state.store import StateStore, WriteConflictError
 GLOBAL = "global"
 ATTEMPTS = 5
 HISTORY = 20
-DURATION = re.compile(r"^(\d+)([smhd])$")
+DURATION = re.compile(r"^(\d{1,12})([smhd])$")  # 13 digits or more: refused as no duration
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 LONGEST = timedelta(days=366)  # a shutdown for longer is one until restored: say so
 FLAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,127}$")  # the flag schema's pattern
@@ -56,6 +56,7 @@ class UnknownFlagError(UserError):
 
     def __init__(self, unknown: Mapping[str, Sequence[str]], force: str | None = "--force") -> None:
         self.unknown = {name: tuple(close) for name, close in unknown.items()}
+        self.force = force
         names = "; ".join(
             f"{name!r}" + (f" (did you mean {_either(close)}?)" if close else "")
             for name, close in self.unknown.items()
@@ -140,7 +141,7 @@ def check_text(text: str, what: str) -> str:
     if not visible:
         raise UserError(f"{what} is required: say it in words, for whoever reads the trail later")
     bad = next(
-        (c for c in stripped if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI),
+        (c for c in stripped if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI),
         None,
     )
     if bad is not None:
@@ -157,10 +158,10 @@ def check_flag_names(names: Sequence[str]) -> list[str]:
     """The names, in order and once each, if each could be a flag's (the flag schema's
     pattern); otherwise a ``UserError`` naming the first that cannot."""
     for name in names:
-        if not FLAG_NAME.match(name):
+        if not FLAG_NAME.fullmatch(name):
             shown = printable(name) or "(empty)"
             raise UserError(
-                f"{shown!r} is not a flag name: a letter, then letters, digits, '_' or '-' "
+                f"'{shown}' is not a flag name: a letter, then letters, digits, '_' or '-' "
                 "(at most 128)"
             )
     return list(dict.fromkeys(names))
@@ -172,8 +173,8 @@ def printable(text: object) -> str:
     shown = str(text)
     return "".join(
         c
-        if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") and c not in _BIDI
-        else c.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in _BIDI
+        else c.encode("unicode_escape", "backslashreplace").decode("ascii")
         for c in shown
     )
 
@@ -268,6 +269,9 @@ def restore(
         if not targets:
             raise UserError("name at least one flag, or none for every AI feature")
         targets = check_flag_names(targets)
+        unknown = unknown_flags(store, targets)  # a typo lifts nothing and says so
+        if unknown:
+            raise UnknownFlagError(unknown, force=None)
     lifted: list[str] = []
 
     def change(record: Item) -> Item | None:

@@ -83,7 +83,7 @@ def test_shutdown_and_restore_through_the_api(api: tuple[Client, LocalStore]) ->
     status, answer = client.request(
         "POST", "/emergency-restore", {"reason": "fixed", "restored_by": "admin"}
     )
-    assert (status, answer) == (200, {"restored": ["global"]})
+    assert (status, answer) == (200, {"restored": ["global"], "still_shut_down": []})
     actions = [e["action"] for e in store.read_audit(OVERRIDES_RECORD)]
     assert actions == ["restore", "shutdown"]
 
@@ -182,6 +182,23 @@ BAD_REQUESTS = [
         "who is acting contains the unprintable character U+000A: use plain text on one line",
     ),
     (
+        {"body": {**SHUTDOWN, "flags": ["vc_bedrock_live\n"], "force": True}},
+        400,
+        "'vc_bedrock_live\\n' is not a flag name: a letter, then letters, digits, '_' or '-' "
+        "(at most 128)",
+    ),
+    (
+        {"raw": b'{"reason": "fine\\ud800", "shutdown_by": "admin"}'},
+        400,
+        "a reason contains the unprintable character U+D800: use plain text on one line",
+    ),
+    (
+        {"body": {**SHUTDOWN, "expires": "1" * 5000 + "s"}},
+        400,
+        f"'expires' '{'1' * 5000}s': give a duration such as 30m, 2h or 1d, or a time such as "
+        "2026-01-09T06:00:00Z",
+    ),
+    (
         {"body": {**SHUTDOWN, "flags": ["vc_bedrok_live"]}},
         404,
         "no flag 'vc_bedrok_live' (did you mean 'vc_bedrock_live'?) in the store: nothing was "
@@ -206,6 +223,14 @@ def test_bad_requests_are_refused_and_write_nothing(
 
 def test_a_restore_is_checked_the_same_way(api: tuple[Client, LocalStore]) -> None:
     client, store = api
+    body = {"reason": "fixed", "restored_by": "admin", "flags": ["vc_bedrok_live"]}
+    assert client.request("POST", "/emergency-restore", body) == (
+        404,
+        {
+            "error": "no flag 'vc_bedrok_live' (did you mean 'vc_bedrock_live'?) in the store: "
+            "nothing was written"
+        },
+    )
     body = {"reason": "\x07", "restored_by": "admin"}
     assert client.request("POST", "/emergency-restore", body)[0] == 400
     body = {"reason": "fixed", "restored_by": "admin", "shutdown_by": "x"}

@@ -188,3 +188,55 @@ def test_the_command_serves_the_api(tmp_path: Path, store: LocalStore) -> None:
     logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [line["path"] for line in logged][-1] == "/feature-flags/status"
     assert "u-9" not in err
+
+
+def test_headers_that_never_end_are_cut_off(store: LocalStore) -> None:
+    settings = ApiSettings(lambda: LocalStore(store.path), BearerToken(lambda: TOKEN))
+    with serving(create_app(settings), header_timeout=1.0) as bound:
+        idle = socket.create_connection(("127.0.0.1", bound), timeout=10)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line, ever
+        started = time.perf_counter()
+        assert idle.recv(65536) == b"", "the server closed it"
+        assert time.perf_counter() - started < 5
+        idle.close()
+        kept = socket.create_connection(("127.0.0.1", bound), timeout=10)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /health HTTP/1.1\r\n")  # the next request on it stalls
+        started = time.perf_counter()
+        while kept.recv(65536):
+            pass
+        assert time.perf_counter() - started < 5, "a kept-alive connection has the deadline too"
+        kept.close()
+
+
+class SlowWrites(LocalStore):
+    """A store whose overrides writes take a while, as a throttled table's would."""
+
+    def write_overrides(self, *args: object, **kwargs: object) -> None:
+        time.sleep(0.3)
+        super().write_overrides(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_queued_writes_do_not_hold_up_reads(store: LocalStore) -> None:
+    settings = ApiSettings(lambda: SlowWrites(store.path), BearerToken(lambda: TOKEN))
+    body = json.dumps({"reason": "queue", "shutdown_by": "drill", "flags": ["vc_bedrock_live"]})
+    with serving(create_app(settings)) as bound:
+
+        def write(_: int) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", bound, timeout=60)
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            connection.request("POST", "/emergency-shutdown", body=body, headers=headers)
+            status = connection.getresponse().status
+            connection.close()
+            return status
+
+        with ThreadPoolExecutor(max_workers=60) as pool:
+            writes = [pool.submit(write, i) for i in range(60)]
+            time.sleep(1.0)  # the writes are queued now, one in the store at a time
+            started = time.perf_counter()
+            status, _ = Http(bound).request("GET", "/feature-flags/status?flag=vc_bedrock_live")
+            waited = time.perf_counter() - started
+            assert status == 200
+            assert waited < 2.0, f"a read waited {waited:.1f} s behind the writes"
+            assert {w.result() for w in writes} <= {200, 503}

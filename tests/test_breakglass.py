@@ -76,8 +76,11 @@ def test_restore_lifts_only_what_it_names_and_is_idempotent(store: StateStore) -
         "vc_bedrock_live"
     ]
     assert [a.target for a in core.active(store, NOW)] == [core.GLOBAL]
-    assert core.restore(store, ["vc_bedrock_live"], reason="again", by="ana", now=NOW) == []
+    # Lifted, a flag never applied is no name the store knows: a restore of it is a typo.
+    with pytest.raises(core.UnknownFlagError, match="no flag 'vc_bedrock_live'"):
+        core.restore(store, ["vc_bedrock_live"], reason="again", by="ana", now=NOW)
     assert core.restore(store, None, reason="all clear", by="ana", now=NOW) == [core.GLOBAL]
+    assert core.restore(store, None, reason="all clear", by="ana", now=NOW) == [], "idempotent"
     assert core.active(store, NOW) == []
 
 

@@ -17,9 +17,11 @@ of one process one at a time, so no request waits on another's slow body or slow
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
-import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,7 +87,6 @@ class ApiSettings:
     body_timeout: float = 10.0
     # With a gateway's IAM identity the operator's own name is optional: the identity is kept.
     who_required: bool = True
-    writes: threading.Lock = field(default_factory=threading.Lock)
     release: Callable[[StateStore], None] = field(default=lambda store: store.close())
 
 
@@ -107,6 +108,9 @@ def create_app(settings: ApiSettings) -> AccessLog:
 class _Api:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def health(self, request: Request) -> Response:
         return _json(200, {"status": "ok"})
@@ -147,7 +151,10 @@ class _Api:
         except (StoreUnavailableError, TablesMissingError, core.BusyError) as exc:
             return _json(503, {"error": str(exc)}, {"Retry-After": "1"})
         except core.UnknownFlagError as exc:
-            refused = core.UnknownFlagError(exc.unknown, force='"force": true')
+            hint = (
+                '"force": true' if exc.force is not None else None
+            )  # a shutdown's, not a restore's
+            refused = core.UnknownFlagError(exc.unknown, force=hint)
             return _json(404, {"error": str(refused)})
         except UserError as exc:
             return _json(400, {"error": str(exc)})
@@ -168,20 +175,18 @@ class _Api:
             body = inputs.parse_object(await self._body(request))
         except BadRequest as exc:
             return _json(exc.status, {"error": str(exc)})
-        return await self._answer(request, lambda: self._serialized(change, body, caller))
-
-    def _serialized(
-        self,
-        change: Callable[[dict[str, Any], str], dict[str, Any]],
-        body: dict[str, Any],
-        caller: str,
-    ) -> dict[str, Any]:
-        if not self.settings.writes.acquire(timeout=WRITE_WAIT):
-            raise core.BusyError("the server is busy with other writes; try again")
+        # One write at a time, waited for here (not in a worker thread, which reads need).
+        lock = self._locks.setdefault(asyncio.get_running_loop(), anyio.Lock())
         try:
-            return change(body, caller)
+            with anyio.fail_after(WRITE_WAIT):
+                await lock.acquire()
+        except TimeoutError:
+            busy = "the server is busy with other writes; try again"
+            return _json(503, {"error": busy}, {"Retry-After": "1"})
+        try:
+            return await self._answer(request, lambda: change(body, caller))
         finally:
-            self.settings.writes.release()
+            lock.release()
 
     def _authenticate(self, request: Request) -> str:
         caller = self.settings.auth.caller(request)
@@ -245,9 +250,10 @@ class _Api:
                 by=self._who(asked.by, caller),
                 now=self.settings.clock(),
             )
+            still = core.active(store, self.settings.clock())
         finally:
             self.settings.release(store)
-        return {"restored": lifted}
+        return {"restored": lifted, "still_shut_down": [_entry(a) for a in still]}
 
     def _read(self, view: Callable[[StateStore, datetime], dict[str, Any]]) -> dict[str, Any]:
         store = self.settings.open_store()
@@ -267,8 +273,16 @@ def _entry(active: core.Active) -> dict[str, Any]:
     }
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every character past ASCII escaped: stored text (an operator's reason) reaches
+    no terminal or page with a bidirectional override or a lone surrogate in it raw."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _json(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(
+    return _AsciiJSON(
         document, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
     )
 

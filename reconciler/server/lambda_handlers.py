@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,9 +27,7 @@ from typing import Any
 
 from reconciler.config import RepoConfig
 from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
-from reconciler.controllers.run import run_once
 from reconciler.errors import ConfigError
-from reconciler.render.run import run_json
 from reconciler.runtime.client import utc_now
 from reconciler.runtime.sources import aws_region
 from reconciler.server.access_log import LOGGER as ACCESS_LOGGER
@@ -103,7 +102,13 @@ def _keep(store: StateStore) -> None:
 def _adapter() -> Any:
     from mangum import Mangum  # noqa: PLC0415 - only on Lambda
 
-    ACCESS_LOGGER.setLevel(logging.INFO)  # Lambda's root handler ships the lines to CloudWatch
+    # The lines as they are on standard output (Lambda's own handler would prefix each with a
+    # level, a time and the request id, and they would no longer be JSON).
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ACCESS_LOGGER.addHandler(handler)
+    ACCESS_LOGGER.setLevel(logging.INFO)
+    ACCESS_LOGGER.propagate = False
     return Mangum(create_app(api_settings()), lifespan="off")
 
 
@@ -113,6 +118,11 @@ def api(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def controller_tick(event: dict[str, Any], context: Any) -> list[dict[str, object]]:
+    # Here, not at the top: the API function's cold start needs none of the controllers (nor
+    # the numpy and scipy the experiment analyser imports).
+    from reconciler.controllers.run import run_once  # noqa: PLC0415
+    from reconciler.render.run import run_json  # noqa: PLC0415
+
     now = utc_now()
     topic = os.environ.get(TOPIC_VARIABLE)
     results = run_once(
