@@ -281,3 +281,43 @@ def test_the_digest_does_not_depend_on_order_or_absent_kinds() -> None:
     assert desired_digest(changed) != desired_digest(one)  # type: ignore[arg-type]
     renamed = {RecordKind.ROLLOUT: one[RecordKind.FLAG]}
     assert desired_digest(renamed) != desired_digest(one)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        "after",  # the write itself changed, its recorded hash left alone
+        "after-and-hash",  # both changed, consistently
+        "extra-delete",  # a declared record deleted
+        "dropped",  # a declared record's change left out
+    ],
+)
+def test_a_plan_file_edited_after_it_was_made_is_refused(repo: Path, forge: str) -> None:
+    """The digest says what the plan was made from; the writes must be those records too."""
+    from reconciler.codec import content_hash
+
+    edit(repo, FLAG, "rollout_percentage: 100\n", "rollout_percentage: 90\n")
+    commit_all(repo, "vc_bedrock_live to 90%")
+    plan, saved = plan_to(repo)
+    changes: list[dict[str, object]] = saved["changes"]  # type: ignore[assignment]
+    [update] = [c for c in changes if c["action"] == "update"]
+    if forge.startswith("after"):
+        after = dict(update["after"])  # type: ignore[arg-type]
+        after["rollout_percentage"] = 100
+        after["description"] = "tampered"
+        update["after"] = after
+        if forge == "after-and-hash":
+            update["desired_hash"] = content_hash(after)
+    elif forge == "extra-delete":
+        other = next(c for c in changes if c["name"] == "ai_model_selection")
+        other["action"] = "delete"
+    else:
+        changes.remove(next(c for c in changes if c["name"] == "ai_model_selection"))
+    plan.write_text(json.dumps(saved))
+    before = stored(repo)
+
+    code, _, err = apply_saved(repo, plan)
+
+    assert code == 1
+    assert "the plan file was edited after it was made. Nothing was written" in err
+    assert stored(repo) == before

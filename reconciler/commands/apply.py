@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from reconciler.apply import LEASE_SECONDS, apply_plan
-from reconciler.codec import DesiredState
+from reconciler.codec import DesiredState, content_hash
 from reconciler.commands.common import Context, desired_state
 from reconciler.commands.plan import make_plan, print_plan
 from reconciler.errors import ExitCode, UserError
@@ -22,6 +22,7 @@ from reconciler.plan.build import desired_digest
 from reconciler.plan.model import Plan
 from reconciler.render.text import SYMBOL
 from reconciler.runtime.client import utc_now
+from reconciler.state.records import Item
 
 LEASE_ENV = "RECONCILER_LEASE_SECONDS"
 
@@ -138,6 +139,13 @@ def planned_tree(plan: Plan, desired: DesiredState, commit: str | None) -> Plan:
     digest = desired_digest(desired)
     if digest != plan.desired_digest:
         raise TreeChangedError(plan, digest, commit)
+    forged = _not_declared(plan, desired)
+    if forged:
+        raise UserError(
+            f"plan {plan.plan_id} would write what the work tree does not declare ("
+            f"{', '.join(forged[:5])}{' and more' if len(forged) > 5 else ''}): the plan file "
+            "was edited after it was made. Nothing was written. Make a new plan of this tree."
+        )
     if commit is None or commit == plan.git_commit:
         return plan
     click.echo(
@@ -146,6 +154,49 @@ def planned_tree(plan: Plan, desired: DesiredState, commit: str | None) -> Plan:
         err=True,
     )
     return replace(plan, git_commit=commit)
+
+
+def _not_declared(plan: Plan, desired: DesiredState) -> list[str]:
+    """The changes of a saved plan whose writes are not the records the work tree declares:
+    its digest alone proves only what the plan says of itself. Each record to create or update
+    must be the declared one (but for the start a plan gives a rollout that has none, which it
+    resolves from the store) and hash to the hash it records; every declared record must be in
+    the plan, and no declared record may be deleted."""
+    wrong = []
+    planned = set()
+    for change in plan.changes:
+        declared = desired.get(change.kind, {}).get(change.name)
+        planned.add((change.kind, change.name))
+        if change.action == "delete":
+            if declared is not None:
+                wrong.append(change.address)
+            continue
+        if declared is None or (
+            change.action != "unchanged"
+            and (
+                change.after is None
+                or _without_resolved_start(change.after, declared) != declared
+                or content_hash(change.after) != change.desired_hash
+            )
+        ):
+            wrong.append(change.address)
+    for kind, items in desired.items():
+        wrong.extend(f"{kind.label}/{name}" for name in items if (kind, name) not in planned)
+    return sorted(set(wrong))
+
+
+def _without_resolved_start(after: Item, declared: Item) -> Item:
+    """``after`` without the rollout start the plan resolved, when the manifest gives none."""
+    rollout, mine = after.get("rollout"), declared.get("rollout")
+    if not isinstance(rollout, dict) or not isinstance(mine, dict):
+        return after
+    configuration = dict(rollout.get("configuration") or {})
+    if "start_time" in (mine.get("configuration") or {}) or "start_time" not in configuration:
+        return after
+    del configuration["start_time"]
+    if not configuration and "configuration" not in mine:
+        return {**after, "rollout": {k: v for k, v in rollout.items() if k != "configuration"}}
+    return {**after, "rollout": {**rollout, "configuration": configuration}}
 
 
 def _commit(commit: str | None) -> str:
