@@ -221,7 +221,7 @@ def test_a_second_deploy_with_github_roles_updates_the_stack(aws: None, small_zi
     assert subjects == {
         "GitHubPlanRole": "repo:acme/flags:pull_request",
         "GitHubApplyRole": "repo:acme/flags:environment:production",
-        "GitHubBreakglassRole": "repo:acme/flags:environment:production",
+        "GitHubBreakglassRole": "repo:acme/flags:environment:breakglass",
     }
     policy = iam.get_role_policy(RoleName=roles["GitHubPlanRole"], PolicyName="reconciler-plan")
     document = policy["PolicyDocument"]

@@ -14,6 +14,7 @@ import json
 import re
 import textwrap
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import yaml
@@ -61,8 +62,6 @@ ROLES = {
             "read_records",
             "read_overrides",
             "write_overrides",
-            "read_audit",
-            "read_lock",
             "read_control",
         ],
     ),
@@ -311,3 +310,59 @@ def test_the_function_roles_write_their_own_logs_and_read_only_their_secret() ->
     [token] = _template_policies("ApiFunctionRole")["api-token"]
     assert token["Action"] == ["secretsmanager:GetSecretValue"]
     assert token["Resource"] == [{"Ref": "ApiTokenSecret"}]
+
+
+def test_the_api_role_lists_exactly_the_store_calls_the_api_makes(tmp_path: Path) -> None:
+    """The API's entries above, checked against what its endpoints call: every endpoint, on
+    its paths that read and write, through a store that notes each method asked for."""
+    from reconciler.server.app import ApiSettings, BearerToken, create_app
+    from reconciler.state.local import LocalStore
+    from tests.api_transports import TOKEN, Lambda
+    from tests.test_apply import apply, desired, plan
+
+    store = LocalStore(tmp_path / "state.db")
+    apply(store, plan(store, desired()))
+    called: set[str] = set()
+
+    class Noting:
+        def __getattr__(self, name: str) -> object:
+            if not name.startswith("_"):
+                called.add(name)
+            return getattr(store, name)
+
+    app = create_app(ApiSettings(Noting, BearerToken(lambda: TOKEN), release=lambda _: None))  # type: ignore[arg-type,return-value]
+    client = Lambda(app)
+    who = {"shutdown_by": "a"}
+    for method, path, body in [
+        ("GET", "/health", None),
+        ("GET", "/health/detail", None),
+        ("GET", "/feature-flags/status?flag=vc_bedrock_live&user_id=u-1", None),
+        ("POST", "/emergency-shutdown", {"reason": "r", **who, "flags": ["vc_bedrok_live"]}),
+        ("POST", "/emergency-shutdown", {"reason": "r", **who, "flags": ["vc_new"], "force": True}),
+        ("POST", "/emergency-shutdown", {"reason": "r", **who}),
+        ("POST", "/emergency-restore", {"reason": "r", "restored_by": "a", "flags": ["vc_new"]}),
+        ("POST", "/emergency-restore", {"reason": "r", "restored_by": "a"}),
+    ]:
+        assert client.request(method, path, body)[0] in (200, 404)
+    store.close()
+    assert called - {"close"} == set(ROLES["api"][1])
+
+
+def test_the_apply_role_appends_audit_entries_only_of_what_it_applies() -> None:
+    """It cannot forge a break-glass or controller entry; every entry apply writes matches."""
+    import fnmatch
+
+    from reconciler.state.dynamodb import LOCK_RECORD
+    from reconciler.state.records import OVERRIDES_RECORD, RecordKind
+
+    policy = json.loads((POLICIES / "reconciler-ci.json").read_text())
+    [append] = [
+        s
+        for s in policy["Statement"]
+        if "dynamodb:PutItem" in s["Action"] and any("audit" in r for r in s["Resource"])
+    ]
+    patterns = append["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+    written = [f"{kind.label}/some_name" for kind in RecordKind] + [LOCK_RECORD]
+    assert all(any(fnmatch.fnmatchcase(r, p) for p in patterns) for r in written)
+    for forged in (OVERRIDES_RECORD, "rollout_controller", "cost_guard/x"):
+        assert not any(fnmatch.fnmatchcase(forged, p) for p in patterns)

@@ -173,7 +173,7 @@ def test_breakglass_is_dispatched_by_hand_with_its_inputs() -> None:
         assert inputs[optional]["type"] == "string"
         assert inputs[optional]["required"] is False
     job = workflow["jobs"]["breakglass"]
-    assert job["environment"] == "production"
+    assert job["environment"] == "breakglass", "not apply's: each role trusts its own"
     assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
     assert job["env"]["OPERATOR"] == "${{ github.triggering_actor }}"
     passed = {k: v for k, v in job["env"].items() if "inputs." in str(v)}

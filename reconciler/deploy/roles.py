@@ -33,7 +33,7 @@ ROLE_DOCUMENTS = {
 GITHUB_SUBJECTS = {
     "GitHubPlanRole": "pull_request",
     "GitHubApplyRole": "environment:production",
-    "GitHubBreakglassRole": "environment:production",
+    "GitHubBreakglassRole": "environment:breakglass",  # not apply's: neither takes the other's
     "GitHubControllerRole": "ref:refs/heads/main",
 }
 # The repository variables the workflows read each role's ARN from (the stack's outputs).
