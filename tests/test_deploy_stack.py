@@ -309,6 +309,26 @@ def test_tables_made_by_bootstrap_are_refused_before_anything_is_created(
     assert client("s3").list_buckets()["Buckets"] == []
 
 
+def test_the_originals_alarms_outside_the_stack_are_refused_before_anything_is_created(
+    aws: None, small_zip: Path
+) -> None:
+    client("cloudwatch").put_metric_alarm(
+        AlarmName="BedrockAI-DailyCostHigh",
+        Namespace="BedrockAI/Costs",
+        MetricName="RequestCost",
+        Statistic="Sum",
+        Period=86400,
+        EvaluationPeriods=1,
+        Threshold=50,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    code, out = deploy(small_zip)
+    assert code == 1
+    assert "alarms of the stack's names exist already outside it: BedrockAI-DailyCostHigh" in out
+    assert client("cloudformation").list_stacks()["StackSummaries"] == []
+    assert client("s3").list_buckets()["Buckets"] == []
+
+
 def test_status_shows_the_outputs_and_the_workflows_variables(aws: None) -> None:
     code, out = invoke("status")
     assert code == 1
@@ -422,3 +442,19 @@ def test_template_prints_the_committed_template_and_writes_it(tmp_path: Path) ->
     code, out = invoke("template", "--root", str(REPO_ROOT), "--out", str(tmp_path / "t.yaml"))
     assert (code, out) == (0, f"Wrote {tmp_path / 't.yaml'}\n")
     assert (tmp_path / "t.yaml").read_text() == committed
+
+
+def test_the_artifact_pins_what_this_environment_runs() -> None:
+    """Built again, the artifact holds the same versions, whatever PyPI published since."""
+    from importlib.metadata import version
+
+    from reconciler.deploy.artifact import pins, pip_command
+
+    pinned = dict(pin.split("==") for pin in pins(requirements()))
+    for direct in ("pydantic", "boto3", "starlette", "uvicorn", "mangum"):
+        assert pinned[direct] == version(direct)
+    for transitive in ("pydantic-core", "botocore", "anyio", "h11"):
+        assert pinned[transitive] == version(transitive), f"{transitive} is followed"
+    assert "pytest" not in pinned, "what the requirements do not need is not pinned"
+    command = pip_command(Path("/t"), requirements(), Path("/c.txt"))
+    assert command[command.index("--constraint") + 1] == "/c.txt"

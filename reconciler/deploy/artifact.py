@@ -2,7 +2,8 @@
 
 The project's runtime dependencies and the ``server`` extra's (Starlette, uvicorn, Mangum) are
 installed by pip for Lambda's platform (python3.11, manylinux2014_x86_64, binary wheels only,
-no bytecode), then the ``reconciler`` package is copied in. Entries are sorted, every entry has
+no bytecode), at the versions installed where it is built (``pins``), then the ``reconciler``
+package is copied in. Entries are sorted, every entry has
 the same timestamp and a mode that depends only on whether the file is executable, and what pip
 writes about the machine it ran on (console scripts with this machine's interpreter path, the
 RECORD that hashes them, INSTALLER) is left out: the same resolved packages and the same code
@@ -12,6 +13,7 @@ give the same bytes, so the same content hash, which is the artifact's S3 key.
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import tomllib
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from reconciler.errors import UserError
@@ -65,7 +68,40 @@ def requirements(pyproject: Path = SOURCE_ROOT / "pyproject.toml") -> list[str]:
     return [str(r) for r in [*project.get("dependencies", []), *extra]]
 
 
-def pip_command(target: Path, requires: Sequence[str]) -> list[str]:
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def pins(requires: Sequence[str]) -> list[str]:
+    """``name==version`` for every distribution the requirements need, as installed here: the
+    artifact holds the versions this environment runs (and was tested with), and building it
+    again gives the same bytes, whatever PyPI has published since. Requirements that apply only
+    with an extra are not followed; ones not installed here are left to pip."""
+    pinned: dict[str, str] = {}
+    todo = [_canonical(r) for r in requires]
+    while todo:
+        name = todo.pop()
+        if not name or name in pinned:
+            continue
+        try:
+            found = distribution(name)
+        except PackageNotFoundError:
+            continue
+        pinned[name] = found.version
+        for requirement in found.requires or ():
+            if "extra ==" not in requirement.replace('"', "").replace("'", ""):
+                todo.append(_canonical(requirement))
+    return [f"{name}=={version}" for name, version in sorted(pinned.items())]
+
+
+def _canonical(requirement: str) -> str:
+    match = _NAME.match(requirement)
+    return re.sub(r"[-_.]+", "-", match[1]).lower() if match else ""
+
+
+def pip_command(
+    target: Path, requires: Sequence[str], constraints: Path | None = None
+) -> list[str]:
+    pinned = ["--constraint", str(constraints)] if constraints is not None else []
     return [
         sys.executable,
         "-m",
@@ -83,13 +119,16 @@ def pip_command(target: Path, requires: Sequence[str]) -> list[str]:
         PYTHON_VERSION,
         "--only-binary=:all:",
         "--no-compile",
+        *pinned,
         *requires,
     ]
 
 
 def _install(target: Path, requires: Sequence[str]) -> None:
+    constraints = target.parent / "constraints.txt"
+    constraints.write_text("".join(f"{pin}\n" for pin in pins(requires)))
     try:
-        subprocess.run(pip_command(target, requires), check=True)
+        subprocess.run(pip_command(target, requires, constraints), check=True)
     except subprocess.CalledProcessError as exc:
         raise ArtifactError(
             f"pip could not install the dependencies for Lambda (exit {exc.returncode}); "

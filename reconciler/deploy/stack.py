@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 
 from reconciler.deploy.artifact import Artifact
@@ -54,6 +55,7 @@ class StackShell:
         with aws_errors():
             self.cfn = session.client("cloudformation")
             self.dynamodb = session.client("dynamodb")
+            self.cloudwatch = session.client("cloudwatch")
             self.iam = session.client("iam")
             account = str(session.client("sts").get_caller_identity()["Account"])
             s3 = session.client("s3")
@@ -107,6 +109,7 @@ class StackShell:
             status = stack["StackStatus"] if stack else None
             self._refuse_busy(status)
             self._refuse_foreign_tables(stack, tables)
+            self._refuse_foreign_alarms(stack, body)
             provider = asked.oidc_provider_arn
             if asked.github_repository and not provider:
                 provider = self._github_provider(stack)
@@ -178,6 +181,30 @@ class StackShell:
             raise StackError(
                 "nothing was created: tables of the stack's names exist already, and "
                 "CloudFormation does not take over existing tables; " + "; ".join(problems)
+            )
+
+    def _refuse_foreign_alarms(self, stack: Mapping[str, Any] | None, body: str) -> None:
+        """The original's alarm names are fixed (``BedrockAI-DailyCostHigh``, ...): one of them
+        that exists outside this stack (the original system's, another stack's) would fail the
+        deploy halfway, so it is refused first, before anything is created."""
+        resources = (yaml.safe_load(body) or {}).get("Resources", {})
+        names = sorted(
+            str(r["Properties"]["AlarmName"])
+            for r in resources.values()
+            if r.get("Type") == "AWS::CloudWatch::Alarm"
+            and isinstance(r.get("Properties", {}).get("AlarmName"), str)
+        )
+        own = set(self.resources(stack, "AWS::CloudWatch::Alarm").values())
+        found: list[str] = []
+        for start in range(0, len(names), 100):
+            page = self.cloudwatch.describe_alarms(AlarmNames=names[start : start + 100])
+            found += [str(a["AlarmName"]) for a in page.get("MetricAlarms", [])]
+        foreign = sorted(set(found) - own)
+        if foreign:
+            raise StackError(
+                f"nothing was created: alarms of the stack's names exist already outside it: "
+                f"{', '.join(foreign)} (the original system's, or another stack's in this "
+                "account and region). Delete them, or deploy to another account or region"
             )
 
     def _github_provider(self, stack: Mapping[str, Any] | None) -> str:
