@@ -2,14 +2,13 @@
 
     python -m bench.decisions [--decisions 200000]
 
-Cases: (a) a plain flag; (b) country targeting and a 30% rollout; (c) targeting, rollout, a
-50/50 experiment, a cost throttle and the override checks; (d) targeting and a gated rollout
-strategy the rollout controller holds at 30%; (e) targeting and an ungated strategy whose
-schedule is at 30%; and a plain 50/50 split. Reports
-latency percentiles per decision and decisions per second, GrowthBook's figures for (b) and the
-split measured in the same run, and the load time and memory of a 10,000-flag snapshot read from
-the local store.
-"""
+Cases: the floor (one hash and a compare: what a percentage decision costs at least, against
+which the others are ratios); (a) a plain flag; (b) country targeting and a 30% rollout; (c)
+targeting, rollout, a 50/50 experiment, a cost throttle and the override checks; (d) targeting
+and a gated rollout strategy the rollout controller holds at 30%; (e) targeting and an ungated
+strategy whose schedule is at 30%; and a plain 50/50 split. Reports latency percentiles per
+decision and decisions per second, GrowthBook's figures for (b) and the split measured in the
+same run, and the load time and memory of a 10,000-flag snapshot read from the local store."""
 
 from __future__ import annotations
 
@@ -31,6 +30,7 @@ from reconciler.apply import apply_plan
 from reconciler.codec import encode
 from reconciler.config import load_config
 from reconciler.plan.build import build_plan
+from reconciler.runtime.bucketing import bucket
 from reconciler.runtime.client import FlagClient
 from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.recorder import Recorder
@@ -199,6 +199,10 @@ def main() -> None:
     # flush is not on the request path).
     client.recorder = Recorder(None, background=False)
     results = {
+        # The floor: what any decision of a percentage costs at least, one hash and a compare.
+        "floor: hash and compare": measure(
+            lambda c: bucket("targeted", c["user_id"]) * 100 < 30, users
+        ),
         "(a) plain flag": measure(lambda c: client.decide("plain", c), users),
         "(b) targeting + 30% rollout": measure(lambda c: client.decide("targeted", c), users),
         "(c) + 50/50 experiment + cost + overrides": measure(
@@ -222,6 +226,14 @@ def main() -> None:
             f"{case:<44}{figures['p50']:>9.2f}{figures['p99']:>9.2f}{figures['p99.9']:>10.2f}"
             f"{figures['per_second']:>14,.0f}"
         )
+    floor = results["floor: hash and compare"]["mean"]
+    for case, target in (
+        ("(b) targeting + 30% rollout", 2.0),
+        ("50/50 split", 3.0),
+        ("(c) + 50/50 experiment + cost + overrides", 3.0),
+    ):
+        ratio = results[case]["mean"] / floor
+        print(f"{case}: {ratio:.1f}x the floor (target: at most {target:.0f}x)")
     for ours, theirs in (
         ("(b) targeting + 30% rollout", "GrowthBook (b)"),
         ("50/50 split", "GrowthBook 50/50 split"),
