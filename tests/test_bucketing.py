@@ -95,3 +95,10 @@ def test_rollout_and_experiment_buckets_are_independent() -> None:
     )
     # 81 degrees of freedom: the 99.9th percentile of chi-square is about 129.
     assert chi_square < 129, chi_square
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_a_salt_hashed_once_buckets_as_the_contract_does(salt: str, unit: str) -> None:
+    from reconciler.runtime.bucketing import Salt
+
+    assert Salt(salt).bucket(unit) == bucket(salt, unit)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.runtime.bucketing import bucket, pick_variant
+from reconciler.runtime.bucketing import pick_variant
 from reconciler.runtime.decision import Decision, ErrorCode, Reason
 from reconciler.runtime.experiment_state import STOPPED
 from reconciler.runtime.rollout_state import ROLLED_BACK, Entry, Strategy, serve, valid_until
@@ -123,11 +123,11 @@ def _evaluate(
                 rule=matched,
                 error=ErrorCode.TARGETING_KEY_MISSING,
             )
-        if percentage < 100 and bucket(flag.name, str(unit)) * 100 >= percentage:
+        if percentage < 100 and flag.rollout_bucket.bucket(str(unit)) * 100 >= percentage:
             return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched)
         # The throttle keeps the units of the lowest cost buckets, salted by request type:
         # the same units should_allow_request admits, whichever flag they come through.
-        if throttled and bucket(flag.cost_salt, str(unit)) >= factor:
+        if throttled and flag.cost_bucket.bucket(str(unit)) >= factor:
             return _off(flag, Reason.COST_THROTTLED, version, rule=matched)
 
     experiment = flag.experiment
@@ -157,6 +157,29 @@ def _experiment(
 ) -> Decision | None:
     """The experiment's part: an operator's stop; else git's winner; else, while git says
     active, the analyser's verdict, or between the start and the end the unit's variant."""
+    if experiment.assigning:  # the common case, first: no hold, no time window, active
+        if (
+            experiment.traffic < 100
+            and experiment.sampling.bucket(unit) * 100 >= experiment.traffic
+        ):
+            return _on(
+                flag,
+                Reason.EXPERIMENT_EXCLUDED,
+                version,
+                matched,
+                variant=experiment.control,
+                experiment=experiment,
+                detail="outside the experiment's traffic",
+            )
+        variant = pick_variant(experiment.assignment.bucket(unit), experiment.ranges)
+        return _on(
+            flag,
+            Reason.EXPERIMENT_ASSIGNED,
+            version,
+            matched,
+            variant=variant or experiment.control,
+            experiment=experiment,
+        )
 
     def serve(reason: Reason, variant: str | None, detail: str = "") -> Decision:
         return _on(
@@ -180,13 +203,11 @@ def _experiment(
             return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, "not started yet")
         if experiment.end is not None and moment >= experiment.end:
             return serve(Reason.EXPERIMENT_EXCLUDED, experiment.control, "ended")
-    if experiment.traffic < 100 and (
-        bucket(f"{experiment.experiment_id}:traffic", unit) * 100 >= experiment.traffic
-    ):
+    if experiment.traffic < 100 and (experiment.sampling.bucket(unit) * 100 >= experiment.traffic):
         return serve(
             Reason.EXPERIMENT_EXCLUDED, experiment.control, "outside the experiment's traffic"
         )
-    variant = pick_variant(bucket(experiment.experiment_id, unit), experiment.ranges)
+    variant = pick_variant(experiment.assignment.bucket(unit), experiment.ranges)
     return serve(Reason.EXPERIMENT_ASSIGNED, variant or experiment.control)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.runtime.bucketing import variant_ranges
+from reconciler.runtime.bucketing import Salt, variant_ranges
 from reconciler.runtime.budgets import Budget, budgets_from_items
 from reconciler.runtime.cost_state import CostState, flag_verdicts
 from reconciler.runtime.experiment_state import ExperimentHold, ExperimentStates, recording_key
@@ -80,6 +80,19 @@ class Experiment:
     metrics: Mapping[str, str] = field(default_factory=dict)  # name -> numeric|binary|count
     key: str = ""  # where its telemetry is recorded (recording_key: id, or id~epoch)
     hold: ExperimentHold | None = None  # the analyser's verdict or an operator's stop
+    # The salts of its two buckets (assignment, traffic), each hashed once.
+    assignment: Salt = field(default=Salt(""), compare=False, repr=False)
+    sampling: Salt = field(default=Salt(""), compare=False, repr=False)
+
+    # Active, untimed, held by nobody: each decision only buckets the unit (worked out once).
+    assigning: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.assignment.text != self.experiment_id:
+            object.__setattr__(self, "assignment", Salt(self.experiment_id))
+            object.__setattr__(self, "sampling", Salt(f"{self.experiment_id}:traffic"))
+        plain = self.status == "active" and self.hold is None and not self.timed
+        object.__setattr__(self, "assigning", plain and not self.winner)
 
     @property
     def timed(self) -> bool:
@@ -104,9 +117,18 @@ class Flag:
     rollout_actions: tuple[Action, ...] = ()  # the operators', for the strategy, oldest first
     broken: str | None = None  # why the item could not be understood
     cost_salt: str = ""  # the cost throttle's bucketing salt: cost:<request type or flag name>
+    # The salts of its rollout bucket (its name) and of the cost throttle's, each hashed once.
+    rollout_bucket: Salt = field(default=Salt(""), compare=False, repr=False)
+    cost_bucket: Salt = field(default=Salt(""), compare=False, repr=False)
     # Decisions that are the same for every user (off by kill switch, no match, ...) are made
     # once per flag and snapshot and shared: decisions are immutable.
     decisions: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.rollout_bucket.text != self.name:
+            object.__setattr__(self, "rollout_bucket", Salt(self.name))
+        if self.cost_bucket.text != self.cost_salt:
+            object.__setattr__(self, "cost_bucket", Salt(self.cost_salt))
 
 
 @dataclass(frozen=True)
