@@ -111,7 +111,7 @@ def _update(
         record.kind,
         record.name,
         action,
-        before=before,
+        before=after if before == after else before,  # equal: one copy held, not two
         after=after,
         expected_version=record.version,
         desired_hash=desired_hash,
