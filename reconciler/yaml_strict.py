@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from yaml.resolver import Resolver
 
 from reconciler.diagnostics import FieldPath, Position
 
+INTERNED = 64  # characters: shorter scalars are interned
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 100_000
@@ -350,6 +352,8 @@ def _refuse_tag(b: _Builder, tag: str | None, start: Any, *, mapping: bool) -> N
 
 def _scalar(b: _Builder, event: ev.ScalarEvent, start: Any) -> object:
     text = event.value
+    if len(text) <= INTERNED:
+        text = sys.intern(text)  # names and values repeat across files: one copy each
     if event.tag not in (None, "!", _TAG + "str"):
         b.problems.append(
             YamlProblem(
