@@ -265,6 +265,9 @@ def test_the_status_is_the_effective_state_without_the_rules(
         10,
         [],
     )
+    rollout = answer["rollout_state"]
+    assert (rollout["strategy"], rollout["percentage"]) == ("bedrock_gradual_rollout", 10)
+    assert "not judged by the rollout controller yet" in rollout["detail"]
     stored = store.read_records(RecordKind.FLAG)["vc_bedrock_live"].item
     assert set(answer["configured"]) <= set(stored) & set(PUBLIC_FIELDS)
     internal = set(stored) - set(PUBLIC_FIELDS)

@@ -85,6 +85,14 @@ def flag_status(
         "held_by": held,
         "configured": {key: item[key] for key in PUBLIC_FIELDS if key in item},
     }
+    if flag.schedule is not None:  # where its rollout is, held or not
+        served = serve(flag.schedule, flag.rollout_entry, flag.rollout_actions, now)
+        document["rollout_state"] = {
+            "strategy": flag.schedule.name,
+            "state": served.state,
+            "percentage": served.percentage,
+            "detail": served.reason,
+        }
     if flag.experiment is not None:
         hold = flag.experiment.hold
         document["experiment"] = {
