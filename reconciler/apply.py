@@ -370,7 +370,8 @@ def _write_for(
         reason=f"reconcile --apply (plan {plan.plan_id})",
         git_commit=plan.git_commit,
         plan_id=plan.plan_id,
-        before=change.before if change.action != "create" else None,
+        # What the store held, not what the plan says it held: the trail is the store's.
+        before=git_owned(record.item) if record is not None and change.action != "create" else None,
         after=change.after,
     )
     if change.action == "delete":

@@ -290,6 +290,9 @@ def test_the_digest_does_not_depend_on_order_or_absent_kinds() -> None:
         "after-and-hash",  # both changed, consistently
         "extra-delete",  # a declared record deleted
         "dropped",  # a declared record's change left out
+        "unchanged",  # the update relabelled as nothing to do
+        "held",  # a hold the store does not show, so that apply skips the write
+        "start",  # a rollout's start moved into the past, its hash recomputed
     ],
 )
 def test_a_plan_file_edited_after_it_was_made_is_refused(repo: Path, forge: str) -> None:
@@ -308,6 +311,20 @@ def test_a_plan_file_edited_after_it_was_made_is_refused(repo: Path, forge: str)
         update["after"] = after
         if forge == "after-and-hash":
             update["desired_hash"] = content_hash(after)
+    elif forge == "unchanged":
+        update["action"] = "unchanged"
+    elif forge == "held":
+        update["holds"] = [{"owner": "override", "detail": "an operator", "since": None}]
+    elif forge == "start":
+        after = dict(update["after"])  # type: ignore[arg-type]
+        rollout = dict(after["rollout"])
+        rollout["configuration"] = {
+            **rollout["configuration"],
+            "start_time": "2000-01-01T00:00:00Z",
+        }
+        after["rollout"] = rollout
+        update["after"] = after
+        update["desired_hash"] = content_hash(after)
     elif forge == "extra-delete":
         other = next(c for c in changes if c["name"] == "ai_model_selection")
         other["action"] = "delete"
@@ -319,5 +336,6 @@ def test_a_plan_file_edited_after_it_was_made_is_refused(repo: Path, forge: str)
     code, _, err = apply_saved(repo, plan)
 
     assert code == 1
-    assert "the plan file was edited after it was made. Nothing was written" in err
+    assert "the plan file was edited after it was made, or the store moved since" in err
+    assert "Nothing was written" in err
     assert stored(repo) == before

@@ -8,21 +8,24 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import click
 
 from reconciler.apply import LEASE_SECONDS, apply_plan
-from reconciler.codec import DesiredState, content_hash
+from reconciler.codec import DesiredState, content_hash, git_owned
 from reconciler.commands.common import Context, desired_state
 from reconciler.commands.plan import make_plan, print_plan
 from reconciler.errors import ExitCode, UserError
 from reconciler.gitinfo import head_commit
-from reconciler.plan.build import desired_digest
+from reconciler.plan.build import desired_digest, with_rollout_starts
 from reconciler.plan.model import Plan
 from reconciler.render.text import SYMBOL
 from reconciler.runtime.client import utc_now
-from reconciler.state.records import Item
+from reconciler.runtime.sources import overrides_from_item
+from reconciler.state.records import RecordKind, format_time
+from reconciler.state.store import StateStore
 
 LEASE_ENV = "RECONCILER_LEASE_SECONDS"
 
@@ -87,6 +90,8 @@ def run_apply(
                 f"the plan was made against {plan.store!r}, not {store.describe()!r}; "
                 "make a new plan against this store"
             )
+        if plan_file is not None:
+            verify_writes(plan, desired, store)
         result = apply_plan(
             plan,
             store,
@@ -139,13 +144,6 @@ def planned_tree(plan: Plan, desired: DesiredState, commit: str | None) -> Plan:
     digest = desired_digest(desired)
     if digest != plan.desired_digest:
         raise TreeChangedError(plan, digest, commit)
-    forged = _not_declared(plan, desired)
-    if forged:
-        raise UserError(
-            f"plan {plan.plan_id} would write what the work tree does not declare ("
-            f"{', '.join(forged[:5])}{' and more' if len(forged) > 5 else ''}): the plan file "
-            "was edited after it was made. Nothing was written. Make a new plan of this tree."
-        )
     if commit is None or commit == plan.git_commit:
         return plan
     click.echo(
@@ -156,47 +154,45 @@ def planned_tree(plan: Plan, desired: DesiredState, commit: str | None) -> Plan:
     return replace(plan, git_commit=commit)
 
 
-def _not_declared(plan: Plan, desired: DesiredState) -> list[str]:
-    """The changes of a saved plan whose writes are not the records the work tree declares:
-    its digest alone proves only what the plan says of itself. Each record to create or update
-    must be the declared one (but for the start a plan gives a rollout that has none, which it
-    resolves from the store) and hash to the hash it records; every declared record must be in
-    the plan, and no declared record may be deleted."""
+def verify_writes(plan: Plan, desired: DesiredState, store: StateStore) -> None:
+    """A saved plan's writes must be the records the work tree declares, as this store makes
+    them (the start a rollout without ``start_time`` gets is the store's): its digest alone is
+    the plan's own word about what it was made from. Refuses, writing nothing, otherwise."""
+    actual = {kind: store.read_records(kind) for kind in RecordKind}
+    made_at = datetime.fromisoformat(plan.created_at.replace("Z", "+00:00"))
+    expected = with_rollout_starts(desired, actual, made_at)
+    now = format_time(utc_now())
+    held = overrides_from_item(store.read_overrides()).in_force(utc_now()).flags
     wrong = []
     planned = set()
     for change in plan.changes:
-        declared = desired.get(change.kind, {}).get(change.name)
+        declared = expected.get(change.kind, {}).get(change.name)
+        record = actual.get(change.kind, {}).get(change.name)
         planned.add((change.kind, change.name))
         if change.action == "delete":
-            if declared is not None:
-                wrong.append(change.address)
-            continue
-        if declared is None or (
-            change.action != "unchanged"
-            and (
-                change.after is None
-                or _without_resolved_start(change.after, declared) != declared
-                or content_hash(change.after) != change.desired_hash
+            ok = declared is None
+        elif change.action == "unchanged":  # nothing to write: the store must hold it already
+            ok = declared is not None and record is not None
+            ok = ok and git_owned(record.item) == declared  # type: ignore[union-attr]
+        else:
+            ok = (
+                declared is not None
+                and change.after == declared
+                and content_hash(declared) == change.desired_hash
             )
-        ):
+        if ok and change.held:  # a hold the store no longer shows is no reason to skip it
+            ok = change.name in held or (record is not None and record.override_active(now))
+        if not ok:
             wrong.append(change.address)
-    for kind, items in desired.items():
+    for kind, items in expected.items():
         wrong.extend(f"{kind.label}/{name}" for name in items if (kind, name) not in planned)
-    return sorted(set(wrong))
-
-
-def _without_resolved_start(after: Item, declared: Item) -> Item:
-    """``after`` without the rollout start the plan resolved, when the manifest gives none."""
-    rollout, mine = after.get("rollout"), declared.get("rollout")
-    if not isinstance(rollout, dict) or not isinstance(mine, dict):
-        return after
-    configuration = dict(rollout.get("configuration") or {})
-    if "start_time" in (mine.get("configuration") or {}) or "start_time" not in configuration:
-        return after
-    del configuration["start_time"]
-    if not configuration and "configuration" not in mine:
-        return {**after, "rollout": {k: v for k, v in rollout.items() if k != "configuration"}}
-    return {**after, "rollout": {**rollout, "configuration": configuration}}
+    if wrong:
+        shown = ", ".join(sorted(set(wrong))[:5]) + (" and more" if len(set(wrong)) > 5 else "")
+        raise UserError(
+            f"plan {plan.plan_id} does not write what the work tree declares to this store "
+            f"({shown}): the plan file was edited after it was made, or the store moved "
+            "since. Nothing was written. Make a new plan of this tree."
+        )
 
 
 def _commit(commit: str | None) -> str:
