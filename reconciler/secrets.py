@@ -38,11 +38,12 @@ REFERENCE = re.compile(
 )
 
 # What a file must contain to hold a secret: a piece of text every pattern needs, or a word
-# every secret field's name has. Finding none of them in a file's text (``in`` on a string is
-# fast) is enough to know it holds no secret, and is the end of the scan for most files.
+# every secret field's name has. Finding none of them in an ASCII file's text (``in`` on a
+# string is fast) is enough to know it holds no secret, and is the end of the scan for most
+# files. The pieces hold no space: YAML may fold a line break into one, never split a piece.
 LITERALS = (
     *("AKIA", "ASIA", "ABIA", "ACCA"),
-    "PRIVATE KEY",
+    "PRIVATE",  # not "PRIVATE KEY": YAML folds a line break between the words into a space
     *("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     "xox",
     "sk-",
@@ -87,6 +88,8 @@ def find_secrets(path: str, document: YamlDocument) -> Iterator[Diagnostic]:
 
 
 def _suspect(text: str) -> bool:
+    if not text.isascii():
+        return True  # case-insensitive matching maps some letters (long s) to ASCII: look closely
     if any(literal in text for literal in LITERALS):
         return True
     lowered = text.lower()

@@ -104,6 +104,11 @@ _FRAGMENTS = [
     "jwt: eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.abcdefghijkl\n",
     "pem: '-----BEGIN RSA PRIVATE KEY-----'\n",
     "name: vc_bedrock_live_g00001\n",
+    "pem: -----BEGIN RSA PRIVATE\n  KEY-----\n",  # folded into one line by YAML
+    'quoted: "-----BEGIN RSA PRIVATE\n  KEY-----"\n',
+    "folded: >\n  -----BEGIN EC PRIVATE\n  KEY-----\n",
+    "pa\u017f\u017fword: hunter2hunter2\n",  # long s: a case-insensitive 'password'
+    "apı_key: abcdefgh12345678\n",  # dotless i
 ]
 
 
