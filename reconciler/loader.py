@@ -13,6 +13,7 @@ import functools
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -108,8 +109,12 @@ class Tree:
         return {Path(p).stem for p in self.unloaded if p.startswith(folder + "/")}
 
     def of(self, model: type[M]) -> list[tuple[M, Source]]:
-        """The manifests of one kind, in the tree's order."""
-        return [(m.manifest, m.source) for m in self._by_kind.get(model, ())]  # type: ignore[misc]
+        """The manifests of one kind (or of its subclasses), in the tree's order."""
+        if any(kind is not model and issubclass(kind, model) for kind in self._by_kind):
+            chosen = [m for m in self.manifests if isinstance(m.manifest, model)]
+        else:
+            chosen = self._by_kind.get(model, [])
+        return [(m.manifest, m.source) for m in chosen]  # type: ignore[misc]
 
     @functools.cached_property
     def _by_kind(self) -> dict[type, list[Loaded]]:
@@ -173,10 +178,12 @@ Outcome = tuple["Loaded | None", list[Diagnostic]]
 
 
 def _load_all(root: Path, files: Sequence[tuple[Path, str]]) -> list[Outcome]:
-    """Each file loaded, in order: in worker processes when the tree is large and the machine
-    has cores to spare (each file is independent; the results come back as models and
-    diagnostics, which pickle small), else here."""
-    workers = _workers(len(files))
+    """Each file loaded, in order: in worker processes when the tree is large, the machine has
+    cores to spare and this process runs no other thread (a fork copies a lock another thread
+    may hold, and the runtime's fork hooks would start its threads again in each worker); each
+    file is independent, and the results come back as models and diagnostics, which pickle
+    small. Else here."""
+    workers = _workers(len(files)) if threading.active_count() == 1 else 1  # fork: no threads
     if workers <= 1:
         return [load_file(path, relative, root) for path, relative in files]
     size = -(-len(files) // (workers * 4))  # a few chunks per worker: none waits on the last

@@ -147,7 +147,17 @@ def test_a_tree_loaded_by_worker_processes_is_the_one_loaded_here(
     monkeypatch.setattr(loader, "PARALLEL_FROM", 1)
     monkeypatch.setenv("RECONCILER_WORKERS", "2")
     assert loader._workers(len(here.tree.manifests)) == 2
+    pools: list[object] = []
+    real_pool = loader.ProcessPoolExecutor
+
+    def noted(*args: object, **kwargs: object) -> object:
+        pools.append(args)
+        return real_pool(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "ProcessPoolExecutor", noted)
+    monkeypatch.setattr(loader.threading, "active_count", lambda: 1)  # the test's own threads
     there = load_tree(tmp_path)
+    assert pools, "loaded by worker processes"
     assert [m.manifest for m in there.tree.manifests] == [m.manifest for m in here.tree.manifests]
     assert [m.source.path for m in there.tree.manifests] == [
         m.source.path for m in here.tree.manifests
@@ -158,3 +168,31 @@ def test_a_tree_loaded_by_worker_processes_is_the_one_loaded_here(
     flag = there.tree.manifests[0].source
     assert flag._document is None, "the text is not kept"
     assert flag.at(("description",)).line > 1, "and is read again to say where"
+
+
+def test_a_process_with_threads_loads_here_not_in_forked_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import threading
+
+    from reconciler import loader
+    from tests.conftest import REPO_ROOT
+
+    shutil.copytree(REPO_ROOT / "flags.d", tmp_path / "flags.d")
+    monkeypatch.setattr(loader, "PARALLEL_FROM", 1)
+    monkeypatch.setenv("RECONCILER_WORKERS", "2")
+
+    def refused(*args: object, **kwargs: object) -> object:
+        raise AssertionError("forked while another thread runs")
+
+    monkeypatch.setattr(loader, "ProcessPoolExecutor", refused)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        loaded = load_tree(tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(loaded.tree.manifests) == 2

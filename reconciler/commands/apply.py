@@ -71,7 +71,7 @@ def run_apply(
         plan = make_plan(context, allow_empty=allow_empty, force_delete_held=force_delete_held)
         echo_store = _silent  # make_plan named the store already
         if not plan.has_changes or not yes:
-            print_plan(plan, "text")  # what a person confirms is the whole plan
+            print_plan(plan, "text", show_all=True)  # what a person confirms is the whole plan
         else:
             for line in brief(plan):  # the plan once: `reconcile --plan` shows its fields
                 click.echo(line)

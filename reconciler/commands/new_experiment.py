@@ -430,6 +430,8 @@ def check(root: Path, config: RepoConfig, plan: Scaffold) -> Validation:
                 shutil.copytree(root / kind.folder, copy / kind.folder)
         write(copy, plan)
         result = validate(copy, config)
+        for loaded in result.tree.manifests:  # read while the copy exists: later positions
+            _ = loaded.source.document  # come from it, not from a folder gone by then
     return dataclasses.replace(result, tree=dataclasses.replace(result.tree, root=root))
 
 

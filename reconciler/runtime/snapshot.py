@@ -88,7 +88,7 @@ class Experiment:
     assigning: bool = field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.assignment.text != self.experiment_id:
+        if self.sampling.text != f"{self.experiment_id}:traffic":
             object.__setattr__(self, "assignment", Salt(self.experiment_id))
             object.__setattr__(self, "sampling", Salt(f"{self.experiment_id}:traffic"))
         plain = self.status == "active" and self.hold is None and not self.timed
