@@ -39,6 +39,7 @@ from reconciler import breakglass as core
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import inputs
 from reconciler.server.access_log import AccessLog
+from reconciler.server.dashboard import Dashboard
 from reconciler.server.inputs import MAX_BODY, BadRequest
 from reconciler.server.status import flag_status, health_detail, read_snapshot
 from reconciler.state.store import StateStore, StoreUnavailableError, TablesMissingError
@@ -92,8 +93,20 @@ class ApiSettings:
 
 def create_app(settings: ApiSettings) -> AccessLog:
     api = _Api(settings)
+    auth = settings.auth
+    pages = Dashboard(
+        auth.token if isinstance(auth, BearerToken) else None,
+        settings.open_store,
+        settings.release,
+        settings.clock,
+    )
     app = Starlette(
         routes=[
+            Route("/dashboard", pages.overview, methods=["GET"]),
+            Route("/dashboard/sign-in", pages.sign_in, methods=["POST"]),
+            Route("/dashboard/audit", pages.audit, methods=["GET"]),
+            Route("/dashboard/shutdown", pages.act, methods=["POST"]),
+            Route("/dashboard/restore", pages.act, methods=["POST"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/health/detail", api.detail, methods=["GET"]),
             Route("/feature-flags/status", api.status, methods=["GET"]),

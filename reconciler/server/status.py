@@ -66,6 +66,14 @@ def read_snapshot(store: StateStore, name: str) -> tuple[Snapshot, Mapping[str, 
     return with_overrides(built, overrides), record.item
 
 
+def with_all_flags(store: StateStore) -> tuple[Snapshot, list[Mapping[str, Any]]]:
+    """A snapshot of every flag with everything that outranks git, and their stored items."""
+    items: list[Mapping[str, Any]] = [r.item for r in store.read_records(RecordKind.FLAG).values()]
+    records = {key: store.read_control(key) or {} for key in CONTROLLERS}
+    overrides = with_controllers(overrides_from_item(store.read_overrides()), records)
+    return with_overrides(build_snapshot("dashboard", items), overrides), items
+
+
 def flag_status(
     snapshot: Snapshot,
     item: Mapping[str, Any],

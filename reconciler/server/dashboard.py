@@ -1,0 +1,195 @@
+"""The dashboard: one page of every flag's effective state, what is shut down and held, the
+audit trail, and break-glass's shutdown and restore, served by the HTTP API's application.
+
+Signing in takes the API's token once; the page then keeps a session cookie (HttpOnly,
+SameSite=Strict, signed with the token, eight hours). Every form carries a CSRF token derived
+from the session, and a shutdown or restore needs a reason, a name and a confirmation; both go
+through break-glass's code and audit, as the command and the API do. The pages show what the
+API's documents say (``status.flag_status``, ``status.health_detail``), so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from reconciler import breakglass as core
+from reconciler.errors import UserError
+from reconciler.server import pages
+from reconciler.server.inputs import MAX_BODY
+from reconciler.server.status import flag_status, health_detail, with_all_flags
+from reconciler.state.records import OVERRIDES_RECORD
+from reconciler.state.store import StateStore
+
+COOKIE = "reconciler_session"
+BODY_SECONDS = 10.0  # a form not received by then is no form
+SESSION_SECONDS = 8 * 3600
+Token = Callable[[], str]
+
+
+class Dashboard:
+    def __init__(
+        self,
+        token: Token | None,
+        open_store: Callable[[], StateStore],
+        release: Callable[[StateStore], None],
+        clock: Callable[[], Any],
+    ) -> None:
+        self.token = token
+        self.open_store = open_store
+        self.release = release
+        self.clock = clock
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is None:
+            return _html(pages.sign_in())
+        return _html(await run_in_threadpool(self._overview, self._csrf(session), None))
+
+    async def sign_in(self, request: Request) -> Response:
+        if self.token is None:
+            return _html(pages.sign_in("the dashboard needs the API's token mode"), 503)
+        form = await _form(request)
+        given = (form.get("token") or "").encode()
+        if not hmac.compare_digest(given, self.token().encode()):
+            return _html(pages.sign_in("that is not the API's token"), 401)
+        expires = int(time.time()) + SESSION_SECONDS
+        answer = RedirectResponse("/dashboard", status_code=303)
+        answer.set_cookie(
+            COOKIE,
+            f"{expires}.{self._sign(f'session:{expires}')}",
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/dashboard",
+        )
+        return answer
+
+    async def audit(self, request: Request) -> Response:
+        if self._session(request) is None:
+            return RedirectResponse("/dashboard", status_code=303)
+        flag = request.query_params.get("flag", "").strip()
+        owner = request.query_params.get("owner", "").strip()
+        entries = await run_in_threadpool(self._audit, flag, owner)
+        return _html(pages.audit(entries, flag, owner))
+
+    async def act(self, request: Request) -> Response:
+        """A shutdown or restore from the page's forms."""
+        session = self._session(request)
+        if session is None:
+            return RedirectResponse("/dashboard", status_code=303)
+        form = await _form(request)
+        csrf = self._csrf(session)
+        if not hmac.compare_digest((form.get("csrf") or "").encode(), csrf.encode()):
+            return _html(pages.page("Refused", ["<p>The form is stale: reload the page.</p>"]), 403)
+        action = request.url.path.rsplit("/", 1)[-1]
+        try:
+            if form.get("confirm") != "yes":
+                raise UserError("tick the confirmation: nothing was done")
+            notice = await run_in_threadpool(self._act, action, form)
+        except UserError as exc:
+            return _html(await run_in_threadpool(self._overview, csrf, str(exc)), 400)
+        return _html(await run_in_threadpool(self._overview, csrf, notice))
+
+    # -- work --------------------------------------------------------------------------------
+
+    def _overview(self, csrf: str, notice: str | None) -> str:
+        store = self.open_store()
+        try:
+            now = self.clock()
+            snapshot, items = with_all_flags(store)
+            flags = [flag_status(snapshot, item, now) for item in items]
+            detail = health_detail(store, now)
+        finally:
+            self.release(store)
+        return pages.overview(flags, detail, csrf, notice)
+
+    def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
+        store = self.open_store()
+        try:
+            entries = store.read_audit(f"flag/{flag}" if flag else None, limit=500)
+            if flag:  # its shutdowns are entries of the overrides record
+                entries += [
+                    e
+                    for e in store.read_audit(OVERRIDES_RECORD, limit=500)
+                    if flag in core.scope(e)
+                ]
+        finally:
+            self.release(store)
+        if owner:
+            entries = [e for e in entries if owner.lower() in str(e.get("actor", "")).lower()]
+        return sorted(entries, key=lambda e: str(e.get("at", "")), reverse=True)
+
+    def _act(self, action: str, form: dict[str, str]) -> str:
+        target = form.get("target") or ""
+        targets = [target] if target else None
+        by = f"{core.check_text(form.get('by') or '', 'your name')} (dashboard)"
+        store = self.open_store()
+        try:
+            now = self.clock()
+            if action == "shutdown":
+                core.shutdown(
+                    store, targets, reason=form.get("reason", ""), by=by, expires_at=None, now=now
+                )
+                return f"Shut down {target or 'ALL AI features'}."
+            lifted = core.restore(store, targets, reason=form.get("reason", ""), by=by, now=now)
+            return f"Restored {', '.join(lifted)}." if lifted else "Nothing was shut down."
+        finally:
+            self.release(store)
+
+    # -- the session ------------------------------------------------------------------------
+
+    def _sign(self, text: str) -> str:
+        assert self.token is not None
+        return hmac.new(self.token().encode(), text.encode(), hashlib.sha256).hexdigest()
+
+    def _session(self, request: Request) -> str | None:
+        if self.token is None:
+            return None
+        value = request.cookies.get(COOKIE, "")
+        expires, _, signature = value.partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return None
+        if not hmac.compare_digest(signature.encode(), self._sign(f"session:{expires}").encode()):
+            return None
+        return value
+
+    def _csrf(self, session: str) -> str:
+        return self._sign(f"csrf:{session}")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small url-encoded form (at most ``MAX_BODY`` bytes), one value per field."""
+    raw = b""
+    try:
+        with anyio.fail_after(BODY_SECONDS):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_BODY:
+                    return {}
+    except TimeoutError:
+        return {}
+    fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[-1] for key, values in fields.items()}
+
+
+def _html(body: str, status: int = 200) -> Response:
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+        "form-action 'self'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return HTMLResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,147 @@
+"""The dashboard's pages as HTML, from the same documents the API answers with (pure).
+
+Every text that comes from the store (a reason, an operator, a rollout's detail) is escaped,
+so markup or control characters in it display as text; nothing on a page names a user or a
+context value. The page changes nothing git owns: where a user would look for an edit button,
+it names the manifest's file instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
+from typing import Any
+
+from reconciler import breakglass as core
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
+.off{color:#a00;font-weight:600}.partial{color:#a60}.on{color:#070}
+.alert{background:#fee;border:1px solid #c00;padding:.5rem 1rem;margin:1rem 0}
+form.danger{border:1px solid #c00;padding:.7rem;margin:.5rem 0;max-width:40rem}
+.bar{fill:#36c}.muted{color:#777}
+"""
+
+
+def text(value: Any) -> str:
+    """Stored text as a page shows it: escaped, control and format characters made visible."""
+    return escape(core.printable("" if value is None else value), quote=True)
+
+
+def page(title: str, body: Iterable[str]) -> str:
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{text(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{text(title)}</h1>" + "".join(body) + "</body></html>"
+    )
+
+
+def sign_in(error: str | None = None) -> str:
+    problem = f'<p class="alert">{text(error)}</p>' if error else ""
+    return page(
+        "Sign in",
+        [
+            problem,
+            '<form method="post" action="/dashboard/sign-in">',
+            '<label>API token <input type="password" name="token" autocomplete="off" required>'
+            "</label> <button>Sign in</button></form>",
+        ],
+    )
+
+
+def overview(
+    flags: Sequence[Mapping[str, Any]],
+    detail: Mapping[str, Any],
+    csrf: str,
+    notice: str | None = None,
+) -> str:
+    """Every flag's effective state, what is shut down and held, and the emergency forms."""
+    body = [f'<p class="alert">{text(notice)}</p>' if notice else ""]
+    body.append('<p><a href="/dashboard/audit">Audit trail</a></p>')
+    shutdowns = detail.get("shutdowns") or []
+    if shutdowns:
+        body.append('<div class="alert"><strong>Shut down now</strong><ul>')
+        for entry in shutdowns:
+            what = "ALL AI features" if entry["target"] == core.GLOBAL else entry["target"]
+            until = f", until {text(entry['expires_at'])}" if entry.get("expires_at") else ""
+            body.append(
+                f"<li>{text(what)}: by {text(entry['by'])} since {text(entry['since'])}"
+                f"{until} ({text(entry['reason'])})</li>"
+            )
+        body.append("</ul></div>")
+    body.append("<h2>Flags</h2><table><tr><th>flag</th><th>state</th><th>serving</th>")
+    body.append("<th>held by</th><th>rollout</th><th>configuration</th></tr>")
+    for flag in flags:
+        state = str(flag["state"])
+        held = "; ".join(
+            f"{text(h['owner'])}: {text(h.get('detail') or h.get('reason') or h['state'])}"
+            for h in flag["held_by"]
+        )
+        rollout = flag.get("rollout_state")
+        ramp = (
+            f"{text(rollout['strategy'])} {text(rollout['state'])} at "
+            f"{float(rollout['percentage']):g}%"
+            if rollout
+            else ""
+        )
+        body.append(
+            f'<tr data-flag="{text(flag["flag"])}"><td>{text(flag["flag"])}</td>'
+            f'<td class="{text(state)}">{text(state)}</td>'
+            f'<td class="serving">{float(flag["serving_percentage"]):g}%</td>'
+            f"<td>{held or '<span class=muted>git alone</span>'}</td><td>{ramp}</td>"
+            f'<td class="muted">edit in git: flags.d/{text(flag["flag"])}.yaml</td></tr>'
+        )
+    body.append("</table>")
+    holds = detail.get("cost_guard") or []
+    if holds:
+        body.append("<h2>Held by the cost guard</h2><ul>")
+        body += [
+            f"<li>{text(h['flag'])}: {text(h['state'])} ({text(h['budget'])}) until "
+            f"{text(h['until'])}</li>"
+            for h in holds
+        ]
+        body.append("</ul>")
+    body += _emergency_forms(flags, csrf)
+    return page("AI feature flags", body)
+
+
+def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str) -> list[str]:
+    options = "".join(
+        f'<option value="{text(f["flag"])}">{text(f["flag"])}</option>' for f in flags
+    )
+    hidden = f'<input type="hidden" name="csrf" value="{text(csrf)}">'
+    parts = ["<h2>Break-glass</h2>"]
+    for action, label in (("shutdown", "Shut down"), ("restore", "Restore")):
+        parts.append(
+            f'<form class="danger" method="post" action="/dashboard/{action}">{hidden}'
+            f'<label>What <select name="target"><option value="">ALL AI features</option>'
+            f"{options}</select></label><br>"
+            '<label>Reason <input name="reason" size="50" required></label><br>'
+            '<label>Your name <input name="by" required></label><br>'
+            '<label><input type="checkbox" name="confirm" value="yes" required> '
+            f"I mean it: {label.lower()} now</label><br>"
+            f'<button name="action" value="{action}">{label}</button></form>'
+        )
+    return parts
+
+
+def audit(entries: Sequence[Mapping[str, Any]], flag: str, owner: str) -> str:
+    """The audit trail, newest first, filtered by flag and by who acted."""
+    body = [
+        '<p><a href="/dashboard">Back to the flags</a></p>',
+        '<form method="get" action="/dashboard/audit">',
+        f'<label>Flag <input name="flag" value="{text(flag)}"></label> ',
+        f'<label>Who <input name="owner" value="{text(owner)}"></label> <button>Filter</button>',
+        "</form><table><tr><th>when</th><th>record</th><th>action</th><th>who</th>",
+        "<th>why</th></tr>",
+    ]
+    for entry in entries:
+        body.append(
+            f"<tr><td>{text(entry.get('at'))}</td><td>{text(entry.get('record'))}</td>"
+            f"<td>{text(entry.get('action'))}</td><td>{text(entry.get('actor'))}</td>"
+            f"<td>{text(entry.get('reason'))}</td></tr>"
+        )
+    body.append("</table>")
+    return page("Audit trail", body)

@@ -1,0 +1,131 @@
+"""The dashboard through the local server as a browser uses it: sign in with the token, read
+the flags' effective states, shut down and restore through the forms (CSRF, confirmation,
+the same break-glass code and audit), markup in stored text shown as text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler import breakglass as core
+from reconciler.server.app import ApiSettings, BearerToken, create_app
+from reconciler.server.local import serving
+from reconciler.state.local import LocalStore
+from reconciler.state.records import OVERRIDES_RECORD
+from tests.api_transports import TOKEN
+from tests.test_apply import apply, desired, plan
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    opened = LocalStore(tmp_path / "state.db")
+    apply(opened, plan(opened, desired()))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def browser(store: LocalStore) -> Iterator[httpx.Client]:
+    settings = ApiSettings(lambda: LocalStore(store.path), BearerToken(lambda: TOKEN))
+    with (
+        serving(create_app(settings)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        yield client
+
+
+def signed_in(browser: httpx.Client) -> str:
+    """Sign in; the CSRF token of the page's forms."""
+    answer = browser.post("/dashboard/sign-in", data={"token": TOKEN}, follow_redirects=True)
+    assert answer.status_code == 200
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', answer.text)
+    assert found is not None
+    return found[1]
+
+
+def row(page: str, flag: str) -> str:
+    found = re.search(rf'<tr data-flag="{flag}">(.*?)</tr>', page)
+    assert found is not None, f"no row for {flag}"
+    return found[1]
+
+
+def test_the_page_needs_the_token(browser: httpx.Client) -> None:
+    answer = browser.get("/dashboard")
+    assert answer.status_code == 200
+    assert "Sign in" in answer.text
+    assert "vc_bedrock_live" not in answer.text, "nothing before signing in"
+    wrong = browser.post("/dashboard/sign-in", data={"token": "not-the-token-at-all"})
+    assert wrong.status_code == 401
+    assert "that is not the API&#x27;s token" in wrong.text
+    assert browser.get("/dashboard/audit").status_code == 303
+
+
+def test_a_session_cookie_a_script_cannot_read(browser: httpx.Client) -> None:
+    answer = browser.post("/dashboard/sign-in", data={"token": TOKEN})
+    assert answer.status_code == 303
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert "path=/dashboard" in cookie
+
+
+def test_the_flags_show_their_effective_state(browser: httpx.Client) -> None:
+    signed_in(browser)
+    page = browser.get("/dashboard").text
+    live = row(page, "vc_bedrock_live")
+    assert '<td class="partial">partial</td>' in live
+    assert '<td class="serving">10%</td>' in live, "the gated rollout's first step"
+    assert "bedrock_gradual_rollout ramping at 10%" in live
+    assert "edit in git: flags.d/vc_bedrock_live.yaml" in live
+    assert "Content-Security-Policy" in browser.get("/dashboard").headers
+
+
+def test_a_shutdown_needs_the_forms_token_and_a_confirmation(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    csrf = signed_in(browser)
+    form = {"reason": "bad answers", "by": "ana", "target": "", "confirm": "yes"}
+    assert browser.post("/dashboard/shutdown", data=form).status_code == 403
+    assert browser.post("/dashboard/shutdown", data={**form, "csrf": "0" * 64}).status_code == 403
+    unconfirmed = {k: v for k, v in form.items() if k != "confirm"}
+    answer = browser.post("/dashboard/shutdown", data={**unconfirmed, "csrf": csrf})
+    assert answer.status_code == 400
+    assert "tick the confirmation: nothing was done" in answer.text
+    nameless = {**form, "by": "\u200b", "csrf": csrf}
+    answer = browser.post("/dashboard/shutdown", data=nameless)
+    assert answer.status_code == 400
+    assert "your name is required" in answer.text
+    assert store.read_overrides() is None
+    assert store.read_audit(OVERRIDES_RECORD) == []
+
+
+def test_shutdown_and_restore_through_the_page(browser: httpx.Client, store: LocalStore) -> None:
+    csrf = signed_in(browser)
+    reason = "<script>alert(1)</script> INC-7"
+    form = {"reason": reason, "by": "ana", "target": "vc_bedrock_live", "confirm": "yes"}
+    answer = browser.post("/dashboard/shutdown", data={**form, "csrf": csrf})
+    assert answer.status_code == 200
+    assert "Shut down vc_bedrock_live." in answer.text
+    live = row(answer.text, "vc_bedrock_live")
+    assert '<td class="off">off</td>' in live
+    assert '<td class="serving">0%</td>' in live
+    assert "<script>" not in answer.text, "stored text is shown as text"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; INC-7" in answer.text
+    [held] = core.active(store, core.datetime.now(core.UTC))
+    assert (held.target, held.by, held.reason) == ("vc_bedrock_live", "ana (dashboard)", reason)
+
+    trail = browser.get("/dashboard/audit", params={"flag": "vc_bedrock_live"}).text
+    assert "&lt;script&gt;" in trail
+    assert "<script>" not in trail
+    assert "ana (dashboard)" in trail
+
+    form = {**form, "reason": "fixed", "csrf": csrf}
+    answer = browser.post("/dashboard/restore", data=form)
+    assert "Restored vc_bedrock_live." in answer.text
+    assert [e["action"] for e in store.read_audit(OVERRIDES_RECORD)] == ["restore", "shutdown"]
+    others = browser.get("/dashboard/audit", params={"owner": "nobody-like-this"}).text
+    assert "ana (dashboard)" not in others, "filtered by who acted"
