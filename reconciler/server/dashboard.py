@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,14 +24,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from reconciler import breakglass as core
+from reconciler.controllers.report import collect
 from reconciler.errors import UserError
-from reconciler.server import pages
+from reconciler.server import charts, pages
 from reconciler.server.inputs import MAX_BODY
 from reconciler.server.status import flag_status, health_detail, with_all_flags
 from reconciler.state.records import OVERRIDES_RECORD
 from reconciler.state.store import StateStore
 
 COOKIE = "reconciler_session"
+DAYS = 7  # of spend in the line chart
 BODY_SECONDS = 10.0  # a form not received by then is no form
 SESSION_SECONDS = 8 * 3600
 Token = Callable[[], str]
@@ -112,9 +115,10 @@ class Dashboard:
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
             detail = health_detail(store, now)
+            spend = _spend(store, now)
         finally:
             self.release(store)
-        return pages.overview(flags, detail, csrf, notice)
+        return pages.overview(flags, detail, csrf, notice, spend)
 
     def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
         store = self.open_store()
@@ -168,6 +172,32 @@ class Dashboard:
 
     def _csrf(self, session: str) -> str:
         return self._sign(f"csrf:{session}")
+
+
+def _spend(store: StateStore, now: datetime) -> str:
+    """Today's spend per request type against the daily limits of budgets that count all AI
+    spend (the cost report's scope says so),
+    and the last days' totals: the cost report's figures (``controller cost``), drawn."""
+    today = collect(store, now=now)
+    rows = [(t.request_type, t.cost_micros) for t in today.types]
+    rows.append(("all AI spend", today.total_micros))
+    lines = [
+        (limit.name, limit.limit_micros)
+        for budget in today.budgets
+        if budget.period_kind == "daily" and budget.scope.startswith("counts all request types")
+        for limit in budget.limits
+    ]
+    days = []
+    for back in range(DAYS - 1, 0, -1):
+        day = (now - timedelta(days=back)).date()
+        days.append((day.isoformat(), collect(store, now=now, day=day).total_micros))
+    days.append((today.date, today.total_micros))
+    return (
+        "<h2>Today's AI spend</h2>"
+        + charts.spend_bars(rows, lines, f"AI spend on {today.date} by request type")
+        + f"<h2>The last {DAYS} days</h2>"
+        + charts.spend_line(days, f"AI spend per day, the last {DAYS} days")
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:

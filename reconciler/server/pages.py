@@ -56,6 +56,7 @@ def overview(
     detail: Mapping[str, Any],
     csrf: str,
     notice: str | None = None,
+    spend: str = "",
 ) -> str:
     """Every flag's effective state, what is shut down and held, and the emergency forms."""
     body = [f'<p class="alert">{text(notice)}</p>' if notice else ""]
@@ -94,6 +95,7 @@ def overview(
             f'<td class="muted">edit in git: flags.d/{text(flag["flag"])}.yaml</td></tr>'
         )
     body.append("</table>")
+    body.append(spend)  # SVG drawn from the cost report's figures (charts.py)
     holds = detail.get("cost_guard") or []
     if holds:
         body.append("<h2>Held by the cost guard</h2><ul>")
