@@ -129,3 +129,15 @@ def test_shutdown_and_restore_through_the_page(browser: httpx.Client, store: Loc
     assert [e["action"] for e in store.read_audit(OVERRIDES_RECORD)] == ["restore", "shutdown"]
     others = browser.get("/dashboard/audit", params={"owner": "nobody-like-this"}).text
     assert "ana (dashboard)" not in others, "filtered by who acted"
+
+
+def test_each_experiment_shows_its_intervals_and_what_its_conclusion_waits_for(
+    browser: httpx.Client,
+) -> None:
+    signed_in(browser)
+    page = browser.get("/dashboard").text
+    assert '<h3 data-experiment="claude_vs_gemini">claude_vs_gemini</h3>' in page
+    section = page.split('data-experiment="claude_vs_gemini"')[1]
+    assert "<svg" in section.split("<pre>")[0], "the intervals per metric, drawn"
+    report = section.split("<pre>")[1].split("</pre>")[0]
+    assert "sample ratio" in report.lower()

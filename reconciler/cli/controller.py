@@ -27,7 +27,7 @@ from reconciler.controllers.alerts import TOPIC_VARIABLE, SnsPublisher
 from reconciler.controllers.analyser_run import (
     ANALYSER_RECORD,
     AnalyserRun,
-    analyse_experiment,
+    read_report,
 )
 from reconciler.controllers.report import as_json, collect
 from reconciler.controllers.rollout_run import CONTROLLER_RECORD, RolloutRun
@@ -40,12 +40,6 @@ from reconciler.render.run import run_json
 from reconciler.rollout_operators import AUDIT_ACTIONS
 from reconciler.runtime.budgets import format_usd
 from reconciler.runtime.client import MAX_CALL_USD, utc_now
-from reconciler.runtime.experiment_state import (
-    ANALYSER_ID,
-    ExperimentStates,
-    operators_from_item,
-    verdicts_from_item,
-)
 from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 
 
@@ -339,20 +333,10 @@ def experiment_command(
                 "once `reconcile --apply` has stored it",
                 param_hint="NAME",
             )
-        operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
-        states = ExperimentStates(verdicts_from_item(store.read_control(ANALYSER_ID)), operators)
-        operator = operators.get(name)
-        verdict = states.verdict(name)  # of this epoch: a resume voids the one before
-        analysis = analyse_experiment(
-            store,
-            records[name].item,
-            operator,
-            utc_now(),
-            started=str(verdict["started"]) if verdict and verdict.get("started") else None,
-            write_rows=False,
-        )
+        report = read_report(store, records[name].item, utc_now())
     finally:
         store.close()
+    analysis, verdict, operator = report.analysis, report.verdict, report.operator
     if analysis is None:
         click.echo(f"Experiment {name} has not started yet (start_time in the future).")
         return ExitCode.CLEAN

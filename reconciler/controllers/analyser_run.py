@@ -27,6 +27,7 @@ from reconciler.controllers.experiment_data import read_experiment_data
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.runtime.experiment_state import (
     ANALYSER_ID,
+    ExperimentStates,
     OperatorAction,
     operators_from_item,
     recording_key,
@@ -85,6 +86,32 @@ def analyse_experiment(
     if write_rows and rows:
         store.write_results(rows)
     return analyse(experiment, data, since=since, now=now)
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """What ``controller experiment NAME`` shows: the analysis now, the analyser's verdict of
+    this epoch, the operator's last action."""
+
+    analysis: Analysis | None  # None before its start
+    verdict: Mapping[str, Any] | None
+    operator: OperatorAction | None
+
+
+def read_report(
+    store: StateStore, experiment: Mapping[str, Any], now: datetime
+) -> ExperimentReport:
+    """One stored experiment's report, reading only (the analyser writes its results rows)."""
+    name = str(experiment["experiment_id"])
+    operators = operators_from_item((store.read_overrides() or {}).get("experiments"))
+    states = ExperimentStates(verdicts_from_item(store.read_control(ANALYSER_ID)), operators)
+    operator = operators.get(name)
+    verdict = states.verdict(name)  # of this epoch: a resume voids the one before
+    started = str(verdict["started"]) if verdict and verdict.get("started") else None
+    analysis = analyse_experiment(
+        store, experiment, operator, now, started=started, write_rows=False
+    )
+    return ExperimentReport(analysis, verdict, operator)
 
 
 def run_experiment_analyser(

@@ -29,7 +29,7 @@ from reconciler.errors import UserError
 from reconciler.server import charts, pages
 from reconciler.server.inputs import MAX_BODY
 from reconciler.server.status import flag_status, health_detail, with_all_flags
-from reconciler.state.records import OVERRIDES_RECORD
+from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 from reconciler.state.store import StateStore
 
 COOKIE = "reconciler_session"
@@ -115,7 +115,7 @@ class Dashboard:
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
             detail = health_detail(store, now)
-            spend = _spend(store, now)
+            spend = _spend(store, now) + _experiments(store, now)
         finally:
             self.release(store)
         return pages.overview(flags, detail, csrf, notice, spend)
@@ -198,6 +198,26 @@ def _spend(store: StateStore, now: datetime) -> str:
         + f"<h2>The last {DAYS} days</h2>"
         + charts.spend_line(days, f"AI spend per day, the last {DAYS} days")
     )
+
+
+def _experiments(store: StateStore, now: datetime) -> str:
+    """Each stored experiment as ``controller experiment NAME`` reports it: the intervals per
+    metric (its plot), the sample-ratio check and what auto-conclusion waits for."""
+    from reconciler.controllers.analyser_run import read_report  # noqa: PLC0415 - scipy
+    from reconciler.render import experiment as render  # noqa: PLC0415
+
+    parts = []
+    for name, record in store.read_records(RecordKind.EXPERIMENT).items():
+        report = read_report(store, record.item, now)
+        parts.append(f'<h3 data-experiment="{pages.text(name)}">{pages.text(name)}</h3>')
+        if report.analysis is None:
+            parts.append("<p>Not started yet (its start_time is in the future).</p>")
+            continue
+        lines = render.render_text(report.analysis, report.verdict, report.operator)
+        parts.append(render.render_plot(report.analysis))  # its names escaped by the renderer
+        shown = "\n".join(pages.text(line) for line in lines)  # each line escaped
+        parts.append(f"<pre>{shown}</pre>")
+    return "<h2>Experiments</h2>" + "".join(parts) if parts else ""
 
 
 async def _form(request: Request) -> dict[str, str]:
