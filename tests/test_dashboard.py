@@ -141,3 +141,28 @@ def test_each_experiment_shows_its_intervals_and_what_its_conclusion_waits_for(
     assert "<svg" in section.split("<pre>")[0], "the intervals per metric, drawn"
     report = section.split("<pre>")[1].split("</pre>")[0]
     assert "sample ratio" in report.lower()
+
+
+def test_each_rollout_shows_its_share_over_time_and_its_next_step(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    from reconciler.cli.controller import controller
+    from tests.deployments import cli
+
+    signed_in(browser)
+    page = browser.get("/dashboard").text
+    section = page.split('data-rollout="bedrock_gradual_rollout"')[1].split("<h3")[0]
+    assert section.count('class="share"') == 1, "no move yet: the share now"
+    assert 'data-percentage="10"' in section
+    assert "next: 20% when its checks pass" in section
+
+    import os
+
+    os.environ["RECONCILER_STATE_PATH"] = str(store.path)
+    try:
+        code, out = cli(controller, "pause", "bedrock_gradual_rollout", "--reason", "a look")
+    finally:
+        del os.environ["RECONCILER_STATE_PATH"]
+    assert code == 0, out
+    section = browser.get("/dashboard").text.split('data-rollout="bedrock_gradual_rollout"')[1]
+    assert "paused at 10%" in section.split("<h3")[0]

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from reconciler import breakglass as core
 from reconciler.controllers.report import collect
+from reconciler.controllers.rollout_run import CONTROLLER_RECORD
 from reconciler.errors import UserError
 from reconciler.server import charts, pages
 from reconciler.server.inputs import MAX_BODY
@@ -115,7 +116,7 @@ class Dashboard:
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
             detail = health_detail(store, now)
-            spend = _spend(store, now) + _experiments(store, now)
+            spend = _spend(store, now) + _rollouts(store, detail) + _experiments(store, now)
         finally:
             self.release(store)
         return pages.overview(flags, detail, csrf, notice, spend)
@@ -198,6 +199,39 @@ def _spend(store: StateStore, now: datetime) -> str:
         + f"<h2>The last {DAYS} days</h2>"
         + charts.spend_line(days, f"AI spend per day, the last {DAYS} days")
     )
+
+
+def _rollouts(store: StateStore, detail: dict[str, Any]) -> str:
+    """Each rollout's share over time (the rollout controller's audited moves, then now), its
+    last checks and its next step, as ``controller rollout`` reports them."""
+    moves = store.read_audit(CONTROLLER_RECORD, limit=200)
+    parts = []
+    for rollout in detail.get("rollouts") or []:
+        name = str(rollout["strategy"])
+        points = [
+            (str(entry.get("at", "")), float(entry["after"][name].get("percentage", 0)))
+            for entry in reversed(moves)
+            if name in (entry.get("after") or {})
+        ]
+        points.append(("now " + str(rollout.get("since", "")), float(rollout["percentage"])))
+        checks = [str(c.get("text", "")) for c in rollout.get("checks") or []]
+        upcoming = rollout.get("next")
+        next_step = (
+            f"next: {upcoming['percentage']:g}% "
+            + ("when its checks pass" if upcoming["when"] == "checks_pass" else "by schedule")
+            + f" (due {upcoming['at']})"
+            if upcoming
+            else "no step left"
+        )
+        parts.append(
+            f'<h3 data-rollout="{pages.text(name)}">{pages.text(name)} '
+            f"({pages.text(rollout['flag'])})</h3>"
+            + charts.share_over_time(points, f"{name}: the share served over time")
+            + f"<p>{pages.text(rollout['state'])} at {float(rollout['percentage']):g}%: "
+            f"{pages.text(rollout.get('reason'))}; {pages.text(next_step)}</p>"
+            + "".join(f"<p class=muted>{pages.text(c)}</p>" for c in checks)
+        )
+    return "<h2>Rollouts</h2>" + "".join(parts) if parts else ""
 
 
 def _experiments(store: StateStore, now: datetime) -> str:
