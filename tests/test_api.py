@@ -406,3 +406,27 @@ def test_on_dynamodb_the_status_reads_one_item_of_the_flag_table_and_scans_nothi
     assert calls[("GetItem", flags_table)] == 1
     assert {name for name, _ in calls} == {"GetItem"}, "no Scan, no Query"
     assert {table for _, table in calls} == {flags_table, store.control_table}
+
+
+def test_an_experiment_stopped_by_an_operator_holds_its_flag(
+    api: tuple[Client, LocalStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from reconciler.cli.controller import controller
+    from tests.deployments import cli
+
+    client, store = api
+    monkeypatch.setenv("RECONCILER_STATE_PATH", str(store.path))
+    code, out = cli(
+        controller,
+        "experiment-stop",
+        "claude_vs_gemini",
+        "--reason",
+        "bad",
+        "--root",
+        str(tmp_path),
+    )
+    assert code == 0, out
+    status, answer = client.request("GET", "/feature-flags/status?flag=ai_model_selection")
+    assert status == 200
+    [held] = [h for h in answer["held_by"] if h["owner"] == "operator"]
+    assert (held["state"], held["experiment"]) == ("stopped", "claude_vs_gemini")

@@ -166,3 +166,10 @@ def test_each_rollout_shows_its_share_over_time_and_its_next_step(
     assert code == 0, out
     section = browser.get("/dashboard").text.split('data-rollout="bedrock_gradual_rollout"')[1]
     assert "paused at 10%" in section.split("<h3")[0]
+
+
+def test_the_audit_trail_filters_by_the_team_that_owns_the_flag(browser: httpx.Client) -> None:
+    signed_in(browser)
+    mine = browser.get("/dashboard/audit", params={"owner": "team-vc-platform"}).text
+    assert "flag/vc_bedrock_live" in mine
+    assert "flag/ai_model_selection" not in mine

@@ -124,6 +124,7 @@ class Dashboard:
     def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
         store = self.open_store()
         try:
+            flags = store.read_records(RecordKind.FLAG) if owner else {}
             entries = store.read_audit(f"flag/{flag}" if flag else None, limit=500)
             if flag:  # its shutdowns are entries of the overrides record
                 entries += [
@@ -133,8 +134,18 @@ class Dashboard:
                 ]
         finally:
             self.release(store)
-        if owner:
-            entries = [e for e in entries if owner.lower() in str(e.get("actor", "")).lower()]
+        if owner:  # who acted, or the team that owns the flag an entry is of
+            wanted = owner.lower()
+            teams = {
+                f"flag/{name}": str(record.item.get("owner", "")).lower()
+                for name, record in flags.items()
+            }
+            entries = [
+                e
+                for e in entries
+                if wanted in str(e.get("actor", "")).lower()
+                or wanted in teams.get(str(e.get("record")), "")
+            ]
         return sorted(entries, key=lambda e: str(e.get("at", "")), reverse=True)
 
     def _act(self, action: str, form: dict[str, str]) -> str:

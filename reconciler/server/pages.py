@@ -135,7 +135,8 @@ def audit(entries: Sequence[Mapping[str, Any]], flag: str, owner: str) -> str:
         '<p><a href="/dashboard">Back to the flags</a></p>',
         '<form method="get" action="/dashboard/audit">',
         f'<label>Flag <input name="flag" value="{text(flag)}"></label> ',
-        f'<label>Who <input name="owner" value="{text(owner)}"></label> <button>Filter</button>',
+        f'<label>Who or owning team <input name="owner" value="{text(owner)}"></label> '
+        "<button>Filter</button>",
         "</form><table><tr><th>when</th><th>record</th><th>action</th><th>who</th>",
         "<th>why</th></tr>",
     ]

@@ -103,6 +103,15 @@ def flag_status(
         }
     if flag.experiment is not None:
         hold = flag.experiment.hold
+        if hold is not None and share > 0:  # everyone in it gets one variant: decided above git
+            held.append(
+                {
+                    "owner": "operator" if hold.operator else "experiment analyser",
+                    "state": hold.state,
+                    "experiment": flag.experiment.experiment_id,
+                    "detail": hold.describe(),
+                }
+            )
         document["experiment"] = {
             "experiment_id": flag.experiment.experiment_id,
             "held": hold.describe() if hold is not None else None,
