@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from reconciler import breakglass as core
 from reconciler.controllers.report import collect
 from reconciler.controllers.rollout_run import CONTROLLER_RECORD
-from reconciler.errors import UserError
+from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import charts, pages
 from reconciler.server.inputs import MAX_BODY
 from reconciler.server.status import flag_status, health_detail, with_all_flags
@@ -59,7 +59,7 @@ class Dashboard:
         session = self._session(request)
         if session is None:
             return _html(pages.sign_in())
-        return _html(await run_in_threadpool(self._overview, self._csrf(session), None))
+        return await _rendered(self._overview, self._csrf(session), None)
 
     async def sign_in(self, request: Request) -> Response:
         if self.token is None:
@@ -86,8 +86,7 @@ class Dashboard:
             return RedirectResponse("/dashboard", status_code=303)
         flag = request.query_params.get("flag", "").strip()
         owner = request.query_params.get("owner", "").strip()
-        entries = await run_in_threadpool(self._audit, flag, owner)
-        return _html(pages.audit(entries, flag, owner))
+        return await _rendered(lambda: pages.audit(self._audit(flag, owner), flag, owner))
 
     async def act(self, request: Request) -> Response:
         """A shutdown or restore from the page's forms."""
@@ -104,8 +103,8 @@ class Dashboard:
                 raise UserError("tick the confirmation: nothing was done")
             notice = await run_in_threadpool(self._act, action, form)
         except UserError as exc:
-            return _html(await run_in_threadpool(self._overview, csrf, str(exc)), 400)
-        return _html(await run_in_threadpool(self._overview, csrf, notice))
+            return await _rendered(self._overview, csrf, str(exc), status=400)
+        return await _rendered(self._overview, csrf, notice)
 
     # -- work --------------------------------------------------------------------------------
 
@@ -278,6 +277,15 @@ async def _form(request: Request) -> dict[str, str]:
         return {}
     fields = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     return {key: values[-1] for key, values in fields.items()}
+
+
+async def _rendered(render: Callable[..., str], *args: Any, status: int = 200) -> Response:
+    """A page rendered in a worker thread (it reads the store); a store that does not answer
+    gets a page that says so, with 503."""
+    try:
+        return _html(await run_in_threadpool(render, *args), status)
+    except ReconcilerError as exc:
+        return _html(pages.page("The store does not answer", [f"<p>{pages.text(exc)}</p>"]), 503)
 
 
 def _html(body: str, status: int = 200) -> Response:
