@@ -74,7 +74,7 @@ def test_the_flags_and_the_spend_against_its_limits(
     assert live.locator("td.partial").count() == 1
     bar = tab.locator('rect.bar[data-name="vc_analysis"]')
     assert int(bar.get_attribute("width") or 0) > 0
-    limits = tab.locator("svg line.limit")
+    limits = tab.locator("svg[aria-label^='AI spend on'] line.limit")
     assert limits.count() == 2, "the throttle and the emergency lines"
     assert "$120.00" in (tab.locator("svg").first.text_content() or "")
     assert tab.locator("circle.day").count() == 7
