@@ -173,3 +173,21 @@ def test_the_audit_trail_filters_by_the_team_that_owns_the_flag(browser: httpx.C
     mine = browser.get("/dashboard/audit", params={"owner": "team-vc-platform"}).text
     assert "flag/vc_bedrock_live" in mine
     assert "flag/ai_model_selection" not in mine
+
+
+def test_a_public_dashboard_shows_the_pages_but_not_the_forms(store: LocalStore) -> None:
+    settings = ApiSettings(
+        lambda: LocalStore(store.path), BearerToken(lambda: TOKEN), public_dashboard=True
+    )
+    with (
+        serving(create_app(settings)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as anyone,
+    ):
+        page = anyone.get("/dashboard").text
+        assert "10%" in row(page, "vc_bedrock_live")
+        assert 'name="csrf"' not in page, "no forms without signing in"
+        assert anyone.get("/dashboard/audit").status_code == 200
+        assert anyone.get("/dashboard/sign-in").status_code == 200
+        form = {"reason": "x", "by": "y", "target": "", "confirm": "yes", "csrf": "z"}
+        assert anyone.post("/dashboard/shutdown", data=form).status_code == 303
+    assert store.read_overrides() is None

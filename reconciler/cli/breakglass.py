@@ -304,8 +304,14 @@ def drill(flag: str, interval: float, by: str | None, root: Path, backend: str |
 @breakglass.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--public-dashboard",
+    is_flag=True,
+    help="Let anyone who can reach the server read the dashboard's pages (its shutdown and "
+    "restore forms still need the token).",
+)
 @_store_options
-def serve(host: str, port: int, root: Path, backend: str | None) -> int:
+def serve(host: str, port: int, public_dashboard: bool, root: Path, backend: str | None) -> int:
     """Serve the HTTP API (GET /health, /health/detail, /feature-flags/status; POST
     /emergency-shutdown, /emergency-restore) with the bearer token in $RECONCILER_API_TOKEN.
 
@@ -330,7 +336,11 @@ def serve(host: str, port: int, root: Path, backend: str | None) -> int:
     context = make_context(root, backend, "")
     context.open_store().close()  # says which store, and fails now if it cannot be opened
     app = create_app(
-        ApiSettings(lambda: context.open_store(lambda *a, **k: None), BearerToken(lambda: token))
+        ApiSettings(
+            lambda: context.open_store(lambda *a, **k: None),
+            BearerToken(lambda: token),
+            public_dashboard=public_dashboard,
+        )
     )
     try:
         sock = listen(host, port)

@@ -89,6 +89,8 @@ class ApiSettings:
     # With a gateway's IAM identity the operator's own name is optional: the identity is kept.
     who_required: bool = True
     release: Callable[[StateStore], None] = field(default=lambda store: store.close())
+    # The dashboard's pages readable without signing in (its forms still need the token).
+    public_dashboard: bool = False
 
 
 def create_app(settings: ApiSettings) -> AccessLog:
@@ -99,10 +101,12 @@ def create_app(settings: ApiSettings) -> AccessLog:
         settings.open_store,
         settings.release,
         settings.clock,
+        public=settings.public_dashboard,
     )
     app = Starlette(
         routes=[
             Route("/dashboard", pages.overview, methods=["GET"]),
+            Route("/dashboard/sign-in", pages.sign_in_form, methods=["GET"]),
             Route("/dashboard/sign-in", pages.sign_in, methods=["POST"]),
             Route("/dashboard/audit", pages.audit, methods=["GET"]),
             Route("/dashboard/shutdown", pages.act, methods=["POST"]),

@@ -47,7 +47,10 @@ class Dashboard:
         open_store: Callable[[], StateStore],
         release: Callable[[StateStore], None],
         clock: Callable[[], Any],
+        *,
+        public: bool = False,
     ) -> None:
+        self.public = public  # the pages readable by anyone who can reach them; forms are not
         self.token = token
         self.open_store = open_store
         self.release = release
@@ -57,9 +60,12 @@ class Dashboard:
 
     async def overview(self, request: Request) -> Response:
         session = self._session(request)
-        if session is None:
+        if session is None and not self.public:
             return _html(pages.sign_in())
-        return await _rendered(self._overview, self._csrf(session), None)
+        return await _rendered(self._overview, self._csrf(session) if session else None, None)
+
+    async def sign_in_form(self, request: Request) -> Response:
+        return _html(pages.sign_in())
 
     async def sign_in(self, request: Request) -> Response:
         if self.token is None:
@@ -82,7 +88,7 @@ class Dashboard:
         return answer
 
     async def audit(self, request: Request) -> Response:
-        if self._session(request) is None:
+        if self._session(request) is None and not self.public:
             return RedirectResponse("/dashboard", status_code=303)
         flag = request.query_params.get("flag", "").strip()
         owner = request.query_params.get("owner", "").strip()
@@ -108,7 +114,7 @@ class Dashboard:
 
     # -- work --------------------------------------------------------------------------------
 
-    def _overview(self, csrf: str, notice: str | None) -> str:
+    def _overview(self, csrf: str | None, notice: str | None) -> str:
         store = self.open_store()
         try:
             now = self.clock()

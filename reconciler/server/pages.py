@@ -54,7 +54,7 @@ def sign_in(error: str | None = None) -> str:
 def overview(
     flags: Sequence[Mapping[str, Any]],
     detail: Mapping[str, Any],
-    csrf: str,
+    csrf: str | None,
     notice: str | None = None,
     spend: str = "",
 ) -> str:
@@ -105,7 +105,10 @@ def overview(
             for h in holds
         ]
         body.append("</ul>")
-    body += _emergency_forms(flags, csrf)
+    if csrf is None:  # a public page, not signed in: no forms
+        body.append('<p><a href="/dashboard/sign-in">Sign in</a> to shut down or restore.</p>')
+    else:
+        body += _emergency_forms(flags, csrf)
     return page("AI feature flags", body)
 
 
