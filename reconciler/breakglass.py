@@ -329,9 +329,10 @@ def update_overrides(
 def scope(entry: Item) -> list[str]:
     """What one audit entry of the overrides record shut down or restored: ``global`` and the
     flag names whose shutdown it added, renewed or lifted, read from its before and after."""
-    before, after = entry.get("before") or {}, entry.get("after") or {}
+    before, after = entry.get("before"), entry.get("after")
+    before, after = (x if isinstance(x, dict) else {} for x in (before, after))
     touched = [GLOBAL] if before.get(GLOBAL) != after.get(GLOBAL) else []
-    old, new = before.get("flags") or {}, after.get("flags") or {}
+    old, new = (x if isinstance(x, dict) else {} for x in (before.get("flags"), after.get("flags")))
     return touched + sorted(name for name in {*old, *new} if old.get(name) != new.get(name))
 
 

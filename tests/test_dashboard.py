@@ -191,3 +191,72 @@ def test_a_public_dashboard_shows_the_pages_but_not_the_forms(store: LocalStore)
         form = {"reason": "x", "by": "y", "target": "", "confirm": "yes", "csrf": "z"}
         assert anyone.post("/dashboard/shutdown", data=form).status_code == 303
     assert store.read_overrides() is None
+
+
+def test_forged_expired_and_foreign_sessions_are_refused(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    import time
+
+    port = browser.base_url.port
+    name = f"reconciler_session_{port}"
+    later = int(time.time()) + 3600
+    for value in (f"{later}.{'0' * 64}", f"{int(time.time()) - 10}.x", "garbage"):
+        browser.cookies.set(name, value)
+        assert "Sign in" in browser.get("/dashboard").text, value
+        form = {"reason": "x", "by": "y", "target": "", "confirm": "yes", "csrf": "z"}
+        assert browser.post("/dashboard/shutdown", data=form).status_code == 303
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # a digit not ASCII
+        raw.sendall(f"GET /dashboard HTTP/1.1\r\nHost: x\r\nCookie: {name}=".encode())
+        raw.sendall(b"\xb2.x\r\n\r\n")
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200"), "the sign-in page, not a 500"
+    browser.cookies.clear()
+    first = signed_in(browser)
+    time.sleep(1.1)  # another second: another session
+    browser.cookies.clear()
+    second = signed_in(browser)
+    assert first != second
+    form = {"reason": "x", "by": "y", "target": "", "confirm": "yes", "csrf": first}
+    assert browser.post("/dashboard/shutdown", data=form).status_code == 403, "another session's"
+    assert store.read_overrides() is None
+    csp = browser.get("/dashboard").headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'")
+    assert "script-src" not in csp, "no script is ever allowed"
+
+
+def test_store_text_in_the_charts_is_escaped_and_a_bad_record_costs_only_its_section(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    from reconciler.runtime.client import FlagClient
+    from reconciler.runtime.sources import SQLiteSource
+    from reconciler.state.records import AuditEntry
+
+    with FlagClient(SQLiteSource(store.path), background=False) as flags:
+        flags.record_request_cost("vc_analysis", 10, 0.5, {"user_id": "u"})
+        assert flags.flush()
+    move = AuditEntry(
+        "controller/rollout_controller",
+        "rollout-state",
+        "rollout-controller",
+        "2026-01-01T00:00:00Z",
+        after={"bedrock_gradual_rollout": ["not", "an", "entry"]},
+    )
+    store.write_control("rollout_controller", {"version": 1}, 0, move)
+    signed_in(browser)
+    page = browser.get("/dashboard").text
+    assert 'data-name="vc_analysis"' in page
+    assert 'data-rollout="bedrock_gradual_rollout"' in page, "the malformed move is left out"
+    assert row(page, "vc_bedrock_live"), "the flags show"
+    assert 'name="csrf"' in page, "and the forms"
+
+
+def test_the_audit_trail_finds_who_acted(browser: httpx.Client, store: LocalStore) -> None:
+    core.shutdown(
+        store, None, reason="drill", by="ana", expires_at=None, now=core.datetime.now(core.UTC)
+    )
+    signed_in(browser)
+    found = browser.get("/dashboard/audit", params={"owner": "ANA"}).text
+    assert "<td>ana</td>" in found
+    assert "flag/vc_bedrock_live" not in found

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -33,11 +35,15 @@ from reconciler.server.status import flag_status, health_detail, with_all_flags
 from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 from reconciler.state.store import StateStore
 
-COOKIE = "reconciler_session"
+LOGGER = logging.getLogger("reconciler.server")
+COOKIE = "reconciler_session"  # and the port: browsers send a host's cookies to every port
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MIN_TOKEN = 16
 DAYS = 7  # of spend in the line chart
 BODY_SECONDS = 10.0  # a form not received by then is no form
 SESSION_SECONDS = 8 * 3600
 Token = Callable[[], str]
+View = Callable[[StateStore, datetime, dict[str, Any]], str]
 
 
 class Dashboard:
@@ -72,17 +78,19 @@ class Dashboard:
             return _html(pages.sign_in("the dashboard needs the API's token mode"), 503)
         form = await _form(request)
         given = (form.get("token") or "").encode()
-        if not hmac.compare_digest(given, self.token().encode()):
+        expected = self.token()
+        if len(expected) < MIN_TOKEN or not hmac.compare_digest(given, expected.encode()):
             return _html(pages.sign_in("that is not the API's token"), 401)
         expires = int(time.time()) + SESSION_SECONDS
         answer = RedirectResponse("/dashboard", status_code=303)
         answer.set_cookie(
-            COOKIE,
+            _cookie(request),
             f"{expires}.{self._sign(f'session:{expires}')}",
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # Over TLS, or anywhere but this machine (where it then needs TLS to be kept).
+            secure=request.url.scheme == "https" or request.url.hostname not in LOOPBACK,
             path="/dashboard",
         )
         return answer
@@ -121,7 +129,12 @@ class Dashboard:
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
             detail = health_detail(store, now)
-            spend = _spend(store, now) + _rollouts(store, detail) + _experiments(store, now)
+            views: list[tuple[str, View]] = [
+                ("AI spend", _spend),
+                ("Rollouts", _rollouts),
+                ("Experiments", _experiments),
+            ]
+            spend = "".join(_section(title, view, store, now, detail) for title, view in views)
         finally:
             self.release(store)
         return pages.overview(flags, detail, csrf, notice, spend)
@@ -179,9 +192,11 @@ class Dashboard:
     def _session(self, request: Request) -> str | None:
         if self.token is None:
             return None
-        value = request.cookies.get(COOKIE, "")
+        if len(self.token()) < MIN_TOKEN:
+            return None
+        value = request.cookies.get(_cookie(request), "")
         expires, _, signature = value.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        if not re.fullmatch(r"[0-9]{1,12}", expires) or int(expires) < time.time():
             return None
         if not hmac.compare_digest(signature.encode(), self._sign(f"session:{expires}").encode()):
             return None
@@ -191,7 +206,20 @@ class Dashboard:
         return self._sign(f"csrf:{session}")
 
 
-def _spend(store: StateStore, now: datetime) -> str:
+def _section(
+    title: str, view: View, store: StateStore, now: datetime, detail: dict[str, Any]
+) -> str:
+    """One section of the page; a record it cannot read costs that section, not the page (the
+    flags and the break-glass forms always show)."""
+    try:
+        return view(store, now, detail)
+    except Exception:
+        LOGGER.exception("dashboard section %s", title)
+        unread = "This section could not be read: see the server's log."
+        return f"<h2>{pages.text(title)}</h2><p class=alert>{unread}</p>"
+
+
+def _spend(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
     """Today's spend per request type against the daily limits of budgets that count all AI
     spend (the cost report's scope says so),
     and the last days' totals: the cost report's figures (``controller cost``), drawn."""
@@ -217,19 +245,21 @@ def _spend(store: StateStore, now: datetime) -> str:
     )
 
 
-def _rollouts(store: StateStore, detail: dict[str, Any]) -> str:
+def _rollouts(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
     """Each rollout's share over time (the rollout controller's audited moves, then now), its
     last checks and its next step, as ``controller rollout`` reports them."""
     moves = store.read_audit(CONTROLLER_RECORD, limit=200)
     parts = []
     for rollout in detail.get("rollouts") or []:
         name = str(rollout["strategy"])
-        points = [
-            (str(entry.get("at", "")), float(entry["after"][name].get("percentage", 0)))
-            for entry in reversed(moves)
-            if name in (entry.get("after") or {})
-        ]
-        points.append(("now " + str(rollout.get("since", "")), float(rollout["percentage"])))
+        points = []
+        for entry in reversed(moves):
+            after = entry.get("after")
+            move = after.get(name) if isinstance(after, dict) else None
+            share = move.get("percentage") if isinstance(move, dict) else None
+            if isinstance(share, int | float) and not isinstance(share, bool):
+                points.append((str(entry.get("at", "")), float(share)))  # a malformed one: left out
+        points.append((str(rollout.get("since", "")), float(rollout["percentage"])))
         checks = [str(c.get("text", "")) for c in rollout.get("checks") or []]
         upcoming = rollout.get("next")
         next_step = (
@@ -250,7 +280,7 @@ def _rollouts(store: StateStore, detail: dict[str, Any]) -> str:
     return "<h2>Rollouts</h2>" + "".join(parts) if parts else ""
 
 
-def _experiments(store: StateStore, now: datetime) -> str:
+def _experiments(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
     """Each stored experiment as ``controller experiment NAME`` reports it: the intervals per
     metric (its plot), the sample-ratio check and what auto-conclusion waits for."""
     from reconciler.controllers.analyser_run import read_report  # noqa: PLC0415 - scipy
@@ -268,6 +298,10 @@ def _experiments(store: StateStore, now: datetime) -> str:
         shown = "\n".join(pages.text(line) for line in lines)  # each line escaped
         parts.append(f"<pre>{shown}</pre>")
     return "<h2>Experiments</h2>" + "".join(parts) if parts else ""
+
+
+def _cookie(request: Request) -> str:
+    return f"{COOKIE}_{request.url.port or 443}"
 
 
 async def _form(request: Request) -> dict[str, str]:
