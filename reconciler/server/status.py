@@ -60,18 +60,22 @@ def read_snapshot(store: StateStore, name: str) -> tuple[Snapshot, Mapping[str, 
     record = store.read_record(RecordKind.FLAG, name)
     if record is None:
         return None
-    records = {key: store.read_control(key) or {} for key in CONTROLLERS}
-    overrides = with_controllers(overrides_from_item(store.read_overrides()), records)
-    built = build_snapshot(str(record.item.get("version", "")), [record.item])
-    return with_overrides(built, overrides), record.item
+    version = str(record.item.get("version", ""))
+    return _held(store, build_snapshot(version, [record.item])), record.item
 
 
 def with_all_flags(store: StateStore) -> tuple[Snapshot, list[Mapping[str, Any]]]:
     """A snapshot of every flag with everything that outranks git, and their stored items."""
     items: list[Mapping[str, Any]] = [r.item for r in store.read_records(RecordKind.FLAG).values()]
+    return _held(store, build_snapshot("dashboard", items)), items
+
+
+def _held(store: StateStore, snapshot: Snapshot) -> Snapshot:
+    """The snapshot with the overrides and the controllers' records, as the runtime reads them."""
     records = {key: store.read_control(key) or {} for key in CONTROLLERS}
-    overrides = with_controllers(overrides_from_item(store.read_overrides()), records)
-    return with_overrides(build_snapshot("dashboard", items), overrides), items
+    return with_overrides(
+        snapshot, with_controllers(overrides_from_item(store.read_overrides()), records)
+    )
 
 
 def flag_status(
