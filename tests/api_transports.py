@@ -124,3 +124,73 @@ class _Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 29_000
+
+
+class GatewayBrowser:
+    """A browser at the dashboard behind API Gateway: form posts and cookies, as REST proxy
+    events of the stage ``v1`` (the page's own paths start with ``/v1``)."""
+
+    host = "abc123.execute-api.eu-west-1.amazonaws.com"
+
+    def __init__(self, app: Any, identity: str | None = None) -> None:
+        self.handler = Mangum(app, lifespan="off")
+        self.identity = identity
+        self.cookies: dict[str, str] = {}
+        self.set_cookies: list[str] = []
+
+    def get(self, path: str) -> tuple[int, dict[str, str], str]:
+        return self.request("GET", path)
+
+    def post(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        from urllib.parse import urlencode
+
+        return self.request("POST", path, urlencode(form).encode())
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, dict[str, str], str]:
+        stage, _, route = path.partition("/v1")
+        assert stage == "", f"{path} is not under the stage"
+        assert route.startswith("/"), f"{path} is not under the stage"
+        route, _, query = route.partition("?")
+        params = dict(pair.partition("=")[::2] for pair in filter(None, query.split("&")))
+        headers = {"Host": self.host, "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            headers["Content-Length"] = str(len(body))
+        event = {
+            "resource": route,
+            "path": route,
+            "httpMethod": method,
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": params or None,
+            "multiValueQueryStringParameters": {k: [v] for k, v in params.items()} or None,
+            "pathParameters": None,
+            "stageVariables": None,
+            "requestContext": {
+                "resourcePath": route,
+                "httpMethod": method,
+                "path": f"/v1{route}",
+                "stage": "v1",
+                "requestId": str(uuid.uuid4()),
+                "identity": {"sourceIp": "198.51.100.7", "userArn": self.identity},
+            },
+            "body": base64.b64encode(body).decode() if body is not None else None,
+            "isBase64Encoded": body is not None,
+        }
+        answer = self.handler(event, _Context())
+        headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
+        multi = {k.lower(): v for k, v in (answer.get("multiValueHeaders") or {}).items()}
+        self.set_cookies = list(multi.get("set-cookie") or [])
+        if "set-cookie" in headers:
+            self.set_cookies.append(headers["set-cookie"])
+        for cookie in self.set_cookies:
+            name, _, value = cookie.split(";")[0].partition("=")
+            self.cookies[name.strip()] = value.strip().strip('"')
+        text = answer.get("body") or ""
+        if answer.get("isBase64Encoded"):
+            text = base64.b64decode(text).decode()
+        return int(answer["statusCode"]), headers, text

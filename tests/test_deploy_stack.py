@@ -173,6 +173,11 @@ def test_deploy_creates_every_resource_and_a_second_deploy_changes_nothing(
         "/feature-flags/status",
         "/emergency-shutdown",
         "/emergency-restore",
+        "/dashboard",
+        "/dashboard/sign-in",
+        "/dashboard/audit",
+        "/dashboard/shutdown",
+        "/dashboard/restore",
     }
     for path, method in (("/health", "GET"), ("/emergency-shutdown", "POST")):
         found = gateway.get_method(

@@ -63,6 +63,13 @@ ROLES = {
             "read_overrides",
             "write_overrides",
             "read_control",
+            # the dashboard's spend, experiments and audit trail
+            "read_shards",
+            "read_cost_metrics",
+            "read_alerts",
+            "read_assignment_counts",
+            "read_results",
+            "read_audit",
         ],
     ),
     "runtime": (
@@ -317,7 +324,7 @@ def test_the_api_role_lists_exactly_the_store_calls_the_api_makes(tmp_path: Path
     its paths that read and write, through a store that notes each method asked for."""
     from reconciler.server.app import ApiSettings, BearerToken, create_app
     from reconciler.state.local import LocalStore
-    from tests.api_transports import TOKEN, Lambda
+    from tests.api_transports import TOKEN, GatewayBrowser, Lambda
     from tests.test_apply import apply, desired, plan
 
     store = LocalStore(tmp_path / "state.db")
@@ -344,6 +351,18 @@ def test_the_api_role_lists_exactly_the_store_calls_the_api_makes(tmp_path: Path
         ("POST", "/emergency-restore", {"reason": "r", "restored_by": "a"}),
     ]:
         assert client.request(method, path, body)[0] in (200, 404)
+    # The dashboard's pages and forms, signed in with the token.
+    browser = GatewayBrowser(app)
+    assert browser.post("/v1/dashboard/sign-in", {"token": TOKEN})[0] == 303
+    page = browser.get("/v1/dashboard")[2]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    form = {"reason": "r", "by": "a", "confirm": "yes", "csrf": csrf[1]}
+    for target in ("vc_bedrock_live", ""):
+        assert browser.post("/v1/dashboard/shutdown", {**form, "target": target})[0] == 200
+        assert browser.post("/v1/dashboard/restore", {**form, "target": target})[0] == 200
+    for query in ("", "?flag=vc_bedrock_live", "?owner=team-vc-platform"):
+        assert browser.get(f"/v1/dashboard/audit{query}")[0] == 200
     store.close()
     assert called - {"close"} == set(ROLES["api"][1])
 

@@ -269,7 +269,7 @@ def test_the_http_api_table_lists_every_endpoint(tmp_path: Path) -> None:
     app = create_app(ApiSettings(lambda: LocalStore(tmp_path / "s.db"), BearerToken(str)))
     served = {
         f"{method} {route.path}"  # type: ignore[attr-defined]
-        for route in app.app.routes  # type: ignore[attr-defined]
+        for route in app.app.app.routes  # type: ignore[attr-defined]
         for method in route.methods - {"HEAD"}  # type: ignore[attr-defined]
     }
     documented = set(re.findall(r"^\| `((?:GET|POST) /[^ ?`]*)", README, flags=re.MULTILINE))

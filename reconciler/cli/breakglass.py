@@ -352,5 +352,50 @@ def serve(host: str, port: int, public_dashboard: bool, root: Path, backend: str
     return ExitCode.CLEAN
 
 
+@breakglass.command()
+@click.argument("url")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--region", help="The API's region (read from the URL when it is API Gateway's).")
+@click.option("--profile", help="The AWS profile whose credentials sign (else the usual chain).")
+@click.option("--open/--no-open", "open_browser", default=True, help="Open the page in a browser.")
+def dashboard(
+    url: str, port: int, region: str | None, profile: str | None, open_browser: bool
+) -> int:
+    """Open the deployed dashboard of an API that authorizes with IAM.
+
+    URL is the stack's ApiUrl (reconcile-stack status). A server on 127.0.0.1 signs each of
+    your browser's requests to the dashboard with your AWS credentials and forwards it; the
+    shutdowns you make are recorded with your IAM identity. It signs nothing but the
+    dashboard's pages, and no form from another site.
+    """
+    try:
+        import boto3  # noqa: PLC0415
+
+        from reconciler.server.local import listen  # noqa: PLC0415
+        from reconciler.server.local import serve as serve_app  # noqa: PLC0415
+        from reconciler.server.signing_proxy import SigningProxy, Upstream  # noqa: PLC0415
+    except ImportError as exc:
+        raise UserError(
+            f"the dashboard needs the server extra ({exc.name} is missing): "
+            "pip install 'ai-flag-reconciler[server]'"
+        ) from None
+    upstream = Upstream.parse(url, region)
+    credentials = boto3.Session(profile_name=profile).get_credentials()
+    if credentials is None:
+        raise UserError("no AWS credentials found to sign with: configure a profile or SSO")
+    try:
+        sock = listen("127.0.0.1", port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    page = f"http://127.0.0.1:{sock.getsockname()[1]}{upstream.path}/dashboard"
+    click.echo(f"The dashboard of {url}, signed with your AWS credentials: {page}", err=True)
+    if open_browser:
+        import webbrowser  # noqa: PLC0415
+
+        webbrowser.open(page)
+    serve_app(SigningProxy(upstream, credentials.get_frozen_credentials), sock)
+    return ExitCode.CLEAN
+
+
 def main() -> None:
     sys.exit(run(breakglass))

@@ -28,6 +28,14 @@ ROUTES = (
     ("GET", "/feature-flags/status", False),
     ("POST", "/emergency-shutdown", False),
     ("POST", "/emergency-restore", False),
+    # The dashboard: in token mode its own sign-in; in IAM mode every page signed by the
+    # caller (``breakglass dashboard`` does it for a browser).
+    ("GET", "/dashboard", False),
+    ("GET", "/dashboard/sign-in", False),
+    ("POST", "/dashboard/sign-in", False),
+    ("GET", "/dashboard/audit", False),
+    ("POST", "/dashboard/shutdown", False),
+    ("POST", "/dashboard/restore", False),
 )
 
 
@@ -79,7 +87,7 @@ def gateway_resources() -> dict[str, Resource]:
             "Type": "AWS::ApiGateway::RestApi",
             "Properties": {
                 "Name": {"Fn::Sub": "${AWS::StackName}-api"},
-                "Description": "Feature flags for AI features: health, status, break-glass",
+                "Description": "AI feature flags: health, status, break-glass, dashboard",
                 "EndpointConfiguration": {"Types": ["REGIONAL"]},
             },
         }

@@ -102,6 +102,7 @@ def create_app(settings: ApiSettings) -> AccessLog:
         settings.release,
         settings.clock,
         public=settings.public_dashboard,
+        identity=auth.caller if isinstance(auth, GatewayIdentity) else None,
     )
     app = Starlette(
         routes=[
@@ -119,7 +120,26 @@ def create_app(settings: ApiSettings) -> AccessLog:
         ],
         exception_handlers={HTTPException: _http_error},
     )
-    return AccessLog(app)
+    return AccessLog(GatewayPath(app))
+
+
+class GatewayPath:
+    """Behind API Gateway, the stage's path (and a custom domain's base path) as the ASGI
+    ``root_path``: the proxy event's ``path`` is the resource's (``/dashboard``), the path the
+    browser asked for is the request context's (``/v1/dashboard``), and the dashboard's links,
+    redirects and cookies need the latter. Elsewhere it changes nothing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        event = scope.get("aws.event") if scope["type"] == "http" else None
+        if isinstance(event, dict):
+            asked = str((event.get("requestContext") or {}).get("path") or "")
+            path = str(scope["path"])
+            if len(asked) > len(path) and asked.endswith(path) and asked.startswith("/"):
+                scope["root_path"] = asked[: -len(path)]  # in place: the log reads its state
+        await self.app(scope, receive, send)
 
 
 class _Api:

@@ -2,8 +2,11 @@
 audit trail, and break-glass's shutdown and restore, served by the HTTP API's application.
 
 Signing in takes the API's token once; the page then keeps a session cookie (HttpOnly,
-SameSite=Strict, signed with the token, eight hours). Every form carries a CSRF token derived
-from the session, and a shutdown or restore needs a reason, a name and a confirmation; both go
+SameSite=Strict, signed with the token, eight hours). Behind API Gateway with IAM, the caller
+the gateway authorized is signed in (a browser gets there through ``breakglass dashboard``,
+which signs for it). Every form carries a CSRF token (derived from the session; with IAM, a
+double-submitted SameSite=Strict cookie), and a shutdown or restore needs a reason, a name and
+a confirmation; both go
 through break-glass's code and audit, as the command and the API do. The pages show what the
 API's documents say (``status.flag_status``, ``status.health_detail``), so they cannot disagree.
 """
@@ -14,8 +17,10 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,12 +42,18 @@ from reconciler.state.store import StateStore
 
 LOGGER = logging.getLogger("reconciler.server")
 COOKIE = "reconciler_session"  # and the port: browsers send a host's cookies to every port
+CSRF_COOKIE = "reconciler_form"  # IAM: the double-submitted form token
+IAM_ONLY = (
+    "This API authorizes with IAM: open the dashboard through <code>breakglass dashboard "
+    "URL</code>, which signs each request with your AWS credentials."
+)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MIN_TOKEN = 16
 DAYS = 7  # of spend in the line chart
 BODY_SECONDS = 10.0  # a form not received by then is no form
 SESSION_SECONDS = 8 * 3600
 Token = Callable[[], str]
+Identity = Callable[[Request], "str | None"]
 View = Callable[[StateStore, datetime, dict[str, Any]], str]
 
 
@@ -55,9 +66,11 @@ class Dashboard:
         clock: Callable[[], Any],
         *,
         public: bool = False,
+        identity: Identity | None = None,
     ) -> None:
         self.public = public  # the pages readable by anyone who can reach them; forms are not
         self.token = token
+        self.identity = identity  # behind API Gateway with IAM: who the gateway authorized
         self.open_store = open_store
         self.release = release
         self.clock = clock
@@ -65,64 +78,69 @@ class Dashboard:
     # -- routes ------------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        session = self._session(request)
-        if session is None and not self.public:
-            return _html(pages.sign_in())
-        return await _rendered(self._overview, self._csrf(session) if session else None, None)
+        root = _root(request)
+        signed = self._signed(request)
+        if signed is None and not self.public:
+            if self.identity is not None:
+                return _html(pages.page("Not authorized", [f"<p>{IAM_ONLY}</p>"]), 401)
+            return _html(pages.sign_in(root=root))
+        csrf = signed.csrf if signed else None
+        answer = await _rendered(self._overview, csrf, None, root)
+        if signed is not None and signed.new_cookie:
+            _set_cookie(request, answer, CSRF_COOKIE, signed.csrf)
+        return answer
 
     async def sign_in_form(self, request: Request) -> Response:
-        return _html(pages.sign_in())
+        if self.identity is not None:  # IAM signs every request: nothing to sign in to
+            return RedirectResponse(_root(request), status_code=303)
+        return _html(pages.sign_in(root=_root(request)))
 
     async def sign_in(self, request: Request) -> Response:
+        root = _root(request)
+        if self.identity is not None:
+            return RedirectResponse(root, status_code=303)
         if self.token is None:
-            return _html(pages.sign_in("the dashboard needs the API's token mode"), 503)
+            return _html(pages.sign_in("the dashboard needs the API's token mode", root), 503)
         form = await _form(request)
         given = (form.get("token") or "").encode()
         expected = self.token()
         if len(expected) < MIN_TOKEN or not hmac.compare_digest(given, expected.encode()):
-            return _html(pages.sign_in("that is not the API's token"), 401)
+            return _html(pages.sign_in("that is not the API's token", root), 401)
         expires = int(time.time()) + SESSION_SECONDS
-        answer = RedirectResponse("/dashboard", status_code=303)
-        answer.set_cookie(
-            _cookie(request),
-            f"{expires}.{self._sign(f'session:{expires}')}",
-            max_age=SESSION_SECONDS,
-            httponly=True,
-            samesite="strict",
-            # Over TLS, or anywhere but this machine (where it then needs TLS to be kept).
-            secure=request.url.scheme == "https" or request.url.hostname not in LOOPBACK,
-            path="/dashboard",
-        )
+        answer = RedirectResponse(root, status_code=303)
+        _set_cookie(request, answer, COOKIE, f"{expires}.{self._sign(f'session:{expires}')}")
         return answer
 
     async def audit(self, request: Request) -> Response:
-        if self._session(request) is None and not self.public:
-            return RedirectResponse("/dashboard", status_code=303)
+        root = _root(request)
+        if self._signed(request) is None and not self.public:
+            return RedirectResponse(root, status_code=303)
         flag = request.query_params.get("flag", "").strip()
         owner = request.query_params.get("owner", "").strip()
-        return await _rendered(lambda: pages.audit(self._audit(flag, owner), flag, owner))
+        return await _rendered(lambda: pages.audit(self._audit(flag, owner), flag, owner, root))
 
     async def act(self, request: Request) -> Response:
         """A shutdown or restore from the page's forms."""
-        session = self._session(request)
-        if session is None:
-            return RedirectResponse("/dashboard", status_code=303)
+        root = _root(request)
+        signed = self._signed(request)
+        if signed is None:
+            return RedirectResponse(root, status_code=303)
         form = await _form(request)
-        csrf = self._csrf(session)
-        if not hmac.compare_digest((form.get("csrf") or "").encode(), csrf.encode()):
+        given = (form.get("csrf") or "").encode()
+        if signed.new_cookie or not hmac.compare_digest(given, signed.csrf.encode()):
             return _html(pages.page("Refused", ["<p>The form is stale: reload the page.</p>"]), 403)
         action = request.url.path.rsplit("/", 1)[-1]
         try:
             if form.get("confirm") != "yes":
                 raise UserError("tick the confirmation: nothing was done")
-            notice = await run_in_threadpool(self._act, action, form)
+            notice = await run_in_threadpool(self._act, action, form, signed.who)
         except UserError as exc:
-            return await _rendered(self._overview, csrf, str(exc), status=400)
-        return await _rendered(self._overview, csrf, notice)
+            return await _rendered(self._overview, signed.csrf, str(exc), root, status=400)
+        return await _rendered(self._overview, signed.csrf, notice, root)
 
     # -- work --------------------------------------------------------------------------------
 
-    def _overview(self, csrf: str | None, notice: str | None) -> str:
+    def _overview(self, csrf: str | None, notice: str | None, root: str) -> str:
         store = self.open_store()
         try:
             now = self.clock()
@@ -137,7 +155,7 @@ class Dashboard:
             spend = "".join(_section(title, view, store, now, detail) for title, view in views)
         finally:
             self.release(store)
-        return pages.overview(flags, detail, csrf, notice, spend)
+        return pages.overview(flags, detail, csrf, notice=notice, spend=spend, root=root)
 
     def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
         store = self.open_store()
@@ -166,10 +184,11 @@ class Dashboard:
             ]
         return sorted(entries, key=lambda e: str(e.get("at", "")), reverse=True)
 
-    def _act(self, action: str, form: dict[str, str]) -> str:
+    def _act(self, action: str, form: dict[str, str], who: str | None) -> str:
         target = form.get("target") or ""
         targets = [target] if target else None
-        by = f"{core.check_text(form.get('by') or '', 'your name')} (dashboard)"
+        name = core.check_text(form.get("by") or "", "your name")
+        by = f"{name} (dashboard, {who})" if who else f"{name} (dashboard)"
         store = self.open_store()
         try:
             now = self.clock()
@@ -183,7 +202,25 @@ class Dashboard:
         finally:
             self.release(store)
 
-    # -- the session ------------------------------------------------------------------------
+    # -- who is signed in --------------------------------------------------------------------
+
+    def _signed(self, request: Request) -> Signed | None:
+        if self.identity is not None:
+            return self._by_identity(request)
+        session = self._session(request)
+        return Signed(None, self._sign(f"csrf:{session}")) if session else None
+
+    def _by_identity(self, request: Request) -> Signed | None:
+        """IAM: the caller the gateway authorized, and the form token of a double-submit
+        cookie (SameSite=Strict: another site's form arrives without it)."""
+        assert self.identity is not None
+        who = self.identity(request)
+        if who is None:
+            return None
+        kept = request.cookies.get(_cookie(request, CSRF_COOKIE), "")
+        if re.fullmatch(r"[A-Za-z0-9_-]{43}", kept):
+            return Signed(who, kept)
+        return Signed(who, secrets.token_urlsafe(32), new_cookie=True)
 
     def _sign(self, text: str) -> str:
         assert self.token is not None
@@ -194,7 +231,7 @@ class Dashboard:
             return None
         if len(self.token()) < MIN_TOKEN:
             return None
-        value = request.cookies.get(_cookie(request), "")
+        value = request.cookies.get(_cookie(request, COOKIE), "")
         expires, _, signature = value.partition(".")
         if not re.fullmatch(r"[0-9]{1,12}", expires) or int(expires) < time.time():
             return None
@@ -202,8 +239,15 @@ class Dashboard:
             return None
         return value
 
-    def _csrf(self, session: str) -> str:
-        return self._sign(f"csrf:{session}")
+
+@dataclass(frozen=True)
+class Signed:
+    """Someone signed in: the IAM caller (None with the token's session) and the token every
+    form carries; ``new_cookie`` when that token is to be set with the page (IAM)."""
+
+    who: str | None
+    csrf: str
+    new_cookie: bool = False
 
 
 def _section(
@@ -300,8 +344,26 @@ def _experiments(store: StateStore, now: datetime, detail: dict[str, Any]) -> st
     return "<h2>Experiments</h2>" + "".join(parts) if parts else ""
 
 
-def _cookie(request: Request) -> str:
-    return f"{COOKIE}_{request.url.port or 443}"
+def _root(request: Request) -> str:
+    """The pages' path: behind API Gateway, under the stage's (the ASGI ``root_path``)."""
+    return str(request.scope.get("root_path", "")).rstrip("/") + pages.ROOT
+
+
+def _cookie(request: Request, name: str) -> str:
+    return f"{name}_{request.url.port or 443}"
+
+
+def _set_cookie(request: Request, answer: Response, name: str, value: str) -> None:
+    answer.set_cookie(
+        _cookie(request, name),
+        value,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="strict",
+        # Over TLS, or anywhere but this machine (where it then needs TLS to be kept).
+        secure=request.url.scheme == "https" or request.url.hostname not in LOOPBACK,
+        path=_root(request),
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from reconciler import breakglass as core
 
+ROOT = "/dashboard"  # where the pages are; behind API Gateway, under the stage's path
+
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}
@@ -38,13 +40,13 @@ def page(title: str, body: Iterable[str]) -> str:
     )
 
 
-def sign_in(error: str | None = None) -> str:
+def sign_in(error: str | None = None, root: str = ROOT) -> str:
     problem = f'<p class="alert">{text(error)}</p>' if error else ""
     return page(
         "Sign in",
         [
             problem,
-            '<form method="post" action="/dashboard/sign-in">',
+            f'<form method="post" action="{text(root)}/sign-in">',
             '<label>API token <input type="password" name="token" autocomplete="off" required>'
             "</label> <button>Sign in</button></form>",
         ],
@@ -55,12 +57,14 @@ def overview(
     flags: Sequence[Mapping[str, Any]],
     detail: Mapping[str, Any],
     csrf: str | None,
+    *,
     notice: str | None = None,
     spend: str = "",
+    root: str = ROOT,
 ) -> str:
     """Every flag's effective state, what is shut down and held, and the emergency forms."""
     body = [f'<p class="alert">{text(notice)}</p>' if notice else ""]
-    body.append('<p><a href="/dashboard/audit">Audit trail</a></p>')
+    body.append(f'<p><a href="{text(root)}/audit">Audit trail</a></p>')
     shutdowns = detail.get("shutdowns") or []
     if shutdowns:
         body.append('<div class="alert"><strong>Shut down now</strong><ul>')
@@ -106,13 +110,13 @@ def overview(
         ]
         body.append("</ul>")
     if csrf is None:  # a public page, not signed in: no forms
-        body.append('<p><a href="/dashboard/sign-in">Sign in</a> to shut down or restore.</p>')
+        body.append(f'<p><a href="{text(root)}/sign-in">Sign in</a> to shut down or restore.</p>')
     else:
-        body += _emergency_forms(flags, csrf)
+        body += _emergency_forms(flags, csrf, root)
     return page("AI feature flags", body)
 
 
-def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str) -> list[str]:
+def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str, root: str) -> list[str]:
     options = "".join(
         f'<option value="{text(f["flag"])}">{text(f["flag"])}</option>' for f in flags
     )
@@ -120,7 +124,7 @@ def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str) -> list[str]
     parts = ["<h2>Break-glass</h2>"]
     for action, label in (("shutdown", "Shut down"), ("restore", "Restore")):
         parts.append(
-            f'<form class="danger" method="post" action="/dashboard/{action}">{hidden}'
+            f'<form class="danger" method="post" action="{text(root)}/{action}">{hidden}'
             f'<label>What <select name="target"><option value="">ALL AI features</option>'
             f"{options}</select></label><br>"
             '<label>Reason <input name="reason" size="50" required></label><br>'
@@ -132,11 +136,11 @@ def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str) -> list[str]
     return parts
 
 
-def audit(entries: Sequence[Mapping[str, Any]], flag: str, owner: str) -> str:
+def audit(entries: Sequence[Mapping[str, Any]], flag: str, owner: str, root: str = ROOT) -> str:
     """The audit trail, newest first, filtered by flag and by who acted."""
     body = [
-        '<p><a href="/dashboard">Back to the flags</a></p>',
-        '<form method="get" action="/dashboard/audit">',
+        f'<p><a href="{text(root)}">Back to the flags</a></p>',
+        f'<form method="get" action="{text(root)}/audit">',
         f'<label>Flag <input name="flag" value="{text(flag)}"></label> ',
         f'<label>Who or owning team <input name="owner" value="{text(owner)}"></label> '
         "<button>Filter</button>",

@@ -1,0 +1,227 @@
+"""``breakglass dashboard``: the browser's way to the dashboard of an API that authorizes with
+IAM. A gateway on loopback checks each request's SigV4 signature (recomputed with the secret
+key, as API Gateway does) and passes the caller to the dashboard, as API Gateway's proxy
+integration does; the proxy in front of it signs what the browser sends it."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from reconciler import breakglass as core
+from reconciler.errors import UserError
+from reconciler.server.app import ApiSettings, GatewayIdentity, create_app
+from reconciler.server.local import serving
+from reconciler.server.signing_proxy import SigningProxy, Upstream
+from reconciler.state.local import LocalStore
+from reconciler.state.records import OVERRIDES_RECORD
+from tests.test_apply import apply, desired, plan
+
+KEY, SECRET, SESSION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token"
+ARN = "arn:aws:sts::123456789012:assumed-role/on-call/ana"
+REGION = "eu-west-1"
+AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[^/]+)/execute-api/"
+    r"aws4_request, SignedHeaders=(?P<names>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+def signature_holds(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
+    found = AUTHORIZATION.fullmatch(headers.get("authorization", ""))
+    if found is None or found["key"] != KEY or found["region"] != REGION:
+        return False
+    if headers.get("x-amz-security-token") != SESSION:
+        return False
+    names = found["names"].split(";")
+    if not {"host", "x-amz-date"} <= set(names) or any(n not in headers for n in names):
+        return False
+    request = AWSRequest(
+        method=method, url=url, data=body or None, headers={n: headers[n] for n in names}
+    )
+    request.context["timestamp"] = headers["x-amz-date"]
+    auth = SigV4Auth(Credentials(KEY, SECRET, SESSION), "execute-api", REGION)
+    expected = auth.signature(
+        auth.string_to_sign(request, auth.canonical_request(request)), request
+    )
+    return hmac.compare_digest(expected, found["signature"])
+
+
+class Gateway:
+    """API Gateway's part: refuse what is not signed, then the proxy event's caller and paths
+    (the stage ``v1``, over TLS) for the application."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = scope["query_string"].decode()
+        url = f"http://{headers.get('host')}{scope['path']}" + (f"?{query}" if query else "")
+        if not signature_holds(scope["method"], url, headers, body):
+            await send({"type": "http.response.start", "status": 403, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"message":"Forbidden"}'})
+            return
+        route = scope["path"].removeprefix("/v1")
+        event = {
+            "path": route,
+            "requestContext": {"path": scope["path"], "identity": {"userArn": ARN}},
+        }
+        inner = {
+            **scope,
+            "path": route,
+            "raw_path": route.encode(),
+            "scheme": "https",
+            "aws.event": event,
+        }
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(inner, replay, send)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    opened = LocalStore(tmp_path / "state.db")
+    apply(opened, plan(opened, desired()))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def gateway(store: LocalStore) -> Iterator[int]:
+    settings = ApiSettings(lambda: LocalStore(store.path), GatewayIdentity(), who_required=False)
+    with serving(Gateway(create_app(settings))) as port:
+        yield port
+
+
+@pytest.fixture
+def browser(gateway: int) -> Iterator[httpx.Client]:
+    upstream = Upstream("http", f"127.0.0.1:{gateway}", "/v1", REGION)
+    proxy = SigningProxy(
+        upstream, lambda: Credentials(KEY, SECRET, SESSION).get_frozen_credentials()
+    )
+    with (
+        serving(proxy) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        client.headers["Origin"] = f"http://127.0.0.1:{port}"
+        yield client
+
+
+def form_token(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None, "no form on the page"
+    return found[1]
+
+
+SHUTDOWN = {"reason": "bad answers", "by": "ana", "target": "vc_bedrock_live", "confirm": "yes"}
+
+
+def test_the_gateway_refuses_what_is_not_signed(gateway: int) -> None:
+    answer = httpx.get(f"http://127.0.0.1:{gateway}/v1/dashboard")
+    assert answer.status_code == 403
+    scope = f"{KEY}/20261201/{REGION}/execute-api/aws4_request"
+    forged = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host;x-amz-date, "
+        f"Signature={'0' * 64}",
+        "X-Amz-Date": "20261201T000000Z",
+        "X-Amz-Security-Token": SESSION,
+    }
+    assert httpx.get(f"http://127.0.0.1:{gateway}/v1/dashboard", headers=forged).status_code == 403
+
+
+def test_the_browser_reads_and_shuts_down_with_the_operators_identity(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    assert browser.get("/").headers["location"] == "/v1/dashboard"
+    page = browser.get("/v1/dashboard")
+    assert page.status_code == 200
+    assert 'data-flag="vc_bedrock_live"' in page.text
+    assert 'action="/v1/dashboard/shutdown"' in page.text
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith("reconciler_form_")
+    assert "secure" not in cookie.lower(), "loopback is plain HTTP"
+    assert "samesite=strict" in cookie.lower()
+    answer = browser.post(
+        "/v1/dashboard/shutdown", data={**SHUTDOWN, "csrf": form_token(page.text)}
+    )
+    assert answer.status_code == 200, answer.text
+    assert "Shut down vc_bedrock_live." in answer.text
+    [held] = core.active(store, datetime.now(UTC))
+    assert held.by == f"ana (dashboard, {ARN})"
+    trail = browser.get("/v1/dashboard/audit", params={"flag": "vc_bedrock_live"})
+    assert trail.status_code == 200
+    assert ARN in trail.text
+    sign_in = browser.get("/v1/dashboard/sign-in")
+    assert (sign_in.status_code, sign_in.headers["location"]) == (303, "/v1/dashboard")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://attacker.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+def test_a_form_from_another_site_is_not_signed(
+    browser: httpx.Client, store: LocalStore, headers: dict[str, str]
+) -> None:
+    page = browser.get("/v1/dashboard")
+    answer = browser.post(
+        "/v1/dashboard/shutdown", data={**SHUTDOWN, "csrf": form_token(page.text)}, headers=headers
+    )
+    assert answer.status_code == 403
+    assert store.read_overrides() is None
+    assert store.read_audit(OVERRIDES_RECORD) == []
+
+
+def test_a_post_without_an_origin_is_not_signed(browser: httpx.Client, store: LocalStore) -> None:
+    page = browser.get("/v1/dashboard")
+    del browser.headers["Origin"]
+    answer = browser.post(
+        "/v1/dashboard/shutdown", data={**SHUTDOWN, "csrf": form_token(page.text)}
+    )
+    assert answer.status_code == 403
+    assert store.read_overrides() is None
+
+
+def test_it_signs_only_the_dashboard_and_only_for_its_own_address(browser: httpx.Client) -> None:
+    assert browser.get("/v1/health/detail").status_code == 404, "the JSON API signs for itself"
+    assert browser.get("/v1/dashboardx").status_code == 404
+    rebound = browser.get("/v1/dashboard", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 421, "a DNS name rebound to loopback is not this proxy"
+    assert browser.request("PUT", "/v1/dashboard").status_code == 405
+
+
+def test_the_url_names_the_region() -> None:
+    upstream = Upstream.parse("https://abc123.execute-api.eu-west-1.amazonaws.com/v1/")
+    assert (upstream.host, upstream.path, upstream.region) == (
+        "abc123.execute-api.eu-west-1.amazonaws.com",
+        "/v1",
+        "eu-west-1",
+    )
+    with pytest.raises(UserError, match="give --region"):
+        Upstream.parse("https://flags.example.com/v1")
+    assert Upstream.parse("https://flags.example.com/v1", "us-east-1").region == "us-east-1"
+    with pytest.raises(UserError, match="https only"):
+        Upstream.parse("http://flags.example.com/v1", "us-east-1")
