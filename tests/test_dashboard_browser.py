@@ -115,3 +115,39 @@ def test_the_documented_command_writes_the_screenshots(tmp_path: Path) -> None:
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 5_000
+
+
+def test_behind_iam_the_browser_goes_through_the_signing_proxy(store: LocalStore) -> None:
+    """``breakglass dashboard``: Chromium at the proxy on loopback, the proxy signing for it, a
+    gateway that checks each signature; the shutdown is recorded with the IAM identity."""
+    from datetime import UTC, datetime
+
+    from botocore.credentials import Credentials
+
+    from reconciler import breakglass as core
+    from reconciler.server.app import GatewayIdentity
+    from reconciler.server.signing_proxy import SigningProxy, Upstream
+    from tests.test_signing_proxy import ARN, KEY, REGION, SECRET, SESSION, Gateway
+
+    settings = ApiSettings(lambda: LocalStore(store.path), GatewayIdentity(), who_required=False)
+    credentials = Credentials(KEY, SECRET, SESSION)
+    with serving(Gateway(create_app(settings))) as upstream:
+        proxy = SigningProxy(
+            Upstream("http", f"127.0.0.1:{upstream}", "/v1", REGION),
+            credentials.get_frozen_credentials,
+        )
+        with serving(proxy) as port, browser.page() as tab:
+            tab.goto(f"http://127.0.0.1:{port}/")
+            assert tab.url == f"http://127.0.0.1:{port}/v1/dashboard"
+            live = tab.locator('tr[data-flag="vc_bedrock_live"]')
+            assert live.locator("td.serving").inner_text() == "10%"
+            form = tab.locator("form[action='/v1/dashboard/shutdown']")
+            form.locator("select[name=target]").select_option("vc_bedrock_live")
+            form.locator("input[name=reason]").fill("bad answers")
+            form.locator("input[name=by]").fill("ana")
+            form.locator("input[name=confirm]").check()
+            with tab.expect_navigation():
+                form.locator("button").click()
+            assert "Shut down vc_bedrock_live." in tab.inner_text("body")
+    [held] = core.active(store, datetime.now(UTC))
+    assert held.by == f"ana (dashboard, {ARN})"
