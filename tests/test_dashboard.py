@@ -260,3 +260,49 @@ def test_the_audit_trail_finds_who_acted(browser: httpx.Client, store: LocalStor
     found = browser.get("/dashboard/audit", params={"owner": "ANA"}).text
     assert "<td>ana</td>" in found
     assert "flag/vc_bedrock_live" not in found
+
+
+def test_a_shutdown_from_the_page_queues_behind_the_apis_writes(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process writes one override change at a time, whichever door it came in by: while
+    an API shutdown is in the store, the page's waits (here 0.5 s), then says it is busy."""
+    import threading
+
+    from reconciler.server import dashboard
+
+    monkeypatch.setattr(dashboard, "WRITE_WAIT", 0.5)
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(LocalStore):
+        def write_overrides(self, *args: object, **kwargs: object) -> None:
+            entered.set()
+            assert release.wait(10)
+            super().write_overrides(*args, **kwargs)  # type: ignore[arg-type]
+
+    settings = ApiSettings(lambda: Slow(store.path), BearerToken(lambda: TOKEN))
+    with (
+        serving(create_app(settings)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as page,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api,
+    ):
+        csrf = signed_in(page)
+        first: list[httpx.Response] = []
+        body = {"reason": "runaway cost", "shutdown_by": "bob"}
+        writer = threading.Thread(
+            target=lambda: first.append(
+                api.post(
+                    "/emergency-shutdown", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+            )
+        )
+        writer.start()
+        assert entered.wait(10)
+        form = {"reason": "bad answers", "by": "ana", "target": "", "confirm": "yes", "csrf": csrf}
+        busy = page.post("/dashboard/shutdown", data=form)
+        assert busy.status_code == 503
+        assert "busy with other writes: nothing was done" in busy.text
+        release.set()
+        writer.join(10)
+        assert first[0].status_code == 200
+    assert [e["actor"] for e in store.read_audit(OVERRIDES_RECORD)] == ["bob"]

@@ -40,12 +40,11 @@ from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import inputs
 from reconciler.server.access_log import AccessLog
 from reconciler.server.dashboard import Dashboard
-from reconciler.server.inputs import MAX_BODY, BadRequest
+from reconciler.server.inputs import MAX_BODY, WRITE_WAIT, BadRequest
 from reconciler.server.status import flag_status, health_detail, read_snapshot
 from reconciler.state.store import StateStore, StoreUnavailableError, TablesMissingError
 
 LOGGER = logging.getLogger("reconciler.server")
-WRITE_WAIT = 20.0  # seconds a write waits for the one before it, then 503
 
 
 class Authenticator(Protocol):
@@ -103,6 +102,7 @@ def create_app(settings: ApiSettings) -> AccessLog:
         settings.clock,
         public=settings.public_dashboard,
         identity=auth.caller if isinstance(auth, GatewayIdentity) else None,
+        writes=api.write_lock,  # the page's shutdowns queue with the API's
     )
     app = Starlette(
         routes=[
@@ -213,7 +213,7 @@ class _Api:
         except BadRequest as exc:
             return _json(exc.status, {"error": str(exc)})
         # One write at a time, waited for here (not in a worker thread, which reads need).
-        lock = self._locks.setdefault(asyncio.get_running_loop(), anyio.Lock())
+        lock = self.write_lock()
         try:
             with anyio.fail_after(WRITE_WAIT):
                 await lock.acquire()
@@ -224,6 +224,10 @@ class _Api:
             return await self._answer(request, lambda: change(body, caller))
         finally:
             lock.release()
+
+    def write_lock(self) -> anyio.Lock:
+        """This event loop's one lock for writes (the API's and the dashboard's)."""
+        return self._locks.setdefault(asyncio.get_running_loop(), anyio.Lock())
 
     def _authenticate(self, request: Request) -> str:
         caller = self.settings.auth.caller(request)

@@ -35,7 +35,7 @@ from reconciler.controllers.report import collect
 from reconciler.controllers.rollout_run import CONTROLLER_RECORD
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import charts, pages
-from reconciler.server.inputs import MAX_BODY
+from reconciler.server.inputs import MAX_BODY, WRITE_WAIT
 from reconciler.server.status import flag_status, health_detail, with_all_flags
 from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 from reconciler.state.store import StateStore
@@ -67,10 +67,12 @@ class Dashboard:
         *,
         public: bool = False,
         identity: Identity | None = None,
+        writes: Callable[[], anyio.Lock] | None = None,
     ) -> None:
         self.public = public  # the pages readable by anyone who can reach them; forms are not
         self.token = token
         self.identity = identity  # behind API Gateway with IAM: who the gateway authorized
+        self.writes = writes  # the lock the process's writes take, one at a time
         self.open_store = open_store
         self.release = release
         self.clock = clock
@@ -133,10 +135,29 @@ class Dashboard:
         try:
             if form.get("confirm") != "yes":
                 raise UserError("tick the confirmation: nothing was done")
-            notice = await run_in_threadpool(self._act, action, form, signed.who)
+            notice = await self._queued(self._act, action, form, signed.who)
+        except core.BusyError as exc:
+            return await _rendered(self._overview, signed.csrf, str(exc), root, status=503)
         except UserError as exc:
             return await _rendered(self._overview, signed.csrf, str(exc), root, status=400)
         return await _rendered(self._overview, signed.csrf, notice, root)
+
+    async def _queued(self, work: Callable[..., str], *args: Any) -> str:
+        """The write in a worker thread, after the process's writes before it."""
+        if self.writes is None:
+            return await run_in_threadpool(work, *args)
+        lock = self.writes()
+        try:
+            with anyio.fail_after(WRITE_WAIT):
+                await lock.acquire()
+        except TimeoutError:
+            raise core.BusyError(
+                "the server is busy with other writes: nothing was done, try again"
+            ) from None
+        try:
+            return await run_in_threadpool(work, *args)
+        finally:
+            lock.release()
 
     # -- work --------------------------------------------------------------------------------
 
