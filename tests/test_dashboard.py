@@ -306,3 +306,45 @@ def test_a_shutdown_from_the_page_queues_behind_the_apis_writes(
         writer.join(10)
         assert first[0].status_code == 200
     assert [e["actor"] for e in store.read_audit(OVERRIDES_RECORD)] == ["bob"]
+
+
+def test_each_flag_links_its_manifest_at_the_commit_that_applied_it(store: LocalStore) -> None:
+    from reconciler.errors import ConfigError
+    from reconciler.server.dashboard import repository_url
+    from reconciler.state.records import RecordKind
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    [live] = [r for n, r in store.read_records(RecordKind.FLAG).items() if n == "vc_bedrock_live"]
+    assert live.item.get("git_commit") != commit
+    settings = ApiSettings(
+        lambda: LocalStore(store.path),
+        BearerToken(lambda: TOKEN),
+        repository="https://github.com/acme/flags/",
+    )
+    with (
+        serving(create_app(settings)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        signed_in(client)
+        cell = row(client.get("/dashboard").text, "vc_bedrock_live")
+    at = live.item.get("git_commit") or ""
+    expected = at if re.fullmatch(r"[0-9a-f]{40}", str(at)) else "HEAD"
+    link = f"https://github.com/acme/flags/blob/{expected}/flags.d/vc_bedrock_live.yaml"
+    assert f'edit in git: <a href="{link}">flags.d/vc_bedrock_live.yaml</a>' in cell
+    for bad in ("http://github.com/acme/flags", "javascript:alert(1)", 'https://x/"><b>'):
+        with pytest.raises(ConfigError, match="not a repository's https address"):
+            repository_url(bad)
+
+
+def test_a_link_names_the_commit_when_the_apply_had_one() -> None:
+    from reconciler.server.dashboard import manifest_links
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    links = manifest_links(
+        "https://github.com/acme/flags",
+        [{"flag_name": "a_x", "git_commit": commit}, {"flag_name": "b_y", "git_commit": None}],
+    )
+    assert links == {
+        "a_x": f"https://github.com/acme/flags/blob/{commit}/flags.d/a_x.yaml",
+        "b_y": "https://github.com/acme/flags/blob/HEAD/flags.d/b_y.yaml",
+    }

@@ -128,6 +128,13 @@ def test_both_functions_get_every_table_and_their_settings(resources: dict[str, 
     assert api["Environment"]["Variables"]["RECONCILER_API_TOKEN_SECRET"] == {
         "Fn::If": ["TokenAuth", {"Ref": "ApiTokenSecret"}, {"Ref": "AWS::NoValue"}]
     }
+    assert api["Environment"]["Variables"]["RECONCILER_REPOSITORY_URL"] == {
+        "Fn::If": [
+            "HasGitHub",
+            {"Fn::Sub": "https://github.com/${GitHubRepository}"},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }, "the dashboard links the manifests in the workflows' repository"
     tick = functions["ControllerFunction"]["Properties"]
     assert (tick["Handler"], tick["Timeout"]) == (CONTROLLER_HANDLER, 55)
     assert tick["Environment"]["Variables"]["COST_ALERTS_TOPIC_ARN"] == {"Ref": "AlertsTopic"}

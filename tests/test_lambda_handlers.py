@@ -47,6 +47,10 @@ def test_the_settings_follow_the_environment() -> None:
         lambda_handlers.api_settings({"RECONCILER_API_AUTH": "ldap"})
     with pytest.raises(ConfigError, match="set RECONCILER_API_TOKEN_SECRET"):
         lambda_handlers.api_settings({"RECONCILER_API_TOKEN": "short"})
+    url = "https://github.com/acme/flags"
+    for mode in ({"RECONCILER_API_AUTH": "iam"}, {"RECONCILER_API_TOKEN": TOKEN}):
+        settings = lambda_handlers.api_settings({**mode, "RECONCILER_REPOSITORY_URL": url})
+        assert settings.repository == url
 
 
 def test_the_token_is_read_from_secrets_manager_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -310,8 +310,21 @@ def drill(flag: str, interval: float, by: str | None, root: Path, backend: str |
     help="Let anyone who can reach the server read the dashboard's pages (its shutdown and "
     "restore forms still need the token).",
 )
+@click.option(
+    "--repository-url",
+    envvar="RECONCILER_REPOSITORY_URL",
+    help="The repository's web address (https://github.com/OWNER/NAME): the dashboard links "
+    "each flag's manifest there.",
+)
 @_store_options
-def serve(host: str, port: int, public_dashboard: bool, root: Path, backend: str | None) -> int:
+def serve(
+    host: str,
+    port: int,
+    public_dashboard: bool,
+    repository_url: str | None,
+    root: Path,
+    backend: str | None,
+) -> int:
     """Serve the HTTP API (GET /health, /health/detail, /feature-flags/status; POST
     /emergency-shutdown, /emergency-restore) with the bearer token in $RECONCILER_API_TOKEN.
 
@@ -340,6 +353,7 @@ def serve(host: str, port: int, public_dashboard: bool, root: Path, backend: str
             lambda: context.open_store(lambda *a, **k: None),
             BearerToken(lambda: token),
             public_dashboard=public_dashboard,
+            repository=repository_url,
         )
     )
     try:

@@ -43,6 +43,13 @@ def environment(function: str) -> dict[str, Any]:
         variables["RECONCILER_API_TOKEN_SECRET"] = {
             "Fn::If": ["TokenAuth", {"Ref": "ApiTokenSecret"}, {"Ref": "AWS::NoValue"}]
         }
+        variables["RECONCILER_REPOSITORY_URL"] = {  # the dashboard links the manifests there
+            "Fn::If": [
+                "HasGitHub",
+                {"Fn::Sub": "https://github.com/${GitHubRepository}"},
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
     else:
         variables["COST_ALERTS_TOPIC_ARN"] = {"Ref": "AlertsTopic"}
     return variables

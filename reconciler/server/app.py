@@ -39,7 +39,7 @@ from reconciler import breakglass as core
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import inputs
 from reconciler.server.access_log import AccessLog
-from reconciler.server.dashboard import Dashboard
+from reconciler.server.dashboard import Dashboard, repository_url
 from reconciler.server.inputs import MAX_BODY, WRITE_WAIT, BadRequest
 from reconciler.server.status import flag_status, health_detail, read_snapshot
 from reconciler.state.store import StateStore, StoreUnavailableError, TablesMissingError
@@ -90,6 +90,9 @@ class ApiSettings:
     release: Callable[[StateStore], None] = field(default=lambda store: store.close())
     # The dashboard's pages readable without signing in (its forms still need the token).
     public_dashboard: bool = False
+    # The repository's web address (https://github.com/OWNER/NAME): the dashboard links each
+    # flag's manifest there.
+    repository: str | None = None
 
 
 def create_app(settings: ApiSettings) -> AccessLog:
@@ -103,6 +106,7 @@ def create_app(settings: ApiSettings) -> AccessLog:
         public=settings.public_dashboard,
         identity=auth.caller if isinstance(auth, GatewayIdentity) else None,
         writes=api.write_lock,  # the page's shutdowns queue with the API's
+        repository=repository_url(settings.repository) if settings.repository else None,
     )
     app = Starlette(
         routes=[

@@ -19,11 +19,11 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from reconciler import breakglass as core
 from reconciler.controllers.report import collect
 from reconciler.controllers.rollout_run import CONTROLLER_RECORD
-from reconciler.errors import ReconcilerError, UserError
+from reconciler.errors import ConfigError, ReconcilerError, UserError
 from reconciler.server import charts, pages
 from reconciler.server.inputs import MAX_BODY, WRITE_WAIT
 from reconciler.server.status import flag_status, health_detail, with_all_flags
@@ -68,11 +68,13 @@ class Dashboard:
         public: bool = False,
         identity: Identity | None = None,
         writes: Callable[[], anyio.Lock] | None = None,
+        repository: str | None = None,
     ) -> None:
         self.public = public  # the pages readable by anyone who can reach them; forms are not
         self.token = token
         self.identity = identity  # behind API Gateway with IAM: who the gateway authorized
         self.writes = writes  # the lock the process's writes take, one at a time
+        self.repository = repository  # its web address, for links to the manifests
         self.open_store = open_store
         self.release = release
         self.clock = clock
@@ -167,6 +169,7 @@ class Dashboard:
             now = self.clock()
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
+            links = manifest_links(self.repository, items) if self.repository else None
             detail = health_detail(store, now)
             views: list[tuple[str, View]] = [
                 ("AI spend", _spend),
@@ -176,7 +179,9 @@ class Dashboard:
             spend = "".join(_section(title, view, store, now, detail) for title, view in views)
         finally:
             self.release(store)
-        return pages.overview(flags, detail, csrf, notice=notice, spend=spend, root=root)
+        return pages.overview(
+            flags, detail, csrf, notice=notice, spend=spend, root=root, links=links
+        )
 
     def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
         store = self.open_store()
@@ -269,6 +274,26 @@ class Signed:
     who: str | None
     csrf: str
     new_cookie: bool = False
+
+
+def repository_url(url: str) -> str:
+    """A repository's web address (``https://github.com/OWNER/NAME``) as the dashboard links
+    manifests under it, or a ConfigError."""
+    cleaned = url.strip().rstrip("/")
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.~-]+)+", cleaned):
+        raise ConfigError(f"{url!r} is not a repository's https address (https://host/owner/name)")
+    return cleaned
+
+
+def manifest_links(repository: str, items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each flag's manifest at the commit that applied it (the default branch's when unknown)."""
+    links = {}
+    for item in items:
+        name = str(item.get("flag_name", ""))
+        commit = str(item.get("git_commit") or "")
+        at = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "HEAD"
+        links[name] = f"{repository}/blob/{at}/flags.d/{quote(name)}.yaml"
+    return links
 
 
 def _section(

@@ -7,6 +7,7 @@ environment, as the deployment template sets it:
     RECONCILER_STORE=dynamodb and the table variables   the store
     RECONCILER_API_AUTH=token|iam                        bearer token, or the gateway's IAM caller
     RECONCILER_API_TOKEN_SECRET=arn:aws:secretsmanager:  the token (read, then cached 5 minutes)
+    RECONCILER_REPOSITORY_URL=https://github.com/O/N     where the dashboard links the manifests
 
 ``controller_tick`` runs every controller once (``controller run``), on an EventBridge schedule
 of one minute; the experiment analyser, which reads every assignment, on every fifth minute.
@@ -22,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from reconciler.state.store import StateStore
 AUTH_VARIABLE = "RECONCILER_API_AUTH"
 SECRET_VARIABLE = "RECONCILER_API_TOKEN_SECRET"
 TOKEN_VARIABLE = "RECONCILER_API_TOKEN"
+REPOSITORY_VARIABLE = "RECONCILER_REPOSITORY_URL"
 SECRET_TTL = 300.0
 ANALYSE_EVERY = 5  # minutes
 LOGGER = logging.getLogger("reconciler.lambda")
@@ -80,18 +83,27 @@ class SecretToken:
 def api_settings(environ: dict[str, str] | None = None) -> ApiSettings:
     env = dict(os.environ if environ is None else environ)
     mode = env.get(AUTH_VARIABLE, "token")
+    repository = env.get(REPOSITORY_VARIABLE) or None
     if mode == "iam":
-        return ApiSettings(shared_store, GatewayIdentity(), who_required=False, release=_keep)
+        return ApiSettings(
+            shared_store,
+            GatewayIdentity(),
+            who_required=False,
+            release=_keep,
+            repository=repository,
+        )
     if mode != "token":
         raise ConfigError(f"{AUTH_VARIABLE}={mode!r}: give token or iam")
     if env.get(SECRET_VARIABLE):
-        return ApiSettings(
-            shared_store, BearerToken(SecretToken(env[SECRET_VARIABLE])), release=_keep
-        )
-    token = env.get(TOKEN_VARIABLE, "")
-    if len(token) < 16:
-        raise ConfigError(f"set {SECRET_VARIABLE} (or {TOKEN_VARIABLE}, at least 16 characters)")
-    return ApiSettings(shared_store, BearerToken(lambda: token), release=_keep)
+        token: Callable[[], str] = SecretToken(env[SECRET_VARIABLE])
+    else:
+        given = env.get(TOKEN_VARIABLE, "")
+        if len(given) < 16:
+            raise ConfigError(
+                f"set {SECRET_VARIABLE} (or {TOKEN_VARIABLE}, at least 16 characters)"
+            )
+        token = lambda: given  # noqa: E731
+    return ApiSettings(shared_store, BearerToken(token), release=_keep, repository=repository)
 
 
 def _keep(store: StateStore) -> None:

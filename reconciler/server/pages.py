@@ -61,6 +61,7 @@ def overview(
     notice: str | None = None,
     spend: str = "",
     root: str = ROOT,
+    links: Mapping[str, str] | None = None,
 ) -> str:
     """Every flag's effective state, what is shut down and held, and the emergency forms."""
     body = [f'<p class="alert">{text(notice)}</p>' if notice else ""]
@@ -96,7 +97,7 @@ def overview(
             f'<td class="{text(state)}">{text(state)}</td>'
             f'<td class="serving">{float(flag["serving_percentage"]):g}%</td>'
             f"<td>{held or '<span class=muted>git alone</span>'}</td><td>{ramp}</td>"
-            f'<td class="muted">edit in git: flags.d/{text(flag["flag"])}.yaml</td></tr>'
+            f'<td class="muted">{_manifest(str(flag["flag"]), links)}</td></tr>'
         )
     body.append("</table>")
     body.append(spend)  # SVG drawn from the cost report's figures (charts.py)
@@ -114,6 +115,14 @@ def overview(
     else:
         body += _emergency_forms(flags, csrf, root)
     return page("AI feature flags", body)
+
+
+def _manifest(flag: str, links: Mapping[str, str] | None) -> str:
+    """Where the flag is configured: its file in git, linked where the repository is known."""
+    path = f"flags.d/{text(flag)}.yaml"
+    url = (links or {}).get(flag)
+    shown = f'<a href="{text(url)}">{path}</a>' if url else path
+    return f"edit in git: {shown}"
 
 
 def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str, root: str) -> list[str]:
