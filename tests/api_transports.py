@@ -132,9 +132,20 @@ class GatewayBrowser:
 
     host = "abc123.execute-api.eu-west-1.amazonaws.com"
 
-    def __init__(self, app: Any, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        identity: str | None = None,
+        *,
+        base: str = "/v1",
+        custom_domain: bool = False,
+        asked: str | None = None,
+    ) -> None:
         self.handler = Mangum(app, lifespan="off")
         self.identity = identity
+        self.base = base  # the stage's path, or a custom domain's base path mapping
+        self.custom_domain = custom_domain  # then the event's path has the base in it
+        self.asked = asked  # a request context's path other than base + route
         self.cookies: dict[str, str] = {}
         self.set_cookies: list[str] = []
 
@@ -149,10 +160,8 @@ class GatewayBrowser:
     def request(
         self, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, dict[str, str], str]:
-        stage, _, route = path.partition("/v1")
-        assert stage == "", f"{path} is not under the stage"
-        assert route.startswith("/"), f"{path} is not under the stage"
-        route, _, query = route.partition("?")
+        assert path.startswith(self.base + "/"), f"{path} is not under {self.base}"
+        route, _, query = path.removeprefix(self.base).partition("?")
         params = dict(pair.partition("=")[::2] for pair in filter(None, query.split("&")))
         headers = {"Host": self.host, "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"}
         if self.cookies:
@@ -162,7 +171,7 @@ class GatewayBrowser:
             headers["Content-Length"] = str(len(body))
         event = {
             "resource": route,
-            "path": route,
+            "path": self.base + route if self.custom_domain else route,
             "httpMethod": method,
             "headers": headers,
             "multiValueHeaders": {k: [v] for k, v in headers.items()},
@@ -173,7 +182,7 @@ class GatewayBrowser:
             "requestContext": {
                 "resourcePath": route,
                 "httpMethod": method,
-                "path": f"/v1{route}",
+                "path": self.asked or self.base + route,
                 "stage": "v1",
                 "requestId": str(uuid.uuid4()),
                 "identity": {"sourceIp": "198.51.100.7", "userArn": self.identity},

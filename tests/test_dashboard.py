@@ -269,9 +269,9 @@ def test_a_shutdown_from_the_page_queues_behind_the_apis_writes(
     an API shutdown is in the store, the page's waits (here 0.5 s), then says it is busy."""
     import threading
 
-    from reconciler.server import dashboard
+    from reconciler.server import app
 
-    monkeypatch.setattr(dashboard, "WRITE_WAIT", 0.5)
+    monkeypatch.setattr(app, "WRITE_WAIT", 0.5)
     entered, release = threading.Event(), threading.Event()
 
     class Slow(LocalStore):
@@ -310,7 +310,7 @@ def test_a_shutdown_from_the_page_queues_behind_the_apis_writes(
 
 def test_each_flag_links_its_manifest_at_the_commit_that_applied_it(store: LocalStore) -> None:
     from reconciler.errors import ConfigError
-    from reconciler.server.dashboard import repository_url
+    from reconciler.server.sections import repository_url
     from reconciler.state.records import RecordKind
 
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -337,7 +337,7 @@ def test_each_flag_links_its_manifest_at_the_commit_that_applied_it(store: Local
 
 
 def test_a_link_names_the_commit_when_the_apply_had_one() -> None:
-    from reconciler.server.dashboard import manifest_links
+    from reconciler.server.sections import manifest_links
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     links = manifest_links(
@@ -348,3 +348,40 @@ def test_a_link_names_the_commit_when_the_apply_had_one() -> None:
         "a_x": f"https://github.com/acme/flags/blob/{commit}/flags.d/a_x.yaml",
         "b_y": "https://github.com/acme/flags/blob/HEAD/flags.d/b_y.yaml",
     }
+
+
+def test_a_page_view_makes_each_read_once(store: LocalStore) -> None:
+    """However many sections (and days of the spend chart) ask for the same record."""
+    from collections import Counter
+
+    from reconciler.server.sections import DAYS
+
+    calls: Counter[tuple[object, ...]] = Counter()
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = LocalStore(store.path)
+
+        def __getattr__(self, name: str) -> object:
+            found = getattr(self.inner, name)
+            if not name.startswith("read_"):
+                return found
+
+            def counted(*args: object, **kwargs: object) -> object:
+                calls[(name, *args, *sorted(kwargs.items()))] += 1
+                return found(*args, **kwargs)
+
+            return counted
+
+    settings = ApiSettings(Counting, BearerToken(lambda: TOKEN))  # type: ignore[arg-type]
+    with (
+        serving(create_app(settings)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        signed_in(client)
+        calls.clear()
+        assert client.get("/dashboard").status_code == 200
+    repeated = {call: n for call, n in calls.items() if n > 1}
+    assert repeated == {}
+    past_days = sum(1 for call in calls if call[0] == "read_cost_metrics")
+    assert past_days == DAYS - 1, "today's spend is in the telemetry shards"

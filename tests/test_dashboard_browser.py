@@ -117,7 +117,9 @@ def test_the_documented_command_writes_the_screenshots(tmp_path: Path) -> None:
         assert path.stat().st_size > 5_000
 
 
-def test_behind_iam_the_browser_goes_through_the_signing_proxy(store: LocalStore) -> None:
+def test_behind_iam_the_browser_goes_through_the_signing_proxy(
+    store: LocalStore, tmp_path: Path
+) -> None:
     """``breakglass dashboard``: Chromium at the proxy on loopback, the proxy signing for it, a
     gateway that checks each signature; the shutdown is recorded with the IAM identity."""
     from datetime import UTC, datetime
@@ -126,18 +128,25 @@ def test_behind_iam_the_browser_goes_through_the_signing_proxy(store: LocalStore
 
     from reconciler import breakglass as core
     from reconciler.server.app import GatewayIdentity
-    from reconciler.server.signing_proxy import SigningProxy, Upstream
+    from reconciler.server.signing_proxy import SIGN_IN, SigningProxy, Upstream, opener
     from tests.test_signing_proxy import ARN, KEY, REGION, SECRET, SESSION, Gateway
 
     settings = ApiSettings(lambda: LocalStore(store.path), GatewayIdentity(), who_required=False)
     credentials = Credentials(KEY, SECRET, SESSION)
     with serving(Gateway(create_app(settings))) as upstream:
+        key = SigningProxy.new_key()
         proxy = SigningProxy(
             Upstream("http", f"127.0.0.1:{upstream}", "/v1", REGION),
             credentials.get_frozen_credentials,
+            key,
         )
         with serving(proxy) as port, browser.page() as tab:
             tab.goto(f"http://127.0.0.1:{port}/")
+            assert "open the link breakglass dashboard printed" in tab.inner_text("body")
+            # As breakglass dashboard opens it: a file that sends the browser on.
+            link = f"http://127.0.0.1:{port}{SIGN_IN}?key={key}"
+            with tab.expect_navigation(url=f"http://127.0.0.1:{port}/v1/dashboard"):
+                tab.goto(opener(tmp_path, link).as_uri())
             assert tab.url == f"http://127.0.0.1:{port}/v1/dashboard"
             live = tab.locator('tr[data-flag="vc_bedrock_live"]')
             assert live.locator("td.serving").inner_text() == "10%"

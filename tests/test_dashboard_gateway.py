@@ -118,3 +118,38 @@ def test_iam_mode_without_a_caller_shows_nothing(store: LocalStore) -> None:
     status, _, _ = browser.post("/v1/dashboard/shutdown", {**SHUTDOWN, "csrf": "x"})
     assert status == 303
     assert store.read_overrides() is None
+
+
+def test_behind_a_custom_domain_the_pages_keep_to_its_base_path(store: LocalStore) -> None:
+    """A base path mapping (flags.example.com/flags -> the stage): the event's path has the
+    base in it, the resource does not."""
+    settings = ApiSettings(lambda: LocalStore(store.path), BearerToken(lambda: TOKEN))
+    browser = GatewayBrowser(create_app(settings), base="/flags", custom_domain=True)
+    status, _, page = browser.get("/flags/dashboard")
+    assert status == 200
+    assert 'action="/flags/dashboard/sign-in"' in page
+    status, headers, _ = browser.post("/flags/dashboard/sign-in", {"token": TOKEN})
+    assert (status, headers["location"]) == (303, "/flags/dashboard")
+    status, _, page = browser.get("/flags/dashboard")
+    assert status == 200
+    assert 'href="/flags/dashboard/audit"' in page
+
+
+@pytest.mark.parametrize(
+    "asked", ["//evil.example/dashboard", "/a/../dashboard", "/v1/x/dashboards"]
+)
+def test_a_request_path_that_is_not_plain_segments_moves_no_link(
+    store: LocalStore, asked: str
+) -> None:
+    settings = ApiSettings(lambda: LocalStore(store.path), BearerToken(lambda: TOKEN))
+    browser = GatewayBrowser(create_app(settings), asked=asked)
+    status, _, page = browser.get("/v1/dashboard")
+    assert status == 200
+    assert "evil.example" not in page
+    assert re.findall(r'action="([^"]+)"', page) == ["/dashboard/sign-in"]
+
+
+def test_a_trailing_slash_is_not_redirected_out_of_the_stage(store: LocalStore) -> None:
+    status, headers, _ = token_mode(store).get("/v1/dashboard/")
+    assert status == 404
+    assert "location" not in headers

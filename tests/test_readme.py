@@ -266,10 +266,12 @@ def test_the_http_api_table_lists_every_endpoint(tmp_path: Path) -> None:
     from reconciler.server.app import ApiSettings, BearerToken, create_app
     from reconciler.state.local import LocalStore
 
-    app = create_app(ApiSettings(lambda: LocalStore(tmp_path / "s.db"), BearerToken(str)))
+    app: object = create_app(ApiSettings(lambda: LocalStore(tmp_path / "s.db"), BearerToken(str)))
+    while not hasattr(app, "routes"):  # through the middleware to the Starlette application
+        app = app.app  # type: ignore[attr-defined]
     served = {
         f"{method} {route.path}"  # type: ignore[attr-defined]
-        for route in app.app.app.routes  # type: ignore[attr-defined]
+        for route in app.routes  # type: ignore[attr-defined]
         for method in route.methods - {"HEAD"}  # type: ignore[attr-defined]
     }
     documented = set(re.findall(r"^\| `((?:GET|POST) /[^ ?`]*)", README, flags=re.MULTILINE))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from reconciler import breakglass as core
 from reconciler.errors import UserError
 from reconciler.server.app import ApiSettings, GatewayIdentity, create_app
 from reconciler.server.local import serving
-from reconciler.server.signing_proxy import SigningProxy, Upstream
+from reconciler.server.signing_proxy import SIGN_IN, SigningProxy, Upstream
 from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
 from tests.test_apply import apply, desired, plan
@@ -62,6 +63,7 @@ class Gateway:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.seen: list[dict[str, str]] = []  # each request's headers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -73,7 +75,11 @@ class Gateway:
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        query = scope["query_string"].decode()
+        self.seen.append(headers)
+        # As API Gateway does: the canonical query from the parameters it parsed, encoded as
+        # SigV4 says (a "+" sent raw is a space, and signed as %20).
+        pairs = parse_qsl(scope["query_string"].decode(), keep_blank_values=True)
+        query = urlencode(pairs, quote_via=quote)
         url = f"http://{headers.get('host')}{scope['path']}" + (f"?{query}" if query else "")
         if not signature_holds(scope["method"], url, headers, body):
             await send({"type": "http.response.start", "status": 403, "headers": []})
@@ -82,6 +88,7 @@ class Gateway:
         route = scope["path"].removeprefix("/v1")
         event = {
             "path": route,
+            "resource": route,
             "requestContext": {"path": scope["path"], "identity": {"userArn": ARN}},
         }
         inner = {
@@ -107,22 +114,33 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
 
 
 @pytest.fixture
-def gateway(store: LocalStore) -> Iterator[int]:
+def gateway(store: LocalStore) -> Iterator[tuple[int, Gateway]]:
     settings = ApiSettings(lambda: LocalStore(store.path), GatewayIdentity(), who_required=False)
-    with serving(Gateway(create_app(settings))) as port:
-        yield port
+    checking = Gateway(create_app(settings))
+    with serving(checking) as port:
+        yield port, checking
+
+
+def credentials() -> Any:
+    return Credentials(KEY, SECRET, SESSION).get_frozen_credentials()
 
 
 @pytest.fixture
-def browser(gateway: int) -> Iterator[httpx.Client]:
-    upstream = Upstream("http", f"127.0.0.1:{gateway}", "/v1", REGION)
-    proxy = SigningProxy(
-        upstream, lambda: Credentials(KEY, SECRET, SESSION).get_frozen_credentials()
-    )
-    with (
-        serving(proxy) as port,
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
-    ):
+def proxy(gateway: tuple[int, Gateway]) -> Iterator[tuple[int, str]]:
+    """The proxy's port and its launch secret."""
+    upstream = Upstream("http", f"127.0.0.1:{gateway[0]}", "/v1", REGION)
+    key = SigningProxy.new_key()
+    with serving(SigningProxy(upstream, credentials, key)) as port:
+        yield port, key
+
+
+@pytest.fixture
+def browser(proxy: tuple[int, str]) -> Iterator[httpx.Client]:
+    """A browser that opened the launch link."""
+    port, key = proxy
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        opened = client.get(SIGN_IN, params={"key": key})
+        assert (opened.status_code, opened.headers["location"]) == (303, "/v1/dashboard")
         client.headers["Origin"] = f"http://127.0.0.1:{port}"
         yield client
 
@@ -136,8 +154,9 @@ def form_token(page: str) -> str:
 SHUTDOWN = {"reason": "bad answers", "by": "ana", "target": "vc_bedrock_live", "confirm": "yes"}
 
 
-def test_the_gateway_refuses_what_is_not_signed(gateway: int) -> None:
-    answer = httpx.get(f"http://127.0.0.1:{gateway}/v1/dashboard")
+def test_the_gateway_refuses_what_is_not_signed(gateway: tuple[int, Gateway]) -> None:
+    """The test's gateway checks signatures (so the tests below show the proxy's hold)."""
+    answer = httpx.get(f"http://127.0.0.1:{gateway[0]}/v1/dashboard")
     assert answer.status_code == 403
     scope = f"{KEY}/20261201/{REGION}/execute-api/aws4_request"
     forged = {
@@ -146,7 +165,8 @@ def test_the_gateway_refuses_what_is_not_signed(gateway: int) -> None:
         "X-Amz-Date": "20261201T000000Z",
         "X-Amz-Security-Token": SESSION,
     }
-    assert httpx.get(f"http://127.0.0.1:{gateway}/v1/dashboard", headers=forged).status_code == 403
+    url = f"http://127.0.0.1:{gateway[0]}/v1/dashboard"
+    assert httpx.get(url, headers=forged).status_code == 403
 
 
 def test_the_browser_reads_and_shuts_down_with_the_operators_identity(
@@ -225,3 +245,93 @@ def test_the_url_names_the_region() -> None:
     assert Upstream.parse("https://flags.example.com/v1", "us-east-1").region == "us-east-1"
     with pytest.raises(UserError, match="https only"):
         Upstream.parse("http://flags.example.com/v1", "us-east-1")
+
+
+def test_only_the_browser_that_opened_the_launch_link_is_served(
+    proxy: tuple[int, str], store: LocalStore
+) -> None:
+    """Another user or process on the machine can write any Host and Origin, but not the
+    launch secret: without its cookie nothing is signed."""
+    port, key = proxy
+    base = f"http://127.0.0.1:{port}"
+    origin = {"Origin": base}
+    with httpx.Client(base_url=base, timeout=10, headers=origin) as other:
+        assert other.get("/v1/dashboard").status_code == 401
+        answer = other.post("/v1/dashboard/shutdown", data={**SHUTDOWN, "csrf": "x"})
+        assert answer.status_code == 401
+        assert other.get(SIGN_IN, params={"key": key[::-1]}).status_code == 401
+        other.cookies.set(f"reconciler_proxy_{port}", "a" * 43)
+        assert other.get("/v1/dashboard").status_code == 401
+    assert store.read_overrides() is None
+
+
+def test_only_the_dashboards_cookies_go_upstream(
+    browser: httpx.Client, gateway: tuple[int, Gateway]
+) -> None:
+    browser.cookies.set("jupyter-session", "SECRET123")
+    assert browser.get("/v1/dashboard").status_code == 200
+    assert browser.get("/v1/dashboard").status_code == 200  # now with the form's cookie
+    sent = gateway[1].seen[-1].get("cookie", "")
+    assert "SECRET123" not in sent
+    assert "reconciler_proxy" not in sent, "the launch secret stays here"
+    assert re.fullmatch(r"reconciler_form_[0-9]+=[A-Za-z0-9_-]{43}", sent), sent
+
+
+def test_a_filter_with_spaces_and_symbols_is_signed_as_the_gateway_checks_it(
+    browser: httpx.Client,
+) -> None:
+    answer = browser.get("/v1/dashboard/audit", params={"owner": "ana smith+co*~", "flag": ""})
+    assert answer.status_code == 200, answer.text
+    assert 'value="ana smith+co*~"' in answer.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/dashboard/..%2Femergency-shutdown",
+        "/v1/dashboard/../emergency-shutdown",
+        "/v1/dashboard/",
+        "/v1/dashboard/%61udit",
+        "/v1/dashboard/caf%C3%A9",
+    ],
+)
+def test_only_the_dashboards_routes_as_sent_are_signed(browser: httpx.Client, path: str) -> None:
+    with httpx.Client(timeout=10) as raw:  # the path exactly as written, not normalised
+        request = raw.build_request("GET", str(browser.base_url).rstrip("/") + "/x")
+        request.url = request.url.copy_with(raw_path=path.encode())
+        request.headers["cookie"] = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+        assert raw.send(request).status_code == 404
+
+
+def test_a_redirect_leads_only_back_to_the_dashboard() -> None:
+    upstream = Upstream("https", "abc.execute-api.eu-west-1.amazonaws.com", "/v1", REGION)
+    proxy = SigningProxy(upstream, credentials, SigningProxy.new_key())
+    assert proxy._local("/v1/dashboard/audit?flag=a") == "/v1/dashboard/audit?flag=a"
+    assert proxy._local(f"https://{upstream.host}/v1/dashboard") == "/v1/dashboard"
+    for elsewhere in (
+        "//evil.example/v1/dashboard",
+        "/\\evil.example",
+        "https://evil.example/v1/dashboard",
+        "/v1/emergency-shutdown",
+        "javascript:alert(1)",
+    ):
+        assert proxy._local(elsewhere) == "/v1/dashboard", elsewhere
+
+
+def test_credentials_that_lapsed_get_an_answer_that_says_so(gateway: tuple[int, Gateway]) -> None:
+    from botocore.exceptions import TokenRetrievalError
+
+    def lapsed() -> Any:
+        raise TokenRetrievalError(provider="sso", error_msg="the SSO session has expired")
+
+    upstream = Upstream("http", f"127.0.0.1:{gateway[0]}", "/v1", REGION)
+    key = SigningProxy.new_key()
+    with (
+        serving(SigningProxy(upstream, lapsed, key)) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        client.get(SIGN_IN, params={"key": key})
+        answer = client.get("/v1/dashboard")
+    assert answer.status_code == 502
+    assert "the SSO session has expired" in answer.text
+    assert "aws sso login" in answer.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -387,7 +388,12 @@ def dashboard(
 
         from reconciler.server.local import listen  # noqa: PLC0415
         from reconciler.server.local import serve as serve_app  # noqa: PLC0415
-        from reconciler.server.signing_proxy import SigningProxy, Upstream  # noqa: PLC0415
+        from reconciler.server.signing_proxy import (  # noqa: PLC0415
+            SIGN_IN,
+            SigningProxy,
+            Upstream,
+            opener,
+        )
     except ImportError as exc:
         raise UserError(
             f"the dashboard needs the server extra ({exc.name} is missing): "
@@ -401,13 +407,15 @@ def dashboard(
         sock = listen("127.0.0.1", port)
     except OSError as exc:
         raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
-    page = f"http://127.0.0.1:{sock.getsockname()[1]}{upstream.path}/dashboard"
-    click.echo(f"The dashboard of {url}, signed with your AWS credentials: {page}", err=True)
-    if open_browser:
-        import webbrowser  # noqa: PLC0415
+    key = SigningProxy.new_key()
+    link = f"http://127.0.0.1:{sock.getsockname()[1]}{SIGN_IN}?key={key}"
+    click.echo(f"The dashboard of {url}, signed with your AWS credentials: {link}", err=True)
+    with tempfile.TemporaryDirectory(prefix="reconciler-dashboard-") as private:  # mode 0700
+        if open_browser:
+            import webbrowser  # noqa: PLC0415
 
-        webbrowser.open(page)
-    serve_app(SigningProxy(upstream, credentials.get_frozen_credentials), sock)
+            webbrowser.open(opener(Path(private), link).as_uri())
+        serve_app(SigningProxy(upstream, credentials.get_frozen_credentials, key), sock)
     return ExitCode.CLEAN
 
 

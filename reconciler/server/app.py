@@ -21,8 +21,10 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,12 +41,14 @@ from reconciler import breakglass as core
 from reconciler.errors import ReconcilerError, UserError
 from reconciler.server import inputs
 from reconciler.server.access_log import AccessLog
-from reconciler.server.dashboard import Dashboard, repository_url
+from reconciler.server.dashboard import Dashboard
 from reconciler.server.inputs import MAX_BODY, WRITE_WAIT, BadRequest
+from reconciler.server.sections import repository_url
 from reconciler.server.status import flag_status, health_detail, read_snapshot
 from reconciler.state.store import StateStore, StoreUnavailableError, TablesMissingError
 
 LOGGER = logging.getLogger("reconciler.server")
+ROOT_PATH = re.compile(r"(/(?!\.+(/|$))[A-Za-z0-9._~-]+)+")  # /v1, /flags/v1; no . or ..
 
 
 class Authenticator(Protocol):
@@ -105,7 +109,7 @@ def create_app(settings: ApiSettings) -> AccessLog:
         settings.clock,
         public=settings.public_dashboard,
         identity=auth.caller if isinstance(auth, GatewayIdentity) else None,
-        writes=api.write_lock,  # the page's shutdowns queue with the API's
+        writes=api.one_write,  # the page's shutdowns queue with the API's
         repository=repository_url(settings.repository) if settings.repository else None,
     )
     app = Starlette(
@@ -114,8 +118,8 @@ def create_app(settings: ApiSettings) -> AccessLog:
             Route("/dashboard/sign-in", pages.sign_in_form, methods=["GET"]),
             Route("/dashboard/sign-in", pages.sign_in, methods=["POST"]),
             Route("/dashboard/audit", pages.audit, methods=["GET"]),
-            Route("/dashboard/shutdown", pages.act, methods=["POST"]),
-            Route("/dashboard/restore", pages.act, methods=["POST"]),
+            Route("/dashboard/shutdown", pages.shutdown, methods=["POST"]),
+            Route("/dashboard/restore", pages.restore, methods=["POST"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/health/detail", api.detail, methods=["GET"]),
             Route("/feature-flags/status", api.status, methods=["GET"]),
@@ -124,14 +128,17 @@ def create_app(settings: ApiSettings) -> AccessLog:
         ],
         exception_handlers={HTTPException: _http_error},
     )
+    app.router.redirect_slashes = False  # its redirect would leave the stage's path
     return AccessLog(GatewayPath(app))
 
 
 class GatewayPath:
-    """Behind API Gateway, the stage's path (and a custom domain's base path) as the ASGI
-    ``root_path``: the proxy event's ``path`` is the resource's (``/dashboard``), the path the
-    browser asked for is the request context's (``/v1/dashboard``), and the dashboard's links,
-    redirects and cookies need the latter. Elsewhere it changes nothing."""
+    """Behind API Gateway, the stage's path (or a custom domain's base path) as the ASGI
+    ``root_path``, which the dashboard's links, redirects and cookies need: the request
+    context's ``path`` is what the browser asked for (``/v1/dashboard``), the ``resource`` the
+    route it matched (``/dashboard``; these routes have no path parameters), and the root what
+    comes before it. A root that is not plain path segments is ignored. Elsewhere it changes
+    nothing."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -139,10 +146,14 @@ class GatewayPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         event = scope.get("aws.event") if scope["type"] == "http" else None
         if isinstance(event, dict):
+            resource = str(event.get("resource") or "")
             asked = str((event.get("requestContext") or {}).get("path") or "")
-            path = str(scope["path"])
-            if len(asked) > len(path) and asked.endswith(path) and asked.startswith("/"):
-                scope["root_path"] = asked[: -len(path)]  # in place: the log reads its state
+            if resource.startswith("/") and asked.endswith(resource):
+                root = asked[: -len(resource)]
+                if ROOT_PATH.fullmatch(root):
+                    # In place, not a copy: Starlette keeps ``request.state`` in this scope,
+                    # and the access log reads the caller from it.
+                    scope["root_path"] = root
         await self.app(scope, receive, send)
 
 
@@ -216,22 +227,29 @@ class _Api:
             body = inputs.parse_object(await self._body(request))
         except BadRequest as exc:
             return _json(exc.status, {"error": str(exc)})
-        # One write at a time, waited for here (not in a worker thread, which reads need).
-        lock = self.write_lock()
+        try:
+            async with self.one_write():
+                return await self._answer(request, lambda: change(body, caller))
+        except core.BusyError as exc:
+            return _json(503, {"error": str(exc)}, {"Retry-After": "1"})
+
+    @asynccontextmanager
+    async def one_write(self) -> AsyncIterator[None]:
+        """The process's writes (the API's and the dashboard's) one at a time, waited for in
+        the event loop (not in a worker thread, which reads need); BusyError after
+        ``WRITE_WAIT`` seconds."""
+        lock = self._locks.setdefault(asyncio.get_running_loop(), anyio.Lock())
         try:
             with anyio.fail_after(WRITE_WAIT):
                 await lock.acquire()
         except TimeoutError:
-            busy = "the server is busy with other writes; try again"
-            return _json(503, {"error": busy}, {"Retry-After": "1"})
+            raise core.BusyError(
+                "the server is busy with other writes: nothing was done, try again"
+            ) from None
         try:
-            return await self._answer(request, lambda: change(body, caller))
+            yield
         finally:
             lock.release()
-
-    def write_lock(self) -> anyio.Lock:
-        """This event loop's one lock for writes (the API's and the dashboard's)."""
-        return self._locks.setdefault(asyncio.get_running_loop(), anyio.Lock())
 
     def _authenticate(self, request: Request) -> str:
         caller = self.settings.auth.caller(request)

@@ -19,11 +19,11 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -31,11 +31,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from reconciler import breakglass as core
-from reconciler.controllers.report import collect
-from reconciler.controllers.rollout_run import CONTROLLER_RECORD
-from reconciler.errors import ConfigError, ReconcilerError, UserError
-from reconciler.server import charts, pages
-from reconciler.server.inputs import MAX_BODY, WRITE_WAIT
+from reconciler.errors import ReconcilerError, UserError
+from reconciler.server import pages, sections
+from reconciler.server.inputs import LOOPBACK, MAX_BODY
 from reconciler.server.status import flag_status, health_detail, with_all_flags
 from reconciler.state.records import OVERRIDES_RECORD, RecordKind
 from reconciler.state.store import StateStore
@@ -47,14 +45,11 @@ IAM_ONLY = (
     "This API authorizes with IAM: open the dashboard through <code>breakglass dashboard "
     "URL</code>, which signs each request with your AWS credentials."
 )
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MIN_TOKEN = 16
-DAYS = 7  # of spend in the line chart
 BODY_SECONDS = 10.0  # a form not received by then is no form
 SESSION_SECONDS = 8 * 3600
 Token = Callable[[], str]
 Identity = Callable[[Request], "str | None"]
-View = Callable[[StateStore, datetime, dict[str, Any]], str]
 
 
 class Dashboard:
@@ -67,7 +62,7 @@ class Dashboard:
         *,
         public: bool = False,
         identity: Identity | None = None,
-        writes: Callable[[], anyio.Lock] | None = None,
+        writes: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         repository: str | None = None,
     ) -> None:
         self.public = public  # the pages readable by anyone who can reach them; forms are not
@@ -123,7 +118,13 @@ class Dashboard:
         owner = request.query_params.get("owner", "").strip()
         return await _rendered(lambda: pages.audit(self._audit(flag, owner), flag, owner, root))
 
-    async def act(self, request: Request) -> Response:
+    async def shutdown(self, request: Request) -> Response:
+        return await self._form_action(request, "shutdown")
+
+    async def restore(self, request: Request) -> Response:
+        return await self._form_action(request, "restore")
+
+    async def _form_action(self, request: Request, action: str) -> Response:
         """A shutdown or restore from the page's forms."""
         root = _root(request)
         signed = self._signed(request)
@@ -133,7 +134,6 @@ class Dashboard:
         given = (form.get("csrf") or "").encode()
         if signed.new_cookie or not hmac.compare_digest(given, signed.csrf.encode()):
             return _html(pages.page("Refused", ["<p>The form is stale: reload the page.</p>"]), 403)
-        action = request.url.path.rsplit("/", 1)[-1]
         try:
             if form.get("confirm") != "yes":
                 raise UserError("tick the confirmation: nothing was done")
@@ -148,37 +148,23 @@ class Dashboard:
         """The write in a worker thread, after the process's writes before it."""
         if self.writes is None:
             return await run_in_threadpool(work, *args)
-        lock = self.writes()
-        try:
-            with anyio.fail_after(WRITE_WAIT):
-                await lock.acquire()
-        except TimeoutError:
-            raise core.BusyError(
-                "the server is busy with other writes: nothing was done, try again"
-            ) from None
-        try:
+        async with self.writes():
             return await run_in_threadpool(work, *args)
-        finally:
-            lock.release()
 
     # -- work --------------------------------------------------------------------------------
 
     def _overview(self, csrf: str | None, notice: str | None, root: str) -> str:
-        store = self.open_store()
+        opened = self.open_store()
         try:
+            store = sections.once_each(opened)
             now = self.clock()
             snapshot, items = with_all_flags(store)
             flags = [flag_status(snapshot, item, now) for item in items]
-            links = manifest_links(self.repository, items) if self.repository else None
+            links = sections.manifest_links(self.repository, items) if self.repository else None
             detail = health_detail(store, now)
-            views: list[tuple[str, View]] = [
-                ("AI spend", _spend),
-                ("Rollouts", _rollouts),
-                ("Experiments", _experiments),
-            ]
-            spend = "".join(_section(title, view, store, now, detail) for title, view in views)
+            spend = sections.draw(store, now, detail)
         finally:
-            self.release(store)
+            self.release(opened)
         return pages.overview(
             flags, detail, csrf, notice=notice, spend=spend, root=root, links=links
         )
@@ -274,120 +260,6 @@ class Signed:
     who: str | None
     csrf: str
     new_cookie: bool = False
-
-
-def repository_url(url: str) -> str:
-    """A repository's web address (``https://github.com/OWNER/NAME``) as the dashboard links
-    manifests under it, or a ConfigError."""
-    cleaned = url.strip().rstrip("/")
-    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9_.~-]+)+", cleaned):
-        raise ConfigError(f"{url!r} is not a repository's https address (https://host/owner/name)")
-    return cleaned
-
-
-def manifest_links(repository: str, items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Each flag's manifest at the commit that applied it (the default branch's when unknown)."""
-    links = {}
-    for item in items:
-        name = str(item.get("flag_name", ""))
-        commit = str(item.get("git_commit") or "")
-        at = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "HEAD"
-        links[name] = f"{repository}/blob/{at}/flags.d/{quote(name)}.yaml"
-    return links
-
-
-def _section(
-    title: str, view: View, store: StateStore, now: datetime, detail: dict[str, Any]
-) -> str:
-    """One section of the page; a record it cannot read costs that section, not the page (the
-    flags and the break-glass forms always show)."""
-    try:
-        return view(store, now, detail)
-    except Exception:
-        LOGGER.exception("dashboard section %s", title)
-        unread = "This section could not be read: see the server's log."
-        return f"<h2>{pages.text(title)}</h2><p class=alert>{unread}</p>"
-
-
-def _spend(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
-    """Today's spend per request type against the daily limits of budgets that count all AI
-    spend (the cost report's scope says so),
-    and the last days' totals: the cost report's figures (``controller cost``), drawn."""
-    today = collect(store, now=now)
-    rows = [(t.request_type, t.cost_micros) for t in today.types]
-    rows.append(("all AI spend", today.total_micros))
-    lines = [
-        (limit.name, limit.limit_micros)
-        for budget in today.budgets
-        if budget.period_kind == "daily" and budget.scope.startswith("counts all request types")
-        for limit in budget.limits
-    ]
-    days = []
-    for back in range(DAYS - 1, 0, -1):
-        day = (now - timedelta(days=back)).date()
-        days.append((day.isoformat(), collect(store, now=now, day=day).total_micros))
-    days.append((today.date, today.total_micros))
-    return (
-        "<h2>Today's AI spend</h2>"
-        + charts.spend_bars(rows, lines, f"AI spend on {today.date} by request type")
-        + f"<h2>The last {DAYS} days</h2>"
-        + charts.spend_line(days, f"AI spend per day, the last {DAYS} days")
-    )
-
-
-def _rollouts(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
-    """Each rollout's share over time (the rollout controller's audited moves, then now), its
-    last checks and its next step, as ``controller rollout`` reports them."""
-    moves = store.read_audit(CONTROLLER_RECORD, limit=200)
-    parts = []
-    for rollout in detail.get("rollouts") or []:
-        name = str(rollout["strategy"])
-        points = []
-        for entry in reversed(moves):
-            after = entry.get("after")
-            move = after.get(name) if isinstance(after, dict) else None
-            share = move.get("percentage") if isinstance(move, dict) else None
-            if isinstance(share, int | float) and not isinstance(share, bool):
-                points.append((str(entry.get("at", "")), float(share)))  # a malformed one: left out
-        points.append((str(rollout.get("since", "")), float(rollout["percentage"])))
-        checks = [str(c.get("text", "")) for c in rollout.get("checks") or []]
-        upcoming = rollout.get("next")
-        next_step = (
-            f"next: {upcoming['percentage']:g}% "
-            + ("when its checks pass" if upcoming["when"] == "checks_pass" else "by schedule")
-            + f" (due {upcoming['at']})"
-            if upcoming
-            else "no step left"
-        )
-        parts.append(
-            f'<h3 data-rollout="{pages.text(name)}">{pages.text(name)} '
-            f"({pages.text(rollout['flag'])})</h3>"
-            + charts.share_over_time(points, f"{name}: the share served over time")
-            + f"<p>{pages.text(rollout['state'])} at {float(rollout['percentage']):g}%: "
-            f"{pages.text(rollout.get('reason'))}; {pages.text(next_step)}</p>"
-            + "".join(f"<p class=muted>{pages.text(c)}</p>" for c in checks)
-        )
-    return "<h2>Rollouts</h2>" + "".join(parts) if parts else ""
-
-
-def _experiments(store: StateStore, now: datetime, detail: dict[str, Any]) -> str:
-    """Each stored experiment as ``controller experiment NAME`` reports it: the intervals per
-    metric (its plot), the sample-ratio check and what auto-conclusion waits for."""
-    from reconciler.controllers.analyser_run import read_report  # noqa: PLC0415 - scipy
-    from reconciler.render import experiment as render  # noqa: PLC0415
-
-    parts = []
-    for name, record in store.read_records(RecordKind.EXPERIMENT).items():
-        report = read_report(store, record.item, now)
-        parts.append(f'<h3 data-experiment="{pages.text(name)}">{pages.text(name)}</h3>')
-        if report.analysis is None:
-            parts.append("<p>Not started yet (its start_time is in the future).</p>")
-            continue
-        lines = render.render_text(report.analysis, report.verdict, report.operator)
-        parts.append(render.render_plot(report.analysis))  # its names escaped by the renderer
-        shown = "\n".join(pages.text(line) for line in lines)  # each line escaped
-        parts.append(f"<pre>{shown}</pre>")
-    return "<h2>Experiments</h2>" + "".join(parts) if parts else ""
 
 
 def _root(request: Request) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 MAX_BODY = 16 * 1024
 WRITE_WAIT = 20.0  # seconds a write waits for the process's writes before it, then 503
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # this machine's own addresses
 SHUTDOWN_FIELDS = ("reason", "shutdown_by", "flags", "expires", "force")
 RESTORE_FIELDS = ("reason", "restored_by", "flags")
 # Query parameters of /feature-flags/status other than ``flag`` are the evaluation context.

@@ -3,37 +3,52 @@ that signs each request with the operator's AWS credentials (SigV4, service ``ex
 and forwards it to the stage (``breakglass dashboard URL``).
 
 A browser cannot sign requests, and the gateway refuses every unsigned one. The proxy signs
-only the dashboard's pages (the JSON API is for scripts, which sign for themselves), and only
-for this machine's browser:
+only the dashboard's own routes (the JSON API is for scripts, which sign for themselves), and
+only for the operator who started it:
 
+- a secret made at launch comes in the link it opens (through a file only its user can read,
+  so it is on no command line) and is kept as a cookie: a request without it, from another user
+  or process on the machine, is refused;
 - it listens on loopback, and answers only requests whose ``Host`` is its own address, so a web
   page cannot reach it through a DNS name rebound to 127.0.0.1;
 - a POST must come from its own pages (``Origin``, and ``Sec-Fetch-Site`` where the browser
   sends it), so another site cannot make the browser post a shutdown that the proxy would
-  sign; the dashboard's own form token, a SameSite=Strict cookie, is checked upstream as well;
-- cookies come back without ``Secure`` (loopback is plain HTTP; they never leave the machine).
+  sign;
+- the path must be one of the dashboard's routes exactly as sent (no ``..``, no escapes), the
+  query is signed and sent in the encoding SigV4 expects, and only the dashboard's own cookies
+  go upstream (not those other local servers set for 127.0.0.1);
+- a redirect leads back to the dashboard only, and cookies come back without ``Secure``
+  (loopback is plain HTTP; they never leave the machine).
 """
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from reconciler.errors import UserError
-from reconciler.server.inputs import MAX_BODY
+from reconciler.server.inputs import LOOPBACK, MAX_BODY
 from reconciler.server.pages import ROOT
 
 SERVICE = "execute-api"
 TIMEOUT = 30.0  # seconds for the gateway's answer (its own limit is 29)
-KEPT_REQUEST = ("content-type", "cookie", "accept")
+KEPT_REQUEST = ("content-type", "accept")
+ROUTES = ("", "/sign-in", "/audit", "/shutdown", "/restore")  # under the dashboard's path
+OWN_COOKIES = re.compile(r"reconciler_(session|form)_[0-9]+")  # the dashboard's, forwarded
+KEY_COOKIE = "reconciler_proxy"  # and the port: the launch secret
+SIGN_IN = "/_proxy/sign-in"  # ?key=<the launch secret>
 KEPT_ANSWER = (
     "content-type",
     "cache-control",
@@ -57,7 +72,7 @@ class Upstream:
         parts = urlsplit(url.strip())
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise UserError(f"{url!r} is not the API's URL (https://ID.execute-api.REGION...)")
-        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK:
             raise UserError(f"{url!r}: the API is reached over https only")
         found = GATEWAY_HOST.match(parts.hostname)
         chosen = region or (found[1] if found else None)
@@ -70,12 +85,19 @@ Credentials = Callable[[], Any]  # botocore's frozen credentials: access_key, se
 
 
 class SigningProxy:
-    """The ASGI application the browser talks to."""
+    """The ASGI application the browser talks to; ``key`` is the launch secret."""
 
-    def __init__(self, upstream: Upstream, credentials: Credentials) -> None:
+    def __init__(self, upstream: Upstream, credentials: Credentials, key: str) -> None:
+        if len(key) < 32:
+            raise ValueError("the launch secret is too short")
         self.upstream = upstream
         self.credentials = credentials
+        self.key = key
         self.pages = upstream.path + ROOT
+
+    @staticmethod
+    def new_key() -> str:
+        return secrets.token_urlsafe(32)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -86,12 +108,17 @@ class SigningProxy:
 
     async def _answer(self, request: Request) -> Response:
         own = _own_hosts(request)
-        if request.headers.get("host", "") not in own:
+        if own is None or request.headers.get("host", "") not in own:
             return _refused(421, "this proxy answers only its own address")
-        path = request.url.path
+        path = bytes(request.scope.get("raw_path") or b"").decode("latin-1")
+        if path == SIGN_IN:
+            return self._sign_in(request)
+        given = request.cookies.get(_key_cookie(request), "")
+        if not hmac.compare_digest(given.encode(), self.key.encode()):
+            return _refused(401, "open the link breakglass dashboard printed: it signs you in")
         if path in ("/", self.upstream.path, self.upstream.path + "/"):
             return RedirectResponse(self.pages, status_code=303)
-        if not (path == self.pages or path.startswith(self.pages + "/")):
+        if path not in {self.pages + route for route in ROUTES}:
             return _refused(404, f"only the dashboard ({self.pages}) is signed here")
         if request.method not in ("GET", "POST"):
             return _refused(405, f"{request.method} is not forwarded")
@@ -101,17 +128,31 @@ class SigningProxy:
             fetch_site = request.headers.get("sec-fetch-site", "same-origin")
             if origin not in {f"http://{host}" for host in own} or fetch_site != "same-origin":
                 return _refused(403, "a form from another site: not forwarded")
-            body = await request.body()
-            if len(body) > MAX_BODY:
+            read = await _body(request)
+            if read is None:
                 return _refused(413, f"at most {MAX_BODY} bytes")
+            body = read
         headers = {k: v for k, v in request.headers.items() if k in KEPT_REQUEST}
-        target = path + (f"?{request.url.query}" if request.url.query else "")
+        cookies = "; ".join(
+            f"{k}={v}" for k, v in request.cookies.items() if OWN_COOKIES.fullmatch(k)
+        )
+        if cookies:
+            headers["cookie"] = cookies
+        # As SigV4 encodes a query (urlencode's safe="" to quote): all but letters, digits, -_.~
+        query = urlencode(parse_qsl(request.url.query, keep_blank_values=True), quote_via=quote)
+        target = path + (f"?{query}" if query else "")
         try:
             status, answer_headers, content = await run_in_threadpool(
                 self._forward, request.method, target, headers, body
             )
         except (OSError, http.client.HTTPException) as exc:
             return _refused(502, f"the API does not answer: {exc}")
+        except Exception as exc:  # botocore's: the credentials could not be had or refreshed
+            return _refused(
+                502,
+                f"no AWS credentials to sign with ({type(exc).__name__}: {exc}); sign in again "
+                "(aws sso login) and reload",
+            )
         response = Response(content, status_code=status)
         for name, value in answer_headers:
             lower = name.lower()
@@ -122,6 +163,16 @@ class SigningProxy:
             elif lower == "set-cookie":
                 response.headers.append("set-cookie", _insecure(value))
         return response
+
+    def _sign_in(self, request: Request) -> Response:
+        """The launch link: the secret in its query becomes a cookie, and on to the pages."""
+        given = request.query_params.get("key", "")
+        if not hmac.compare_digest(given.encode(), self.key.encode()):
+            return _refused(401, "that is not this proxy's link")
+        answer = RedirectResponse(self.pages, status_code=303)
+        # Lax, not Strict: the link is opened from a file, a navigation from another site.
+        answer.set_cookie(_key_cookie(request), self.key, httponly=True, samesite="lax")
+        return answer
 
     def _forward(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -148,11 +199,23 @@ class SigningProxy:
             connection.close()
 
     def _local(self, location: str) -> str:
-        """A redirect to the gateway, made one to this proxy (paths stay as they are)."""
+        """A redirect to the dashboard, made one to this proxy; any other, to its first page."""
         parts = urlsplit(location)
-        if parts.netloc and parts.netloc != self.upstream.host:
-            return self.pages  # somewhere else: not followed through the proxy
-        return parts.path + (f"?{parts.query}" if parts.query else "")
+        local = parts.path + (f"?{parts.query}" if parts.query else "")
+        if parts.scheme or parts.netloc not in ("", self.upstream.host):
+            return self.pages
+        if parts.path not in {self.pages + route for route in ROUTES} or "\\" in location:
+            return self.pages
+        return local
+
+
+def opener(folder: Path, link: str) -> Path:
+    """A page that sends the browser on to ``link``, in ``folder`` (one only its user can
+    read): opened as a file, the launch secret is on no command line."""
+    page = folder / "open-dashboard.html"
+    page.write_text(f'<meta http-equiv="refresh" content="0;url={escape(link, quote=True)}">\n')
+    page.chmod(0o600)
+    return page
 
 
 def sign(
@@ -175,10 +238,29 @@ def sign(
     return dict(request.headers.items())
 
 
-def _own_hosts(request: Request) -> set[str]:
-    server = request.scope.get("server") or ("127.0.0.1", 0)
+def _own_hosts(request: Request) -> set[str] | None:
+    server = request.scope.get("server")
+    if not server:
+        return None
     port = server[1]
     return {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+
+
+def _key_cookie(request: Request) -> str:
+    server = request.scope.get("server") or ("", 0)
+    return f"{KEY_COOKIE}_{server[1]}"
+
+
+async def _body(request: Request) -> bytes | None:
+    """The body, or None past ``MAX_BODY`` (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _insecure(cookie: str) -> str:
