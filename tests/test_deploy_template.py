@@ -23,7 +23,7 @@ from reconciler.deploy.gateway import ROUTES
 from reconciler.deploy.roles import GITHUB_SUBJECTS, GITHUB_VARIABLES
 from reconciler.deploy.template import OUTPUT_VARIABLES, REGENERATE, RULE, generate
 from reconciler.diagnostics import Severity
-from reconciler.state.dynamodb import TABLE_KEYS, TTL_ATTRIBUTE, TTL_TABLES
+from reconciler.state.dynamodb import TABLE_KEYS, TTL_ATTRIBUTE, TTL_TABLES, table_indexes
 from reconciler.state.records import table_names
 from reconciler.validation import validate, validate_manifests
 from tests.conftest import REPO_ROOT
@@ -80,9 +80,11 @@ def test_every_table_of_the_code_with_its_key_billing_recovery_and_ttl(
         table = by_name[name]
         properties = table["Properties"]
         assert properties["KeySchema"] == TABLE_KEYS[variable]
+        indexes = table_indexes(variable)
+        keys = [*TABLE_KEYS[variable], *(k for i in indexes for k in i["KeySchema"])]
         assert properties["AttributeDefinitions"] == [
-            {"AttributeName": k["AttributeName"], "AttributeType": "S"}
-            for k in TABLE_KEYS[variable]
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in dict.fromkeys(k["AttributeName"] for k in keys)
         ]
         assert properties["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {
@@ -94,7 +96,9 @@ def test_every_table_of_the_code_with_its_key_billing_recovery_and_ttl(
         else:
             assert ttl is None, f"{name} keeps its items"
         assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
-        assert "GlobalSecondaryIndexes" not in properties  # no query of the code needs one
+        # Only the audit table's newest entries need an index (of the entries' months).
+        assert properties.get("GlobalSecondaryIndexes", []) == indexes
+        assert bool(indexes) == (variable == "AUDIT_TABLE")
 
 
 def test_table_names_follow_reconciler_toml() -> None:

@@ -181,9 +181,10 @@ def test_bootstrap_creates_on_demand_tables_with_recovery_and_ttl(dynamo: Dynamo
         assert table["TableStatus"] == "ACTIVE"
         assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
         assert [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]] == expected
+        indexed = {("audit_month", "S")} if name == dynamo.audit_table else set()
         assert {
             (a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]
-        } == {(attribute, "S") for attribute, _ in expected}
+        } == {(attribute, "S") for attribute, _ in expected} | indexed
         backups = client.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
         assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
         ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
@@ -227,6 +228,33 @@ def test_bootstrap_completes_what_is_missing_and_leaves_existing_tables_as_they_
         assert sum(line.startswith("created table ") for line in lines) == 10
         table = store.client.describe_table(TableName=flags_table)["Table"]
         assert table["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
+        store.close()
+
+
+def test_bootstrap_adds_the_audit_index_to_an_audit_table_made_before_it() -> None:
+    with mock_aws():
+        store = DynamoDBStore(tables=unique_tables(), region="eu-central-1")
+        keys = [
+            {"AttributeName": "record", "KeyType": "HASH"},
+            {"AttributeName": "audit_id", "KeyType": "RANGE"},
+        ]
+        store.client.create_table(
+            TableName=store.audit_table,
+            KeySchema=keys,  # type: ignore[arg-type]
+            AttributeDefinitions=[
+                {"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in keys
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        lines = store.bootstrap()
+        assert any(
+            line.startswith(f"enabled index by_month on {store.audit_table}") for line in lines
+        )
+        table = store.client.describe_table(TableName=store.audit_table)["Table"]
+        [index] = table["GlobalSecondaryIndexes"]
+        assert index["IndexName"] == "by_month"
+        assert [k["AttributeName"] for k in index["KeySchema"]] == ["audit_month", "audit_id"]
+        assert not any(line.startswith("enabled index") for line in store.bootstrap())
         store.close()
 
 

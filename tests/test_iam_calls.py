@@ -54,6 +54,8 @@ class Requests:
                 )
                 for key in keys:
                     self._add(operation, table, key)
+        elif operation == "Query" and "IndexName" in params:  # IAM's resource: the index
+            self._add(operation, f"{params['TableName']}/index/{params['IndexName']}", None)
         elif operation == "Query":
             values = params.get("ExpressionAttributeValues") or {}
             names = params.get("ExpressionAttributeNames") or {}
@@ -67,8 +69,10 @@ class Requests:
             self._add(operation, params["TableName"], params.get("Key") or params.get("Item"))
 
     def _add(self, action: str, table: str, key: dict[str, Any] | None) -> None:
-        variable = self.by_name[table]
-        self.seen.add((action, variable, _leading(variable, key) if key else None))
+        name, _, index = table.partition("/index/")
+        variable = self.by_name[name]
+        leading = _leading(variable, key) if key else None
+        self.seen.add((action, f"{variable}/index/{index}" if index else variable, leading))
 
 
 def allowed(role: str, action: str, variable: str, leading: str | None) -> bool:
@@ -76,7 +80,10 @@ def allowed(role: str, action: str, variable: str, leading: str | None) -> bool:
     and, where it limits LeadingKeys (ForAllValues), the request's key is among them."""
     from reconciler.state.records import table_names
 
-    arn = f"arn:aws:dynamodb:*:*:table/{table_names({})[variable]}"
+    table, _, index = variable.partition("/index/")
+    arn = f"arn:aws:dynamodb:*:*:table/{table_names({})[table]}" + (
+        f"/index/{index}" if index else ""
+    )
     for statement in json.loads((POLICIES / f"{role}.json").read_text())["Statement"]:
         if f"dynamodb:{action}" not in statement["Action"] or arn not in statement["Resource"]:
             continue
@@ -124,6 +131,8 @@ def test_every_request_of_the_api_and_its_dashboard_is_allowed_on_its_table(
         assert browser.get(f"/v1/dashboard/audit{query}")[0] == 200
 
     assert len(requests.seen) > 10, "the requests were recorded"
+    assert ("Query", "AUDIT_TABLE/index/by_month", None) in requests.seen, "no audit scan"
+    assert ("Scan", "AUDIT_TABLE", None) not in requests.seen
     refused = sorted((a, v, k) for a, v, k in requests.seen if not allowed("api", a, v, k))
     assert refused == []
 

@@ -70,6 +70,7 @@ ROLES = {
             "read_assignment_counts",
             "read_results",
             "read_audit",
+            "read_recent_audit",
         ],
     ),
     "runtime": (
@@ -240,6 +241,10 @@ def _as_document(resource: object, tables: dict[str, str]) -> object:
         return tables[logical]
     if resource == {"Ref": "AlertsTopic"}:
         return TOPIC
+    if isinstance(resource, dict) and "Fn::Sub" in resource:  # an index: ${Table.Arn}/index/x
+        found = re.fullmatch(r"\$\{(\w+)\.Arn\}(/index/[\w.-]+)", resource["Fn::Sub"])
+        assert found is not None, resource
+        return tables[found[1]] + found[2]
     return resource
 
 

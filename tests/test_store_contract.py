@@ -289,3 +289,29 @@ def test_a_group_checks_the_overrides_record_it_was_decided_on(store: StateStore
     store.apply_writes([update("vc_a", 1), create("vc_b")], "t2", overrides_version=1)
     assert sorted(store.read_records(RecordKind.FLAG)) == ["vc_a", "vc_b"]
     store.apply_writes([update("vc_a", 2)], "t3")  # without a version: no check
+
+
+def test_the_newest_entries_of_every_record_without_their_records(store: StateStore) -> None:
+    """What the dashboard's audit trail lists: newest first across records, each entry without
+    the records before and after (on DynamoDB, from the index by month)."""
+    store.apply_writes([create("vc_a"), create("vc_b")], "t1")
+    store.apply_writes([update("vc_a", 1, description="changed")], "t2")
+    everything = store.read_audit()
+    recent = store.read_recent_audit(limit=10, now=NOW + timedelta(days=1))
+    assert [e["audit_id"] for e in recent] == [e["audit_id"] for e in everything]
+    assert (recent[0]["record"], recent[0]["action"]) == ("flag/vc_a", "update")
+    assert all("before" not in e and "after" not in e for e in recent)
+    assert recent[0]["actor"] == "tester"
+    assert [e["audit_id"] for e in store.read_recent_audit(limit=2, now=NOW)] == [
+        e["audit_id"] for e in everything[:2]
+    ]
+
+
+def test_the_newest_entries_reach_back_over_months(store: StateStore) -> None:
+    """An entry of an earlier month, after a month with none."""
+    old = AuditEntry("flag/vc_old", "create", "tester", "2025-11-30T23:59:59.000000Z")
+    item = flag_item("vc_old")
+    store.apply_writes([Write(RecordKind.FLAG, "vc_old", "create", None, item, (), old)], "t0")
+    store.apply_writes([create("vc_new")], "t1")
+    recent = store.read_recent_audit(limit=10, now=NOW)
+    assert [e["record"] for e in recent] == ["flag/vc_new", "flag/vc_old"]

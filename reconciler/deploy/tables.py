@@ -1,8 +1,9 @@
 """The stack's DynamoDB tables: every table the code uses, with the code's names, keys and TTL.
 
 On-demand billing, point-in-time recovery everywhere, TTL (attribute ``ttl``) on the tables whose
-items expire, and ``Retain`` on deletion and replacement: removing the stack keeps the data
-unless ``reconcile-stack teardown --delete-tables`` is asked for.
+items expire, the audit table's index by month (its newest entries), and ``Retain`` on deletion
+and replacement: removing the stack keeps the data unless ``reconcile-stack teardown
+--delete-tables`` is asked for.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.state.dynamodb import TABLE_KEYS, TTL_ATTRIBUTE, TTL_TABLES
+from reconciler.state.dynamodb import (
+    TABLE_KEYS,
+    TTL_ATTRIBUTE,
+    TTL_TABLES,
+    attribute_definitions,
+    table_indexes,
+)
 
 Resource = dict[str, Any]
 
@@ -31,13 +38,13 @@ def table_resources(names: Mapping[str, str]) -> dict[str, Resource]:
         properties: Resource = {
             "TableName": names[variable],
             "BillingMode": "PAY_PER_REQUEST",
-            "AttributeDefinitions": [
-                {"AttributeName": key["AttributeName"], "AttributeType": "S"} for key in keys
-            ],
+            "AttributeDefinitions": attribute_definitions(keys, table_indexes(variable)),
             "KeySchema": [dict(key) for key in keys],
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             "Tags": [{"Key": STACK_TAG, "Value": {"Ref": "AWS::StackName"}}],
         }
+        if table_indexes(variable):
+            properties["GlobalSecondaryIndexes"] = table_indexes(variable)
         if variable in TTL_TABLES:
             properties["TimeToLiveSpecification"] = {
                 "AttributeName": TTL_ATTRIBUTE,

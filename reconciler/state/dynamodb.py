@@ -23,6 +23,7 @@ from reconciler.runtime.sources import (
     STAMP_ID,
     TELEMETRY_TABLE,
 )
+from reconciler.state.dynamodb_audit import DynamoDBAudit, audit_index
 from reconciler.state.dynamodb_client import (
     BACKOFF_CAP,
     CONDITION_FAILED,
@@ -34,7 +35,6 @@ from reconciler.state.dynamodb_client import (
     now_text,
     to_dynamodb,
 )
-from reconciler.state.dynamodb_experiments import DynamoDBExperiments
 from reconciler.state.records import (
     AB_RESULTS_TABLE,
     AUDIT_TABLE,
@@ -62,6 +62,9 @@ from reconciler.state.store import (
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import (
+        AttributeDefinitionTypeDef,
+        CreateTableInputTypeDef,
+        GlobalSecondaryIndexTypeDef,
         KeySchemaElementTypeDef,
         TransactWriteItemTypeDef,
     )
@@ -117,7 +120,7 @@ def table_schemas(tables: Mapping[str, str]) -> dict[str, list[KeySchemaElementT
     return {tables[variable]: keys for variable, keys in TABLE_KEYS.items()}
 
 
-class DynamoDBStore(DynamoDBExperiments):
+class DynamoDBStore(DynamoDBAudit):
     """A StateStore in DynamoDB tables."""
 
     # Each write also puts its audit entry, and a group may check the overrides record once:
@@ -152,6 +155,12 @@ class DynamoDBStore(DynamoDBExperiments):
             done.append(f"table {name} exists{note}")
             if found.get("TableStatus") != "ACTIVE":
                 waiting.append(name)
+            added = (
+                self._ensure_indexes(name, found) if found.get("TableStatus") == "ACTIVE" else None
+            )
+            if added:
+                done.append(added)
+                changed = True
         for name in waiting:
             self._wait_active(name)
         settings = [self._ensure_recovery(name) for name in self._key_schemas()]
@@ -164,23 +173,49 @@ class DynamoDBStore(DynamoDBExperiments):
         return done
 
     def _create_table(self, name: str, keys: list[KeySchemaElementTypeDef]) -> str:
+        indexes = self._indexes(name)
+        request: CreateTableInputTypeDef = {
+            "TableName": name,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": keys,
+            "AttributeDefinitions": attribute_definitions(keys, indexes),
+        }
+        if indexes:
+            request["GlobalSecondaryIndexes"] = indexes
         try:
             self._call(
                 "CreateTable",
-                lambda: self.client.create_table(
-                    TableName=name,
-                    BillingMode="PAY_PER_REQUEST",
-                    KeySchema=keys,
-                    AttributeDefinitions=[
-                        {"AttributeName": key["AttributeName"], "AttributeType": "S"}
-                        for key in keys
-                    ],
-                ),
+                lambda: self.client.create_table(**request),
                 handled={"ResourceInUseException"},
             )
         except ClientError:  # created by someone else since we looked
             return f"table {name} is being created by another process"
         return f"created table {name} (key {_key_text(keys)}, on-demand billing)"
+
+    def _indexes(self, name: str) -> list[GlobalSecondaryIndexTypeDef]:
+        variable = next((v for v, n in self.tables.items() if n == name), "")
+        return table_indexes(variable)
+
+    def _ensure_indexes(self, name: str, found: Mapping[str, Any]) -> str | None:
+        """Add the indexes an existing table lacks (DynamoDB fills them in the background)."""
+        have = {i["IndexName"] for i in found.get("GlobalSecondaryIndexes", [])}
+        missing = [i for i in self._indexes(name) if i["IndexName"] not in have]
+        if not missing:
+            return None
+        index = missing[0]  # one index per UpdateTable; there is one
+        self._call(
+            "UpdateTable",
+            lambda: self.client.update_table(
+                TableName=name,
+                AttributeDefinitions=attribute_definitions([], [index]),
+                GlobalSecondaryIndexUpdates=[{"Create": index}],
+            ),
+            tables=[name],
+        )
+        return (
+            f"enabled index {index['IndexName']} on {name} (entries written from now on; "
+            "DynamoDB builds it in the background)"
+        )
 
     def _wait_active(self, name: str) -> None:
         try:
@@ -569,16 +604,14 @@ class DynamoDBStore(DynamoDBExperiments):
         old = answer.get("Attributes")
         removed = Lock.from_item(from_dynamodb(old)) if old else None
         at = format_time(now)
-        entry: Item = {
-            "record": LOCK_RECORD,
-            "audit_id": f"{at}#{uuid.uuid4().hex}",
-            "action": "force-unlock",
-            "actor": by,
-            "at": at,
-            "reason": reason,
-        }
-        if removed is not None:
-            entry["before"] = removed.to_item()
+        entry = AuditEntry(
+            LOCK_RECORD,
+            "force-unlock",
+            by,
+            at,
+            reason,
+            before=removed.to_item() if removed is not None else None,
+        ).to_item(f"{at}#{uuid.uuid4().hex}")
         self._call(
             "PutItem",
             lambda: self.client.put_item(TableName=self.audit_table, Item=to_dynamodb(entry)),
@@ -597,39 +630,19 @@ class DynamoDBStore(DynamoDBExperiments):
         except WriteConflictError:
             raise WriteConflictError([OVERRIDES_RECORD], "changed meanwhile") from None
 
-    # -- the audit trail --------------------------------------------------------------------
 
-    def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
-        if limit <= 0:
-            return []
-        if record is None:
-            entries = sorted(
-                self._scan(self.audit_table), key=lambda e: str(e["audit_id"]), reverse=True
-            )
-            return entries[:limit]
-        entries = []
-        arguments: dict[str, Any] = {
-            "TableName": self.audit_table,
-            "KeyConditionExpression": "#record = :record",
-            "ExpressionAttributeNames": {"#record": "record"},
-            "ExpressionAttributeValues": {":record": {"S": record}},
-            "ScanIndexForward": False,
-            "ConsistentRead": True,
-        }
-        while len(entries) < limit:
-            page = self._call(
-                "Query",
-                lambda arguments=arguments: self.client.query(  # type: ignore[misc]
-                    **arguments, Limit=limit - len(entries)
-                ),
-                tables=[self.audit_table],
-            )
-            entries.extend(from_dynamodb(raw) for raw in page.get("Items", []))
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                break
-            arguments = {**arguments, "ExclusiveStartKey": start}
-        return entries[:limit]
+def table_indexes(variable: str) -> list[GlobalSecondaryIndexTypeDef]:
+    """A table's global indexes: the audit table's by month (the newest entries)."""
+    return [audit_index()] if variable == AUDIT_TABLE[0] else []
+
+
+def attribute_definitions(
+    keys: Sequence[KeySchemaElementTypeDef], indexes: Sequence[GlobalSecondaryIndexTypeDef]
+) -> list[AttributeDefinitionTypeDef]:
+    """The string attributes the table's key and its indexes' keys name, each once."""
+    names = [k["AttributeName"] for k in keys]
+    names += [k["AttributeName"] for i in indexes for k in i["KeySchema"]]
+    return [{"AttributeName": n, "AttributeType": "S"} for n in dict.fromkeys(names)]
 
 
 def _request_token(token: str, actions: Sequence[TransactWriteItemTypeDef]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from reconciler.runtime.sources import OVERRIDES_ID, STAMP_ID
 from reconciler.state.local_experiments import EXPERIMENTS_SCHEMA, LocalExperiments
 from reconciler.state.local_telemetry import TELEMETRY_SCHEMA, LocalTelemetry
 from reconciler.state.records import (
+    AUDIT_SHOWN,
     MANAGED_BY,
     OVERRIDES_RECORD,
     AuditEntry,
@@ -62,6 +64,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# Records read with their keys interned: tens of thousands of items share one copy of each.
+_RECORD = json.JSONDecoder(object_pairs_hook=lambda pairs: {sys.intern(k): v for k, v in pairs})
 
 
 def _serialized(method: Callable[P, R]) -> Callable[P, R]:
@@ -141,7 +145,7 @@ class LocalStore(LocalTelemetry, LocalExperiments):
         rows = connection.execute(
             "SELECT name, item FROM records WHERE kind = ? ORDER BY name", (kind.label,)
         )
-        return {name: StoredRecord(kind, name, json.loads(item)) for name, item in rows}
+        return {name: StoredRecord(kind, name, _RECORD.decode(item)) for name, item in rows}
 
     @_serialized
     def read_record(self, kind: RecordKind, name: str) -> StoredRecord | None:
@@ -302,6 +306,11 @@ class LocalStore(LocalTelemetry, LocalExperiments):
                 (record, limit),
             )
         return [json.loads(item) for (item,) in rows]
+
+    def read_recent_audit(self, limit: int = 100, now: datetime | None = None) -> list[Item]:
+        return [
+            {k: v for k, v in e.items() if k in AUDIT_SHOWN} for e in self.read_audit(None, limit)
+        ]
 
 
 def _current(connection: sqlite3.Connection, write: Write) -> Item | None:

@@ -72,6 +72,9 @@ class RecordKind(enum.Enum):
 
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+AUDIT_MONTH = "audit_month"  # an audit entry's month, the key of the newest entries' index
+# What a list of entries shows (``read_recent_audit``): the entry without the records.
+AUDIT_SHOWN = ("record", "audit_id", "action", "actor", "at", "reason", "git_commit", "plan_id")
 OVERRIDES_RECORD = "overrides/breakglass"  # its name in the audit trail
 
 
@@ -165,6 +168,7 @@ class AuditEntry:
         item: Item = {
             "record": self.record,
             "audit_id": audit_id,
+            AUDIT_MONTH: self.at[:7],  # YYYY-MM: the newest entries' index (any store's)
             "action": self.action,
             "actor": self.actor,
             "at": self.at,

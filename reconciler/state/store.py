@@ -175,7 +175,13 @@ class StateStore(Protocol):
         otherwise."""
 
     def read_audit(self, record: str | None = None, limit: int = 100) -> list[Item]:
-        """Audit entries, newest first; for one record (``flag/name``) or all."""
+        """Audit entries, newest first; for one record (``flag/name``) or all (on DynamoDB a
+        scan of the whole table: complete and consistent)."""
+
+    def read_recent_audit(self, limit: int = 100, now: datetime | None = None) -> list[Item]:
+        """The newest entries of every record, newest first, each without the record before
+        and after: what a list of entries shows (on DynamoDB, from an index by month: cheap,
+        and eventually consistent)."""
 
     def read_control(self, record_id: str) -> Item | None:
         """A control-table record (lock, overrides, a controller's state), read consistently."""
