@@ -92,6 +92,18 @@ def example_tree(tmp_path: Path) -> Iterator[Path]:
     return tmp_path
 
 
+@pytest.fixture
+def example_store(tmp_path: Path) -> Iterator[object]:
+    """A local store with the repository's example manifests applied."""
+    from reconciler.state.local import LocalStore
+    from tests.test_apply import apply, desired, plan
+
+    opened = LocalStore(tmp_path / "state.db")
+    apply(opened, plan(opened, desired()))
+    yield opened
+    opened.close()
+
+
 STORES = ["local", "moto", "moto-server"]
 
 

@@ -28,11 +28,8 @@ SHUTDOWN = {"reason": "Critical system error detected", "shutdown_by": "admin"}
 
 
 @pytest.fixture
-def applied(tmp_path: Path) -> Iterator[LocalStore]:
-    store = LocalStore(tmp_path / "state.db")
-    apply(store, plan(store, desired()))
-    yield store
-    store.close()
+def applied(example_store: LocalStore) -> LocalStore:
+    return example_store
 
 
 def settings(store: LocalStore, **kwargs: Any) -> ApiSettings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,15 +16,11 @@ from reconciler.server.local import serving
 from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
 from tests.api_transports import TOKEN
-from tests.test_apply import apply, desired, plan
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    opened = LocalStore(tmp_path / "state.db")
-    apply(opened, plan(opened, desired()))
-    yield opened
-    opened.close()
+def store(example_store: LocalStore) -> LocalStore:
+    return example_store
 
 
 @pytest.fixture

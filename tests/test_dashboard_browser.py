@@ -23,7 +23,6 @@ from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
 from tests import browser
 from tests.api_transports import TOKEN
-from tests.test_apply import apply, desired, plan
 
 WHY = browser.available()
 if WHY is not None and os.environ.get("REQUIRE_BROWSER") == "1":
@@ -32,11 +31,8 @@ pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    opened = LocalStore(tmp_path / "state.db")
-    apply(opened, plan(opened, desired()))
-    yield opened
-    opened.close()
+def store(example_store: LocalStore) -> LocalStore:
+    return example_store
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +13,14 @@ from reconciler.server.app import ApiSettings, BearerToken, GatewayIdentity, cre
 from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
 from tests.api_transports import TOKEN, GatewayBrowser
-from tests.test_apply import apply, desired, plan
 
 ARN = "arn:aws:sts::123456789012:assumed-role/on-call/ana"
 SHUTDOWN = {"reason": "bad answers", "by": "ana", "target": "vc_bedrock_live", "confirm": "yes"}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    opened = LocalStore(tmp_path / "state.db")
-    apply(opened, plan(opened, desired()))
-    yield opened
-    opened.close()
+def store(example_store: LocalStore) -> LocalStore:
+    return example_store
 
 
 def token_mode(store: LocalStore) -> GatewayBrowser:

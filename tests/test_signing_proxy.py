@@ -9,7 +9,6 @@ import hmac
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -26,7 +25,6 @@ from reconciler.server.local import serving
 from reconciler.server.signing_proxy import SIGN_IN, SigningProxy, Upstream
 from reconciler.state.local import LocalStore
 from reconciler.state.records import OVERRIDES_RECORD
-from tests.test_apply import apply, desired, plan
 
 KEY, SECRET, SESSION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token"
 ARN = "arn:aws:sts::123456789012:assumed-role/on-call/ana"
@@ -106,11 +104,8 @@ class Gateway:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    opened = LocalStore(tmp_path / "state.db")
-    apply(opened, plan(opened, desired()))
-    yield opened
-    opened.close()
+def store(example_store: LocalStore) -> LocalStore:
+    return example_store
 
 
 @pytest.fixture
