@@ -330,3 +330,65 @@ def test_credentials_that_lapsed_get_an_answer_that_says_so(gateway: tuple[int, 
     assert answer.status_code == 502
     assert "the SSO session has expired" in answer.text
     assert "aws sso login" in answer.text
+
+
+def test_breakglass_dashboard_as_an_operator_runs_it(gateway: tuple[int, Gateway]) -> None:
+    """The command: the link it prints signs the browser in, and the pages come signed with
+    the credentials of its environment."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_SESSION_TOKEN": SESSION,
+    }
+    for other in ("AWS_PROFILE", "AWS_SECURITY_TOKEN"):  # the tests' own fake credentials
+        env.pop(other, None)
+    command = [
+        sys.executable,
+        "-c",
+        "from reconciler.cli.breakglass import main; main()",
+        "dashboard",
+        f"http://127.0.0.1:{gateway[0]}/v1",
+        "--region",
+        REGION,
+        "--port",
+        "0",
+        "--no-open",
+    ]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        found = re.search(r"(http://127\.0\.0\.1:\d+)(/_proxy/sign-in\?key=[\w-]+)", line)
+        assert found is not None, line
+        with httpx.Client(base_url=found[1], timeout=10) as client:
+            assert client.get("/v1/dashboard").status_code == 401, "not before the link"
+            page = client.get(found[2], follow_redirects=True)
+        assert page.status_code == 200
+        assert 'data-flag="vc_bedrock_live"' in page.text
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_breakglass_dashboard_refuses_what_it_cannot_sign_for() -> None:
+    from click.testing import CliRunner
+
+    from reconciler.cli.breakglass import breakglass
+
+    runner = CliRunner()
+    answer = runner.invoke(breakglass, ["dashboard", "https://flags.example.com/v1", "--no-open"])
+    assert answer.exit_code != 0
+    assert "names no region: give --region" in str(answer.exception or answer.output)
+    url = "https://abc.execute-api.eu-west-1.amazonaws.com/v1"
+    answer = runner.invoke(
+        breakglass, ["dashboard", url, "--profile", "no-such-profile", "--no-open"]
+    )
+    assert answer.exit_code != 0
+    assert "could not be found" in str(answer.exception or answer.output)

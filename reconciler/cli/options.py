@@ -1,4 +1,4 @@
-"""Options the ``controller`` commands share."""
+"""Options the ``controller`` and ``breakglass`` commands share."""
 
 from __future__ import annotations
 
