@@ -103,7 +103,9 @@ def test_shutdown_and_restore_through_the_page(browser: httpx.Client, store: Loc
     reason = "<script>alert(1)</script> INC-7"
     form = {"reason": reason, "by": "ana", "target": "vc_bedrock_live", "confirm": "yes"}
     answer = browser.post("/dashboard/shutdown", data={**form, "csrf": csrf})
-    assert answer.status_code == 200
+    assert answer.status_code == 303, "to the page: a reload does it not again"
+    assert answer.headers["location"] == "/dashboard?done=shutdown&what=vc_bedrock_live"
+    answer = browser.get(answer.headers["location"])
     assert "Shut down vc_bedrock_live." in answer.text
     live = row(answer.text, "vc_bedrock_live")
     assert '<td class="off">off</td>' in live
@@ -119,8 +121,13 @@ def test_shutdown_and_restore_through_the_page(browser: httpx.Client, store: Loc
     assert "ana (dashboard)" in trail
 
     form = {**form, "reason": "fixed", "csrf": csrf}
-    answer = browser.post("/dashboard/restore", data=form)
+    answer = browser.post("/dashboard/restore", data=form, follow_redirects=True)
     assert "Restored vc_bedrock_live." in answer.text
+    everything = browser.post("/dashboard/restore", data={**form, "target": ""})
+    assert everything.headers["location"] == "/dashboard?done=restore&what="
+    assert "Nothing was shut down." in browser.get(everything.headers["location"]).text
+    told = browser.get("/dashboard", params={"done": "shutdown", "what": "global,<b>x</b>"})
+    assert "Shut down ALL AI features." in told.text, "only names come from the query"
     assert [e["action"] for e in store.read_audit(OVERRIDES_RECORD)] == ["restore", "shutdown"]
     others = browser.get("/dashboard/audit", params={"owner": "nobody-like-this"}).text
     assert "ana (dashboard)" not in others, "filtered by who acted"
@@ -380,3 +387,25 @@ def test_a_page_view_makes_each_read_once(store: LocalStore) -> None:
     assert repeated == {}
     past_days = sum(1 for call in calls if call[0] == "read_cost_metrics")
     assert past_days == DAYS - 1, "today's spend is in the telemetry shards"
+
+
+def test_the_audit_trail_says_what_each_shutdown_covered(
+    browser: httpx.Client, store: LocalStore
+) -> None:
+    """A flag's trail lists the shutdowns of everything too (they turned it off as well), and
+    each break-glass row names what it shut down or restored."""
+    now = core.datetime.now(core.UTC)
+    second = core.timedelta(seconds=1)
+    core.shutdown(store, None, reason="runaway cost", by="bob", expires_at=None, now=now)
+    core.restore(store, None, reason="fixed", by="bob", now=now + second)
+    later = now + 2 * second
+    core.shutdown(store, ["ai_model_selection"], reason="bad", by="cy", expires_at=None, now=later)
+    signed_in(browser)
+    trail = browser.get("/dashboard/audit", params={"flag": "vc_bedrock_live"}).text
+    assert trail.count("overrides/breakglass: ALL AI features") == 2
+    assert "ai_model_selection" not in trail, "another flag's shutdown"
+    everything = browser.get("/dashboard/audit").text
+    assert "overrides/breakglass: ai_model_selection" in everything
+    assert everything.index("ai_model_selection") < everything.index("ALL AI features")
+    unknown = browser.get("/dashboard/audit", params={"flag": "vc_bedrok_live"}).text
+    assert "There is no flag &#x27;vc_bedrok_live&#x27; in the store" in unknown

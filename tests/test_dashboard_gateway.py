@@ -58,8 +58,10 @@ def test_every_link_form_and_redirect_stays_under_the_stage(store: LocalStore) -
     assert 'action="/v1/dashboard/shutdown"' in page
     assert 'action="/v1/dashboard/restore"' in page
     assert not re.search(r'(href|action)="/dashboard', page), "no path outside the stage"
-    status, _, page = browser.post("/v1/dashboard/shutdown", {**SHUTDOWN, "csrf": csrf(page)})
-    assert status == 200
+    status, headers, _ = browser.post("/v1/dashboard/shutdown", {**SHUTDOWN, "csrf": csrf(page)})
+    assert status == 303
+    assert headers["location"] == "/v1/dashboard?done=shutdown&what=vc_bedrock_live"
+    status, _, page = browser.get(headers["location"])
     assert "Shut down vc_bedrock_live." in page
     status, _, trail = browser.get("/v1/dashboard/audit?flag=vc_bedrock_live")
     assert status == 200
@@ -78,7 +80,7 @@ def test_iam_mode_takes_the_gateways_caller_and_records_it(store: LocalStore) ->
     for attribute in ("HttpOnly", "SameSite=strict", "Secure"):
         assert attribute in cookie
     status, _, page = browser.post("/v1/dashboard/shutdown", {**SHUTDOWN, "csrf": csrf(page)})
-    assert status == 200, page
+    assert status == 303, page
     [held] = core.active(store, datetime.now(UTC))
     assert held.by == f"ana (dashboard, {ARN})"
     assert browser.set_cookies == [], "the form's token is kept, not made anew"

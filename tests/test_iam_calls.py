@@ -125,8 +125,8 @@ def test_every_request_of_the_api_and_its_dashboard_is_allowed_on_its_table(
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)
     assert csrf is not None
     form = {"reason": "r", "by": "a", "confirm": "yes", "csrf": csrf[1], "target": ""}
-    assert browser.post("/v1/dashboard/shutdown", form)[0] == 200
-    assert browser.post("/v1/dashboard/restore", form)[0] == 200
+    assert browser.post("/v1/dashboard/shutdown", form)[0] == 303
+    assert browser.post("/v1/dashboard/restore", form)[0] == 303
     for query in ("", "?flag=vc_bedrock_live", "?owner=team-vc-platform"):
         assert browser.get(f"/v1/dashboard/audit{query}")[0] == 200
 

@@ -364,8 +364,8 @@ def test_the_api_role_lists_exactly_the_store_calls_the_api_makes(tmp_path: Path
     assert csrf is not None
     form = {"reason": "r", "by": "a", "confirm": "yes", "csrf": csrf[1]}
     for target in ("vc_bedrock_live", ""):
-        assert browser.post("/v1/dashboard/shutdown", {**form, "target": target})[0] == 200
-        assert browser.post("/v1/dashboard/restore", {**form, "target": target})[0] == 200
+        assert browser.post("/v1/dashboard/shutdown", {**form, "target": target})[0] == 303
+        assert browser.post("/v1/dashboard/restore", {**form, "target": target})[0] == 303
     for query in ("", "?flag=vc_bedrock_live", "?owner=team-vc-platform"):
         assert browser.get(f"/v1/dashboard/audit{query}")[0] == 200
     store.close()

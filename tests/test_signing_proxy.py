@@ -177,7 +177,9 @@ def test_the_browser_reads_and_shuts_down_with_the_operators_identity(
     assert "secure" not in cookie.lower(), "loopback is plain HTTP"
     assert "samesite=strict" in cookie.lower()
     answer = browser.post(
-        "/v1/dashboard/shutdown", data={**SHUTDOWN, "csrf": form_token(page.text)}
+        "/v1/dashboard/shutdown",
+        data={**SHUTDOWN, "csrf": form_token(page.text)},
+        follow_redirects=True,
     )
     assert answer.status_code == 200, answer.text
     assert "Shut down vc_bedrock_live." in answer.text
@@ -238,6 +240,11 @@ def test_the_url_names_the_region() -> None:
     with pytest.raises(UserError, match="give --region"):
         Upstream.parse("https://flags.example.com/v1")
     assert Upstream.parse("https://flags.example.com/v1", "us-east-1").region == "us-east-1"
+    assert Upstream.parse("https://flags.example.com/v1", fallback="ap-south-1").region == (
+        "ap-south-1"
+    ), "a custom domain: the profile's region"
+    gateway = "https://abc123.execute-api.eu-west-1.amazonaws.com/v1"
+    assert Upstream.parse(gateway, fallback="ap-south-1").region == "eu-west-1"
     with pytest.raises(UserError, match="https only"):
         Upstream.parse("http://flags.example.com/v1", "us-east-1")
 
@@ -382,7 +389,7 @@ def test_breakglass_dashboard_refuses_what_it_cannot_sign_for() -> None:
 
     from reconciler.cli.breakglass import breakglass
 
-    runner = CliRunner()
+    runner = CliRunner(env={"AWS_REGION": None, "AWS_DEFAULT_REGION": None})
     answer = runner.invoke(breakglass, ["dashboard", "https://flags.example.com/v1", "--no-open"])
     assert answer.exit_code != 0
     assert "names no region: give --region" in str(answer.exception or answer.output)

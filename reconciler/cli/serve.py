@@ -45,7 +45,8 @@ def serve(
     backend: str | None,
 ) -> int:
     """Serve the HTTP API (GET /health, /health/detail, /feature-flags/status; POST
-    /emergency-shutdown, /emergency-restore) with the bearer token in $RECONCILER_API_TOKEN.
+    /emergency-shutdown, /emergency-restore) with the bearer token in $RECONCILER_API_TOKEN,
+    and the dashboard at /dashboard (sign in with the same token).
 
     One JSON access line per request goes to standard error, with user ids hashed and context
     values redacted. Needs the server extra: pip install 'ai-flag-reconciler[server]'.
@@ -80,7 +81,11 @@ def serve(
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     address, bound = sock.getsockname()[:2]
-    click.echo(f"Serving on http://{address!s}:{bound}", err=True)
+    click.echo(
+        f"Serving on http://{address!s}:{bound} (the dashboard: http://{address!s}:{bound}"
+        "/dashboard)",
+        err=True,
+    )
     serve_app(app, sock)
     return ExitCode.CLEAN
 
@@ -88,7 +93,11 @@ def serve(
 @click.command()
 @click.argument("url")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--region", help="The API's region (read from the URL when it is API Gateway's).")
+@click.option(
+    "--region",
+    help="The API's region (else the one in API Gateway's URL, else your profile's or "
+    "$AWS_REGION: for a custom domain).",
+)
 @click.option("--profile", help="The AWS profile whose credentials sign (else the usual chain).")
 @click.option("--open/--no-open", "open_browser", default=True, help="Open the page in a browser.")
 def dashboard(
@@ -117,11 +126,12 @@ def dashboard(
             f"the dashboard needs the server extra ({exc.name} is missing): "
             "pip install 'ai-flag-reconciler[server]'"
         ) from None
-    upstream = Upstream.parse(url, region)
     try:
-        credentials = boto3.Session(profile_name=profile).get_credentials()
+        session = boto3.Session(profile_name=profile)
+        credentials = session.get_credentials()
     except BotoCoreError as exc:  # a profile that is not there, a broken config
         raise UserError(f"cannot read your AWS credentials: {exc}") from None
+    upstream = Upstream.parse(url, region, fallback=session.region_name)
     if credentials is None:
         raise UserError("no AWS credentials found to sign with: configure a profile or SSO")
     try:

@@ -80,7 +80,7 @@ def share_over_time(points: Sequence[tuple[str, float]], title: str) -> str:
     step = WIDTH // max(1, len(points))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{LABEL + WIDTH + 90}" '
-        f'height="140" aria-label="{escape(title)}"><title>{escape(title)}</title>'
+        f'height="145" aria-label="{escape(title)}"><title>{escape(title)}</title>'
         f'<line x1="{LABEL}" x2="{LABEL + WIDTH}" y1="110" y2="110" stroke="#999"/>'
     ]
     for index, (moment, percentage) in enumerate(points):
@@ -89,7 +89,8 @@ def share_over_time(points: Sequence[tuple[str, float]], title: str) -> str:
             f'<rect class="share" data-at="{escape(moment)}" data-percentage="{percentage:g}" '
             f'x="{x}" y="{y}" width="{step - 2}" height="{110 - y}" fill="#36c" opacity="0.7"/>'
             f'<text x="{x}" y="{y - 4}" font-size="10">{percentage:g}%</text>'
-            f'<text x="{x}" y="124" font-size="9">{escape(moment[5:16])}</text>'
+            f'<text x="{x}" y="124" font-size="9">{escape(moment[:10])}</text>'  # the day
+            f'<text x="{x}" y="135" font-size="9">{escape(moment[11:16])}</text>'  # UTC time
         )
     parts.append("</svg>")
     return "".join(parts)

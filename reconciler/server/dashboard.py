@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -84,7 +84,8 @@ class Dashboard:
                 return _html(pages.page("Not authorized", [f"<p>{IAM_ONLY}</p>"]), 401)
             return _html(pages.sign_in(root=root))
         csrf = signed.csrf if signed else None
-        answer = await _rendered(self._overview, csrf, None, root)
+        notice = _done(request.query_params.get("done"), request.query_params.get("what", ""))
+        answer = await _rendered(self._overview, csrf, notice, root)
         if signed is not None and signed.new_cookie:
             _set_cookie(request, answer, CSRF_COOKIE, signed.csrf)
         return answer
@@ -116,7 +117,7 @@ class Dashboard:
             return RedirectResponse(root, status_code=303)
         flag = request.query_params.get("flag", "").strip()
         owner = request.query_params.get("owner", "").strip()
-        return await _rendered(lambda: pages.audit(self._audit(flag, owner), flag, owner, root))
+        return await _rendered(lambda: pages.audit(*self._audit(flag, owner), flag, owner, root))
 
     async def shutdown(self, request: Request) -> Response:
         return await self._form_action(request, "shutdown")
@@ -137,12 +138,13 @@ class Dashboard:
         try:
             if form.get("confirm") != "yes":
                 raise UserError("tick the confirmation: nothing was done")
-            notice = await self._queued(self._act, action, form, signed.who)
+            done = await self._queued(self._act, action, form, signed.who)
         except core.BusyError as exc:
             return await _rendered(self._overview, signed.csrf, str(exc), root, status=503)
         except UserError as exc:
             return await _rendered(self._overview, signed.csrf, str(exc), root, status=400)
-        return await _rendered(self._overview, signed.csrf, notice, root)
+        # To the page, not a page: reloading it shows what was done and does it not again.
+        return RedirectResponse(f"{root}?{done}", status_code=303)
 
     async def _queued(self, work: Callable[..., str], *args: Any) -> str:
         """The write in a worker thread, after the process's writes before it."""
@@ -169,21 +171,24 @@ class Dashboard:
             flags, detail, csrf, notice=notice, spend=spend, root=root, links=links
         )
 
-    def _audit(self, flag: str, owner: str) -> list[dict[str, Any]]:
+    def _audit(self, flag: str, owner: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The entries to list, each break-glass one with what it shut down or restored
+        (``scope``), and a note when a flag filter finds nothing."""
         store = self.open_store()
         try:
             flags = store.read_records(RecordKind.FLAG) if owner else {}
-            entries = (
-                store.read_audit(f"flag/{flag}", limit=500)
-                if flag
-                else store.read_recent_audit(limit=500)  # an index: no scan of the table
-            )
-            if flag:  # its shutdowns are entries of the overrides record
-                entries += [
-                    e
-                    for e in store.read_audit(OVERRIDES_RECORD, limit=500)
-                    if flag in core.scope(e)
-                ]
+            # Break-glass entries whole (their scope is in the records before and after).
+            breakglass = [
+                {**e, "scope": core.scope(e)} for e in store.read_audit(OVERRIDES_RECORD, limit=500)
+            ]
+            if flag:
+                entries = store.read_audit(f"flag/{flag}", limit=500)
+                known = bool(entries) or store.read_record(RecordKind.FLAG, flag) is not None
+                entries += [e for e in breakglass if {flag, core.GLOBAL} & set(e["scope"])]
+            else:
+                recent = store.read_recent_audit(limit=500)  # an index: no scan of the table
+                entries = [e for e in recent if e.get("record") != OVERRIDES_RECORD] + breakglass
+                known = True
         finally:
             self.release(store)
         if owner:  # who acted, or the team that owns the flag an entry is of
@@ -198,7 +203,9 @@ class Dashboard:
                 if wanted in str(e.get("actor", "")).lower()
                 or wanted in teams.get(str(e.get("record")), "")
             ]
-        return sorted(entries, key=lambda e: str(e.get("at", "")), reverse=True)
+        entries = sorted(entries, key=lambda e: str(e.get("audit_id", "")), reverse=True)[:500]
+        note = None if known else f"There is no flag {flag!r} in the store, nor entries of one."
+        return entries, note
 
     def _act(self, action: str, form: dict[str, str], who: str | None) -> str:
         target = form.get("target") or ""
@@ -212,9 +219,9 @@ class Dashboard:
                 core.shutdown(
                     store, targets, reason=form.get("reason", ""), by=by, expires_at=None, now=now
                 )
-                return f"Shut down {target or 'ALL AI features'}."
+                return urlencode({"done": "shutdown", "what": target or core.GLOBAL})
             lifted = core.restore(store, targets, reason=form.get("reason", ""), by=by, now=now)
-            return f"Restored {', '.join(lifted)}." if lifted else "Nothing was shut down."
+            return urlencode({"done": "restore", "what": ",".join(lifted)})
         finally:
             self.release(store)
 
@@ -264,6 +271,17 @@ class Signed:
     who: str | None
     csrf: str
     new_cookie: bool = False
+
+
+def _done(done: str | None, what: str) -> str | None:
+    """What a form did, told on the page it leads to (names only: no text from the query)."""
+    names = [n for n in what.split(",") if re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", n)]
+    shown = ", ".join("ALL AI features" if n == core.GLOBAL else n for n in names)
+    if done == "shutdown" and shown:
+        return f"Shut down {shown}."
+    if done == "restore":
+        return f"Restored {shown}." if shown else "Nothing was shut down."
+    return None
 
 
 def _root(request: Request) -> str:

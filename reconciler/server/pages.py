@@ -145,22 +145,38 @@ def _emergency_forms(flags: Sequence[Mapping[str, Any]], csrf: str, root: str) -
     return parts
 
 
-def audit(entries: Sequence[Mapping[str, Any]], flag: str, owner: str, root: str = ROOT) -> str:
-    """The audit trail, newest first, filtered by flag and by who acted."""
+def audit(
+    entries: Sequence[Mapping[str, Any]],
+    note: str | None,
+    flag: str,
+    owner: str,
+    root: str = ROOT,
+) -> str:
+    """The audit trail, newest first, filtered by flag and by who acted or the owning team."""
     body = [
         f'<p><a href="{text(root)}">Back to the flags</a></p>',
         f'<form method="get" action="{text(root)}/audit">',
         f'<label>Flag <input name="flag" value="{text(flag)}"></label> ',
-        f'<label>Who or owning team <input name="owner" value="{text(owner)}"></label> '
+        f'<label>Who acted or owning team <input name="owner" value="{text(owner)}"></label> '
         "<button>Filter</button>",
-        "</form><table><tr><th>when</th><th>record</th><th>action</th><th>who</th>",
-        "<th>why</th></tr>",
+        "</form>",
+        f'<p class="alert">{text(note)}</p>' if note else "",
+        "<table><tr><th>when</th><th>what</th><th>action</th><th>who</th><th>why</th></tr>",
     ]
     for entry in entries:
         body.append(
-            f"<tr><td>{text(entry.get('at'))}</td><td>{text(entry.get('record'))}</td>"
+            f"<tr><td>{text(entry.get('at'))}</td><td>{_what(entry)}</td>"
             f"<td>{text(entry.get('action'))}</td><td>{text(entry.get('actor'))}</td>"
             f"<td>{text(entry.get('reason'))}</td></tr>"
         )
     body.append("</table>")
     return page("Audit trail", body)
+
+
+def _what(entry: Mapping[str, Any]) -> str:
+    """The entry's record; a break-glass entry's, with what it shut down or restored."""
+    scope = entry.get("scope")
+    if not isinstance(scope, list):
+        return text(entry.get("record"))
+    names = ["ALL AI features" if name == core.GLOBAL else str(name) for name in scope]
+    return f"{text(entry.get('record'))}: {text(', '.join(names) or 'nothing')}"

@@ -68,14 +68,16 @@ class Upstream:
     region: str
 
     @classmethod
-    def parse(cls, url: str, region: str | None = None) -> Upstream:
+    def parse(cls, url: str, region: str | None = None, fallback: str | None = None) -> Upstream:
+        """``region`` given, else the one in API Gateway's host name, else ``fallback`` (the
+        profile's or ``AWS_REGION``)."""
         parts = urlsplit(url.strip())
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise UserError(f"{url!r} is not the API's URL (https://ID.execute-api.REGION...)")
         if parts.scheme == "http" and parts.hostname not in LOOPBACK:
             raise UserError(f"{url!r}: the API is reached over https only")
         found = GATEWAY_HOST.match(parts.hostname)
-        chosen = region or (found[1] if found else None)
+        chosen = region or (found[1] if found else None) or fallback
         if not chosen:
             raise UserError(f"{url!r} names no region: give --region")
         return cls(parts.scheme, parts.netloc, parts.path.rstrip("/"), chosen)
