@@ -11,8 +11,9 @@ noisy; a ratio holds where seconds do not). Targets at 10,000 flags: validate at
 floor, a no-change plan at most 1.5x, peak memory at most 200 MiB, and the time per manifest
 flat (within 20%) from 1,000 to 30,000 flags (less the command's own start, measured as
 ``reconcile --version``). Peak memory is that of the largest process (workers included, each
-counted alone). Validation loads large trees in a worker per core, the floor in one process:
-its ratio depends on the machine's cores (here 2).
+counted alone). The commands share large trees between their own process and a worker per
+further core, the floor reads in one process: the ratios depend on the machine's cores (here
+2), and on what else runs on them (another busy process slows two processes more than one).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import TypeVar
 
 import pydantic
 
-from reconciler import schema
 from reconciler.diagnostics import Diagnostic, FieldPath, Position, Severity
 from reconciler.manifests import KINDS, Kind, Manifest, kind_for_folder
 from reconciler.secrets import find_secrets
@@ -33,6 +32,7 @@ PARALLEL_FROM = 2000  # manifest files; below, one process is quicker than start
 IGNORED_NAMES = ("README", "readme", "CODEOWNERS", "OWNERS")
 
 M = TypeVar("M", bound=Manifest)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,21 @@ class LoadResult:
 
 def load_tree(root: Path) -> LoadResult:
     """Load every manifest under ``root``; never raises for anything a file contains."""
+    files, diagnostics = list_manifests(root)
     loaded: list[Loaded] = []
     unloaded: list[str] = []
+    for (_, relative), (built, found) in zip(files, map_files(load_file, root, files), strict=True):
+        diagnostics.extend(found)
+        if built is not None:
+            loaded.append(built)
+        else:
+            unloaded.append(relative)
+    return LoadResult(Tree(root, tuple(loaded), frozenset(unloaded)), diagnostics, len(files))
+
+
+def list_manifests(root: Path) -> tuple[list[tuple[Path, str]], list[Diagnostic]]:
+    """The manifest files under ``root`` (each path with its name relative to ``root``), and
+    warnings for the files there that are not manifests."""
     diagnostics: list[Diagnostic] = []
     folders = [root / kind.folder for kind in KINDS.values()]
     if not any(folder.is_dir() for folder in folders):
@@ -150,9 +163,9 @@ def load_tree(root: Path) -> LoadResult:
         )
     manifests: list[tuple[Path, str]] = []
     for folder in folders:
-        for path in _files(folder):
-            relative = path.relative_to(root).as_posix()
-            if path.suffix not in MANIFEST_SUFFIXES:
+        for path, inside in _files(folder):
+            relative = f"{folder.name}/{inside}"
+            if not inside.endswith(MANIFEST_SUFFIXES):
                 diagnostics.append(
                     Diagnostic(
                         relative,
@@ -165,37 +178,45 @@ def load_tree(root: Path) -> LoadResult:
                 )
                 continue
             manifests.append((path, relative))
-    for (_, relative), (built, found) in zip(manifests, _load_all(root, manifests), strict=True):
-        diagnostics.extend(found)
-        if built is not None:
-            loaded.append(built)
-        else:
-            unloaded.append(relative)
-    return LoadResult(Tree(root, tuple(loaded), frozenset(unloaded)), diagnostics, len(manifests))
+    return manifests, diagnostics
 
 
-Outcome = tuple["Loaded | None", list[Diagnostic]]
+Job = Callable[[Path, str, Path], R]
 
 
-def _load_all(root: Path, files: Sequence[tuple[Path, str]]) -> list[Outcome]:
-    """Each file loaded, in order: in worker processes when the tree is large, the machine has
-    cores to spare and this process runs no other thread (a fork copies a lock another thread
-    may hold, and the runtime's fork hooks would start its threads again in each worker); each
-    file is independent, and the results come back as models and diagnostics, which pickle
-    small. Else here."""
+def map_files(job: Job[R], root: Path, files: Sequence[tuple[Path, str]]) -> list[R]:
+    """``job(path, relative, root)`` of each file, in order: shared with worker processes when
+    the tree is large, the machine has cores to spare and this process runs no other thread (a
+    fork copies a lock another thread may hold, and the runtime's fork hooks would start its
+    threads again in each worker); each file is independent. Else here.
+
+    The files go in chunks to a pool of one worker fewer than the processes chosen, and this
+    process takes chunks too, from the end, as long as the pool has not started them: what it
+    does itself need not be pickled, and no core waits on another. What a job returns in a
+    worker comes back pickled (so it should be small: findings and facts, not models)."""
     workers = _workers(len(files)) if threading.active_count() == 1 else 1  # fork: no threads
     if workers <= 1:
-        return [load_file(path, relative, root) for path, relative in files]
-    size = -(-len(files) // (workers * 4))  # a few chunks per worker: none waits on the last
-    chunks = [(root, files[i : i + size]) for i in range(0, len(files), size)]
+        return [job(path, relative, root) for path, relative in files]
+    size = -(-len(files) // (workers * 8))  # many chunks: none waits long on the last
+    chunks = [(job, root, files[i : i + size]) for i in range(0, len(files), size)]
+    results: list[list[R] | None] = [None] * len(chunks)
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return [outcome for chunk in pool.map(_load_chunk, chunks) for outcome in chunk]
+    with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
+        futures = [pool.submit(_run_chunk, chunk) for chunk in chunks]
+        for index in reversed(range(len(chunks))):
+            if not futures[index].cancel():
+                break  # the pool has it: and the chunks before it
+            results[index] = _run_chunk(chunks[index])
+        return [
+            outcome
+            for index, chunk in enumerate(results)
+            for outcome in (futures[index].result() if chunk is None else chunk)
+        ]
 
 
-def _load_chunk(job: tuple[Path, Sequence[tuple[Path, str]]]) -> list[Outcome]:
-    root, files = job
-    return [load_file(path, relative, root) for path, relative in files]
+def _run_chunk(chunk: tuple[Job[R], Path, Sequence[tuple[Path, str]]]) -> list[R]:
+    job, root, files = chunk
+    return [job(path, relative, root) for path, relative in files]
 
 
 def _workers(files: int) -> int:
@@ -209,12 +230,35 @@ def _workers(files: int) -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def _files(folder: Path) -> Iterator[Path]:
-    if not folder.is_dir():
+def _files(folder: Path) -> Iterator[tuple[Path, str]]:
+    """The files under ``folder``, at any depth, in the order of their paths, as
+    ``sorted(folder.rglob("*"))`` has them (symbolic links to folders are not followed);
+    without hidden files and the READMEs and owners files a folder may hold. Each with its
+    path relative to ``folder`` (``/``-separated)."""
+    found: list[tuple[str, ...]] = []
+    _scan(str(folder), (), found)
+    for parts in sorted(found):
+        name = parts[-1]
+        if not name.startswith(".") and _stem(name) not in IGNORED_NAMES:
+            yield folder.joinpath(*parts), "/".join(parts)
+
+
+def _stem(name: str) -> str:
+    """``Path(name).stem``: the name without its last suffix."""
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
+def _scan(directory: str, parts: tuple[str, ...], found: list[tuple[str, ...]]) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # not a folder (or gone, or unreadable): nothing in it
         return
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.stem not in IGNORED_NAMES:
-            yield path
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            _scan(entry.path, (*parts, entry.name), found)
+        elif entry.is_file():
+            found.append((*parts, entry.name))
 
 
 def load_file(
@@ -259,6 +303,8 @@ def load_file(
         model_errors = []
     # Explain with the schema, whose errors say more. A value the YAML step already refused
     # (e.g. an ambiguous 'yes') is not reported again.
+    from reconciler import schema  # noqa: PLC0415 - jsonschema: only for a file with errors
+
     refused = {problem.field for problem in problems}
     for problem in schema.check(kind, data):
         if problem.field in refused:

@@ -213,6 +213,13 @@ def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
         text = _decode(raw)
     except YamlProblem as problem:
         return None, [problem]
+    data = _plain_build(text)
+    if data is not _CAREFUL:
+        if data is None:
+            return None, [
+                YamlProblem(Position(1, 1), (), "file is empty: it holds no YAML document")
+            ]
+        return YamlDocument(data, text), []
     builder = _build(text, track=False)
     if isinstance(builder, YamlProblem) or builder.problems:
         # Report with every position known (a duplicate key names its first line).
@@ -223,6 +230,103 @@ def load_yaml(raw: bytes) -> tuple[YamlDocument | None, list[YamlProblem]]:
         return None, [YamlProblem(Position(1, 1), (), "file is empty: it holds no YAML document")]
     document = YamlDocument(builder.root, text)
     return document, builder.problems
+
+
+_CAREFUL = object()  # what the quick reading returns for a file it leaves to the careful one
+_INT_PLAIN = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")  # an integer to YAML 1.1 and 1.2 alike
+_FLOAT_PLAIN = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)\.[0-9]+$")  # a float to both alike
+_QUIET = (ev.StreamStartEvent, ev.DocumentEndEvent)
+
+
+def _plain_build(text: str) -> object:
+    """The values of an ordinary file, read in one quick pass over the parser's events; or
+    ``_CAREFUL`` when the file holds anything ``_build`` must look at or report (an anchor, an
+    alias, a tag, a duplicate or non-string key, an ambiguous scalar, more than one document,
+    too deep or too large, a syntax error). Where both read a file, they give the same values.
+    """
+    loader = _Loader(text)
+    get = loader.get_event
+    scalar, mapping, sequence = ev.ScalarEvent, ev.MappingStartEvent, ev.SequenceStartEvent
+    ends = (ev.MappingEndEvent, ev.SequenceEndEvent)
+    intern, words, no_key = sys.intern, _WORDS, _CAREFUL
+    containers: list[Any] = []  # the open mappings and sequences, innermost last
+    keys: list[Any] = []  # for each open mapping, its pending key (``no_key``: none yet)
+    root: object = None
+    nodes = documents = 0
+    try:
+        while True:
+            event = get()  # type: ignore[no-untyped-call]
+            kind = type(event)
+            if kind is scalar:
+                if event.anchor is not None or event.tag is not None:
+                    return _CAREFUL
+                value: Any = event.value
+                if len(value) <= INTERNED:
+                    value = intern(value)
+                if not event.style and not (value[:1].isalpha() and value.lower() not in words):
+                    value = _plain_scalar(value)
+                    if value is _CAREFUL:
+                        return _CAREFUL
+                nodes += 1
+            elif kind is mapping or kind is sequence:
+                if event.anchor is not None or event.tag is not None:
+                    return _CAREFUL
+                if len(containers) >= MAX_DEPTH:
+                    return _CAREFUL
+                nodes += 1
+                containers.append({} if kind is mapping else [])
+                keys.append(no_key)
+                continue
+            elif kind in ends:
+                value = containers.pop()
+                keys.pop()
+            elif kind is ev.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    return _CAREFUL
+                continue
+            elif kind is ev.StreamEndEvent:
+                break
+            elif kind in _QUIET:
+                continue
+            else:  # an alias
+                return _CAREFUL
+            if nodes > MAX_NODES:
+                return _CAREFUL
+            if not containers:
+                root = value
+                continue
+            top = containers[-1]
+            if type(top) is list:
+                top.append(value)
+                continue
+            key = keys[-1]
+            if key is not no_key:
+                top[key] = value
+                keys[-1] = no_key
+            elif type(value) is not str or value in top:
+                return _CAREFUL  # a key that is not a string, or a duplicate
+            else:
+                keys[-1] = value
+    except yaml.YAMLError:
+        return _CAREFUL
+    finally:
+        loader.dispose()
+    return root
+
+
+def _plain_scalar(text: str) -> object:
+    """A plain scalar that is not an identifier-like word: its value, or ``_CAREFUL`` when
+    YAML 1.1 and 1.2 read it differently."""
+    if text in {"true", "false"}:
+        return text == "true"
+    if _INT_PLAIN.match(text):
+        return int(text)
+    if _FLOAT_PLAIN.match(text):
+        return float(text)
+    if _ambiguity(text) is not None:
+        return _CAREFUL
+    return _core_value(text)
 
 
 def _build(text: str, *, track: bool) -> _Builder | YamlProblem:

@@ -7,58 +7,56 @@ from collections.abc import Iterator
 
 from reconciler.config import RepoConfig
 from reconciler.diagnostics import Diagnostic, Severity
-from reconciler.loader import Source, Tree
-from reconciler.manifests import Flag
+from reconciler.index import Entry, Index
+from reconciler.loader import Source
+from reconciler.manifests import Flag, Manifest
 
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 
-def check_file_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
-    for loaded in tree.manifests:
-        manifest, source = loaded.manifest, loaded.source
-        if manifest.object_name != source.stem:
-            yield source.diagnostic(
-                (manifest.name_field,),
-                f"{manifest.name_field} '{manifest.object_name}' must equal the file name "
-                f"'{source.stem}'; rename the file or the field",
-                "file-name",
-            )
+def check_file_name(manifest: Manifest, source: Source, config: RepoConfig) -> Iterator[Diagnostic]:
+    if manifest.object_name != source.stem:
+        yield source.diagnostic(
+            (manifest.name_field,),
+            f"{manifest.name_field} '{manifest.object_name}' must equal the file name "
+            f"'{source.stem}'; rename the file or the field",
+            "file-name",
+        )
 
 
-def check_unique_names(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
-    first_seen: dict[tuple[str, str], Source] = {}
-    for loaded in tree.manifests:
-        manifest, source = loaded.manifest, loaded.source
-        key = (type(manifest).__name__, manifest.object_name)
-        first = first_seen.setdefault(key, source)
-        if first is not source:
-            line = first.at((manifest.name_field,)).line  # positions are found only when needed
-            yield source.diagnostic(
-                (manifest.name_field,),
-                f"{manifest.name_field} '{manifest.object_name}' is already defined in "
-                f"{first.path}:{line}; names must be unique",
+def check_unique_names(index: Index, config: RepoConfig) -> Iterator[Diagnostic]:
+    first_seen: dict[tuple[str, str], Entry] = {}
+    for entry in index.entries:
+        first = first_seen.setdefault((entry.kind, entry.name), entry)
+        if first is not entry:
+            field = (entry.name_field,)
+            line = first.source.at(field).line  # positions are found only when needed
+            yield entry.source.diagnostic(
+                field,
+                f"{entry.name_field} '{entry.name}' is already defined in "
+                f"{first.source.path}:{line}; names must be unique",
                 "unique-name",
             )
 
 
-def check_convention(tree: Tree, config: RepoConfig) -> Iterator[Diagnostic]:
+def check_convention(
+    manifest: Manifest, source: Source, config: RepoConfig
+) -> Iterator[Diagnostic]:
     settings = config.validate_
     if settings.naming == "off":
         return
     severity = Severity.ERROR if settings.naming == "error" else Severity.WARNING
-    for loaded in tree.manifests:
-        manifest, source = loaded.manifest, loaded.source
-        name, field = manifest.object_name, manifest.name_field
-        message = None
-        if not SNAKE_CASE.match(name):
-            suggestion = re.sub(
-                r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-            )
-            message = f"'{name}' is not snake_case; write it as '{suggestion.strip('_')}'"
-        elif isinstance(manifest, Flag):
-            message = _prefix_problem(name, settings.component_prefixes)
-        if message is not None:
-            yield source.diagnostic((field,), message, "naming", severity=severity)
+    name, field = manifest.object_name, manifest.name_field
+    message = None
+    if not SNAKE_CASE.match(name):
+        suggestion = re.sub(
+            r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+        )
+        message = f"'{name}' is not snake_case; write it as '{suggestion.strip('_')}'"
+    elif isinstance(manifest, Flag):
+        message = _prefix_problem(name, settings.component_prefixes)
+    if message is not None:
+        yield source.diagnostic((field,), message, "naming", severity=severity)
 
 
 def _prefix_problem(name: str, prefixes: tuple[str, ...]) -> str | None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from reconciler.codec import DesiredState, encode
+from reconciler.codec import DesiredState
 from reconciler.config import RepoConfig, load_config
 from reconciler.diagnostics import render_text
 from reconciler.errors import ValidationFailed
 from reconciler.state.select import open_store
 from reconciler.state.store import StateStore
-from reconciler.validation import validate
+from reconciler.validation import examine
 
 Echo = Callable[..., None]
 
@@ -39,11 +39,13 @@ def make_context(root: Path, backend: str | None, actor: str) -> Context:
 
 
 def desired_state(context: Context, echo: Echo = click.echo) -> DesiredState:
-    """Validate the whole tree first: an invalid tree plans nothing and applies nothing."""
-    result = validate(context.root, context.config)
+    """Validate the whole tree first: an invalid tree plans nothing and applies nothing. The
+    records are encoded where each file loads (``examine``): no model is kept."""
+    result = examine(context.root, context.config, records=True)
     for line in render_text(result.diagnostics):  # stdout stays for the plan itself
         echo(line, err=True)
     if not result.ok:
         echo(result.summary(), err=True)
         raise ValidationFailed(result.errors)
-    return encode(result.tree)
+    assert result.desired is not None  # a valid tree's
+    return result.desired

@@ -7,13 +7,13 @@ import click
 from reconciler.commands.common import Context
 from reconciler.diagnostics import render_json, render_text
 from reconciler.errors import ExitCode
-from reconciler.validation import validate
+from reconciler.validation import examine
 
 
 def run_validate(context: Context, output_format: str) -> int:
-    result = validate(context.root, context.config)
+    result = examine(context.root, context.config)
     if output_format == "json":
-        click.echo(render_json(result.diagnostics, len(result.tree.manifests)))
+        click.echo(render_json(result.diagnostics, len(result.index.entries)))
     else:
         for line in render_text(result.diagnostics):
             click.echo(line)

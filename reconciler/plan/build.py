@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from datetime import datetime
 
-from reconciler.codec import DesiredState, content_hash
+from reconciler.codec import DesiredState, Records, content_hash
 from reconciler.plan.diff import (
     ActualState,
     diff,
@@ -21,7 +21,7 @@ from reconciler.runtime.cost_state import COST_GUARD_ID, cost_state_from_item, w
 from reconciler.runtime.experiment_state import ANALYSER_ID, ExperimentStates, verdicts_from_item
 from reconciler.runtime.rollout_state import CONTROLLER_ID, entries_from_item
 from reconciler.runtime.sources import overrides_from_item
-from reconciler.state.records import RecordKind, format_time
+from reconciler.state.records import Item, RecordKind, format_time
 from reconciler.state.store import StateStore
 
 
@@ -52,12 +52,12 @@ def build_plan(
     ai_flags = [r.name for r in actual[RecordKind.FLAG].values() if r.item.get("request_type")]
     guard = with_flags(cost_state_from_item(store.read_control(COST_GUARD_ID)), ai_flags, now)
     changes = hold_by_cost_guard(changes, guard, now)
-    experiments = {**desired.get(RecordKind.EXPERIMENT, {})}
+    experiments = desired.get(RecordKind.EXPERIMENT, {})
     states = ExperimentStates(
         verdicts_from_item(store.read_control(ANALYSER_ID)), in_force.experiments.operators
     )
     changes, experiment_notes = hold_by_experiments(changes, experiments, states)
-    strategies = {**desired.get(RecordKind.ROLLOUT, {})}
+    strategies = desired.get(RecordKind.ROLLOUT, {})
     changes, rollout_notes = hold_by_rollouts(changes, strategies, rollouts, now)
     notes = (*notes, *held_notes, *experiment_notes, *rollout_notes)
     empty = not any(desired.get(kind) for kind in RecordKind)
@@ -89,10 +89,14 @@ def hashes_of(
     desired: DesiredState, known: dict[tuple[RecordKind, str], tuple[DesiredState, str]]
 ) -> dict[tuple[RecordKind, str], str]:
     """Each record's content hash, computed once: an item ``known`` hashed in another state
-    (the same object) keeps its hash."""
+    (the same object) keeps its hash; records kept as text (``Records``) keep theirs."""
     hashes = {}
     for kind, items in desired.items():
-        for name, item in items.items():
+        for name in items:
+            if isinstance(items, Records):
+                hashes[(kind, name)] = items.content_hash(name)
+                continue
+            item = items[name]
             seen = known.get((kind, name))
             same = seen is not None and seen[0].get(kind, {}).get(name) is item
             hashes[(kind, name)] = seen[1] if seen is not None and same else content_hash(item)
@@ -127,8 +131,11 @@ def with_rollout_starts(desired: DesiredState, actual: ActualState, now: datetim
     else (a strategy this plan applies) the plan's time."""
     strategies = actual.get(RecordKind.ROLLOUT, {})
     live = actual.get(RecordKind.FLAG, {})
-    flags = dict(desired.get(RecordKind.FLAG, {}))
-    for name, item in flags.items():
+    flags = desired.get(RecordKind.FLAG, {})
+    given: dict[str, Item] = {}
+    # Records kept as text know which flags' rollouts have no start (the others are not read).
+    for name in flags.unstarted if isinstance(flags, Records) else flags:
+        item = flags[name]
         rollout = item.get("rollout")
         if not isinstance(rollout, dict):
             continue
@@ -146,8 +153,10 @@ def with_rollout_starts(desired: DesiredState, actual: ActualState, now: datetim
             started = record.item.get("created_at")
         start = str(started) if started else format_time(now)
         rollout = {**rollout, "configuration": {**configuration, "start_time": start}}
-        flags[name] = {**item, "rollout": rollout}
-    return {**desired, RecordKind.FLAG: flags}
+        given[name] = {**item, "rollout": rollout}
+    if isinstance(flags, Records):
+        return {**desired, RecordKind.FLAG: flags.replaced(given) if given else flags}
+    return {**desired, RecordKind.FLAG: {**flags, **given}}
 
 
 def _refuse_empty(change: Change) -> Change:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from reconciler.codec import DesiredState, content_hash, git_owned
+from reconciler.codec import DesiredState, content_hash, git_owned, hash_of
 from reconciler.diagnostics import format_field
 from reconciler.plan.model import Action, Change, FieldChange, FieldKind, Hold, Unmanaged
 from reconciler.plan.risk import risks_of
@@ -59,9 +59,9 @@ def diff(
                 else:
                     unmanaged.append(Unmanaged(kind, name))
                 continue
-            after = wanted[name]  # the codec's items are canonical
-            hashed = known.get((kind, name)) or content_hash(after)
+            hashed = known.get((kind, name)) or hash_of(wanted, name)
             if record is None:
+                after = wanted[name]  # the codec's items are canonical
                 changes.append(
                     Change(
                         kind,
@@ -76,7 +76,7 @@ def diff(
                     )
                 )
             else:
-                changes.append(_update(record, after, now, rollouts, hashed))
+                changes.append(_update(record, wanted, name, now, rollouts=rollouts, hashed=hashed))
     return changes + deletes, unmanaged
 
 
@@ -90,15 +90,24 @@ def _moment(now: str) -> datetime | None:
 
 def _update(
     record: StoredRecord,
-    after: Item,
+    wanted: Mapping[str, Item],
+    name: str,
     now: str,
+    *,
     rollouts: RolloutStates | None = None,
     hashed: str | None = None,
 ) -> Change:
     before = git_owned(record.item)
-    desired_hash = hashed or content_hash(after)
-    # The stored content is git's when it equals it: its hash is then the one just computed.
-    stored_hash = desired_hash if before == after else content_hash(record.item)
+    desired_hash = hashed or hash_of(wanted, name)
+    # The whole stored item hashed: equal to git's hash, it is git's content (and the desired
+    # record need not be read); else the two are compared value by value.
+    stored_hash = content_hash(before)
+    if stored_hash == desired_hash:
+        after = before
+    else:
+        after = wanted[name]
+        if before == after:  # equal values spelled apart (1 and 1.0): git's content still
+            stored_hash = desired_hash
     drift = record.managed and record.content_hash != stored_hash
     blocked = None
     if not record.managed:
@@ -256,9 +265,12 @@ def hold_by_experiments(
     changes (and their flags') apply, and everyone keeps getting what the hold serves; each
     gets a note with the manifest edit that makes the decision git's."""
     notes, holds = [], {}
-    for name, item in sorted(experiments.items()):
+    for name in sorted(experiments):
         hold = states.hold(name)
-        if hold is None or (item.get("status") != "active" and hold.state != STOPPED):
+        if hold is None:
+            continue
+        item = experiments[name]  # read only when something holds it
+        if item.get("status") != "active" and hold.state != STOPPED:
             continue
         served = hold.winner or str(item.get("control") or "the control")
         # git's change applies (it cannot turn the experiment back on): the hold outranks it.
@@ -297,16 +309,17 @@ def hold_by_rollouts(
     paused, rolled back, held for data, or moved by the controller's checks. Git's change
     applies; the share served stays the controller's until it moves or a person resumes it."""
     notes, holds = [], {}
-    for name, item in sorted(strategies.items()):
+    for name in sorted(strategies):
+        entry, actions = states.entries.get(name), states.operators.get(name, ())
+        if entry is None and not actions:
+            continue
+        item = strategies[name]  # read only when something holds it
         flag = str(item.get("feature_flag", ""))
         if item.get("active", True) is not True or not flag:
             continue
         try:
             strategy = strategy_from_item(item, flag=flag)
         except (KeyError, TypeError, ValueError):
-            continue
-        entry, actions = states.entries.get(name), states.operators.get(name, ())
-        if entry is None and not actions:
             continue
         served = serve(strategy, entry, actions, now)
         stopped = served.state in (PAUSED, ROLLED_BACK, HOLDING)

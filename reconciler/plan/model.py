@@ -14,7 +14,7 @@ Action = Literal["create", "update", "delete", "unchanged"]
 FieldKind = Literal["added", "removed", "changed"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FieldChange:
     """One field of one record: its path (``ab_test_config.variants[0].weight``), before, after."""
 
@@ -24,7 +24,7 @@ class FieldChange:
     kind: FieldKind = "changed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Risk:
     """A change a reviewer must not miss, with the share of users it moves when known."""
 
@@ -33,7 +33,7 @@ class Risk:
     users_affected: float | None = None  # share in [0, 1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     """Another owner's record that outranks git: apply leaves the git change waiting."""
 
@@ -42,7 +42,7 @@ class Hold:
     since: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     kind: RecordKind
     name: str
@@ -70,7 +70,7 @@ class Change:
         return self.pending and any(h.owner == "override" for h in self.holds)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unmanaged:
     """A record in the store that reconcile did not create and leaves alone."""
 

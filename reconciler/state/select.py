@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.config import RepoConfig
-from reconciler.state.dynamodb import DynamoDBStore
 from reconciler.state.local import DEFAULT_PATH, LocalStore
 from reconciler.state.records import table_names
 from reconciler.state.store import StateStore
@@ -35,6 +34,8 @@ def open_store(
     if chosen is None:
         chosen = "dynamodb" if any(env.get(v) for v in DYNAMODB_HINTS) else "local"
     if chosen == "dynamodb":
+        from reconciler.state.dynamodb import DynamoDBStore  # noqa: PLC0415 - boto3, only here
+
         return DynamoDBStore(
             tables=table_names({**settings.tables, **env}),
             region=settings.region,
