@@ -195,8 +195,10 @@ def main() -> None:
     client = FlagClient.__new__(FlagClient)  # a client over a fixed snapshot: no source needed
     client._snapshot = snapshot
     client.clock = lambda: datetime.now(UTC)  # what a service pays for the time, each decision
-    # Exposures of experiment decisions are counted in process, as in a service (no sink: the
-    # flush is not on the request path).
+    # Exposures of experiment decisions are queued and counted in process, as in a service. With
+    # no background thread here, the decision that fills the queue counts it (every 100,000
+    # exposures): the figures include the counting. No sink: the flush (the ids hashed, the
+    # writes) is not on the request path.
     client.recorder = Recorder(None, background=False)
     results = {
         # The floor: what any decision of a percentage costs at least, one hash and a compare.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from reconciler.codec import encode
 from reconciler.config import load_config
+from reconciler.runtime.bucketing import bucket, pick_variant, variant_ranges
 from reconciler.runtime.cost_state import CostState, FlagCost
 from reconciler.runtime.decision import ErrorCode, Reason
 from reconciler.runtime.evaluate import evaluate, variant_value
@@ -208,6 +209,28 @@ def test_experiment_assigns_variants_by_weight() -> None:
     assert decision.variant_config == {
         "model": f"{'claude-3.5-sonnet' if decision.variant == 'claude' else 'gemini-pro'}"
     }
+
+
+@given(
+    weights=st.lists(st.integers(0, 100), min_size=1, max_size=5).filter(lambda w: sum(w) > 0),
+    units=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30),
+)
+def test_assigned_variants_are_the_bucketing_contracts(
+    weights: list[int], units: list[str]
+) -> None:
+    """Each decision's variant is ``pick_variant`` of ``bucket(experiment_id, unit)`` over the
+    declared ranges (zero weights and rounding included), decided once per flag or not."""
+    total = sum(weights)
+    shares = [100 * w / total for w in weights]
+    variants = [{"name": f"v{k}", "weight": share} for k, share in enumerate(shares)]
+    experiment = {"test_name": "prop_test", "status": "active", "variants": variants}
+    flag = {"flag_name": "f", "enabled": True, "flag_type": "boolean", "value": True}
+    snap = build_snapshot("v", [{**flag, "ab_test_config": experiment}])
+    ranges = variant_ranges([(f"v{k}", share) for k, share in enumerate(shares)])
+    for unit in units * 2:  # the second time from the flag's cache
+        expected = pick_variant(bucket("prop_test", unit), ranges) or "v0"
+        decision = evaluate(snap, "f", {"user_id": unit}, NOW)
+        assert (decision.reason, decision.variant) == (Reason.EXPERIMENT_ASSIGNED, expected)
 
 
 def test_a_concluded_experiment_serves_its_winner_to_everyone() -> None:

@@ -37,7 +37,7 @@ from reconciler.runtime.admission import (
 )
 from reconciler.runtime.budgets import Budget
 from reconciler.runtime.decision import Decision, ErrorCode, Reason
-from reconciler.runtime.evaluate import evaluate
+from reconciler.runtime.evaluate import UNIT_ATTRIBUTE, evaluate
 from reconciler.runtime.recorder import (
     DEFAULT_FLUSH_INTERVAL,
     Health,
@@ -58,6 +58,7 @@ from reconciler.runtime.telemetry import IN, OUT
 log = logging.getLogger("reconciler.runtime")
 
 _NO_ANSWER = frozenset({ErrorCode.NO_SNAPSHOT, ErrorCode.FLAG_NOT_FOUND})
+_ASSIGNED = Reason.EXPERIMENT_ASSIGNED
 _FROM_SOURCE: Any = object()  # telemetry goes where the snapshot comes from, if it can
 _NO_BUDGET = Admission(True, AdmissionReason.NO_BUDGET)
 # The most one call may cost or use, and the largest response time: beyond them a value is a
@@ -184,9 +185,16 @@ class FlagClient:
         return self._ready.is_set()
 
     def decide(self, flag: str, context: Mapping[str, Any], default: Any = None) -> Decision:
-        decision = evaluate(self._snapshot, flag, context, self.clock)  # time asked only if needed
-        if decision.reason is Reason.EXPERIMENT_ASSIGNED:
-            self._expose(decision, context)
+        snapshot = self._snapshot
+        decision = evaluate(snapshot, flag, context, self.clock)  # time asked only if needed
+        if decision.reason is _ASSIGNED and snapshot is not None:
+            try:  # the exposure: queued, for the recorder to count off the request path
+                experiment = snapshot.flags[flag].experiment
+                if experiment is not None and decision.variant is not None:
+                    unit = str(context[UNIT_ATTRIBUTE])
+                    self.recorder.expose(experiment.key, decision.variant, unit)
+            except Exception:
+                self.recorder.reject("internal")
         if decision.error_code is not None and decision.error_code in _NO_ANSWER:
             return dataclasses.replace(decision, enabled=bool(default), value=default)
         if default is not None and decision.value is None and not decision.enabled:
@@ -254,16 +262,6 @@ class FlagClient:
         )
 
     # -- experiments (the request path too: microseconds, no I/O, never raising) -------------
-
-    def _expose(self, decision: Decision, context: Mapping[str, Any]) -> None:
-        """Count the exposure of the user to the variant the decision assigned."""
-        try:
-            snapshot = self._snapshot
-            experiment = snapshot.flags[decision.flag].experiment if snapshot else None
-            if experiment is not None and decision.variant is not None:
-                self.recorder.expose(experiment.key, decision.variant, str(context["user_id"]))
-        except Exception:
-            self.recorder.reject("internal")
 
     def record_response_quality(
         self,

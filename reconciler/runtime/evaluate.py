@@ -19,6 +19,7 @@ from reconciler.runtime.snapshot import Experiment, Flag, Snapshot
 UNIT_ATTRIBUTE = "user_id"
 OUTSIDE_SCOPE = "outside the rollout's targeting"
 _ROLLOUT = ("rollout",)  # the key of a flag's rollout position in its decisions cache
+_ASSIGNED = "assigned"  # with the matched rule: the key of a flag's assigned decisions
 
 
 def evaluate(
@@ -32,118 +33,123 @@ def evaluate(
     ``now`` is a time, or a function that gives it: the core asks only when the decision
     depends on time (a shutdown's expiry, a rollout schedule), which most decisions do not.
     """
-    try:
-        return _evaluate(snapshot, flag_name, context, now)
-    except Exception as exc:  # the promise: no exception reaches the request path
-        return Decision(
-            flag_name, False, Reason.ERROR, error_code=ErrorCode.GENERAL, detail=repr(exc)
-        )
-
-
-def _evaluate(
-    snapshot: Snapshot | None,
-    name: str,
-    context: Mapping[str, Any],
-    now: datetime | Callable[[], datetime],
-) -> Decision:
-    if snapshot is None:
-        return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
-    version = snapshot.version
-    flag = snapshot.flags.get(name)
-    if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(_time(now)):
-        detail = (
-            f"global shutdown by {snapshot.global_shutdown.by}: {snapshot.global_shutdown.reason}"
-        )
-        if flag is not None:  # the same value as any other "off": False for a boolean flag
-            return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
-        return Decision(  # a flag this snapshot does not know: its type is unknown too
-            name, False, Reason.EMERGENCY_SHUTDOWN, snapshot_version=version, detail=detail
-        )
-    if flag is None:
-        return Decision(
-            name, False, Reason.ERROR, snapshot_version=version, error_code=ErrorCode.FLAG_NOT_FOUND
-        )
-    if snapshot.flag_shutdowns or flag.shutdown is not None:
-        for shutdown in (snapshot.flag_shutdowns.get(name), flag.shutdown):
-            if shutdown is not None and shutdown.active(_time(now)):
+    name = flag_name
+    try:  # one frame: the body is the request path of every decision
+        if snapshot is None:
+            return Decision(name, False, Reason.ERROR, error_code=ErrorCode.NO_SNAPSHOT)
+        version = snapshot.version
+        flag = snapshot.flags.get(name)
+        if snapshot.global_shutdown is not None and snapshot.global_shutdown.active(_time(now)):
+            held = snapshot.global_shutdown
+            detail = f"global shutdown by {held.by}: {held.reason}"
+            if flag is not None:  # the same value as any other "off": False for a boolean flag
+                return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
+            return Decision(  # a flag this snapshot does not know: its type is unknown too
+                name, False, Reason.EMERGENCY_SHUTDOWN, snapshot_version=version, detail=detail
+            )
+        if flag is None:
+            return Decision(
+                name,
+                False,
+                Reason.ERROR,
+                snapshot_version=version,
+                error_code=ErrorCode.FLAG_NOT_FOUND,
+            )
+        if snapshot.flag_shutdowns or flag.shutdown is not None:
+            shutdown = snapshot.flag_shutdowns.get(name)  # an operator's, then the manifest's
+            if shutdown is None or not shutdown.active(_time(now)):
+                shutdown = flag.shutdown
+                if shutdown is not None and not shutdown.active(_time(now)):
+                    shutdown = None
+            if shutdown is not None:
                 detail = f"shutdown by {shutdown.by}: {shutdown.reason}"
                 return _off(flag, Reason.EMERGENCY_SHUTDOWN, version, detail=detail)
-    if flag.broken is not None:
-        return Decision(
-            name,
-            flag.fail_open,
-            Reason.ERROR,
-            flag.value if flag.fail_open else None,
-            snapshot_version=version,
-            error_code=ErrorCode.GENERAL,
-            detail=flag.broken,
-        )
-    if not flag.enabled:
-        return _off(flag, Reason.DISABLED, version)
-
-    factor, throttled = 1.0, False
-    verdict = snapshot.cost.get(name) if snapshot.cost else None  # the cost guard's
-    while verdict is not None and verdict.until is not None and _time(now) >= verdict.until:
-        verdict = verdict.then  # its period is over: the next verdict, if one still holds
-    if verdict is not None:
-        if verdict.emergency is not None:
-            return _off(flag, Reason.COST_EMERGENCY, version, detail=verdict.emergency)
-        factor, throttled = verdict.factor, True
-
-    matched, rule_percentage = None, None
-    for rule in flag.rules:
-        if rule.predicate(context):
-            if not rule.include:
-                return _off(flag, Reason.TARGETING_MATCH, version, rule=rule.name)
-            matched, rule_percentage = rule.name, rule.rollout_percentage
-            break
-    else:
-        if not flag.default_include:
-            return _off(flag, Reason.TARGETING_NO_MATCH, version)
-
-    if flag.schedule is None:
-        percentage = flag.rollout_percentage if rule_percentage is None else rule_percentage
-    else:
-        served = _rollout(flag, flag.schedule, _time(now))
-        if served.state == ROLLED_BACK:  # rolled back for everyone, the rules' users too
-            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=served.reason)
-        if rule_percentage is not None:
-            percentage = rule_percentage
-        elif flag.schedule.scope is not None and not flag.schedule.scope.covers(context):
-            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=OUTSIDE_SCOPE)
-        else:
-            percentage = served.percentage
-    unit = context.get(UNIT_ATTRIBUTE)
-    if percentage < 100 or throttled:
-        if unit is None or unit == "":
-            return _off(
-                flag,
-                Reason.ROLLOUT_OUT,
-                version,
-                rule=matched,
-                error=ErrorCode.TARGETING_KEY_MISSING,
+        if flag.broken is not None:
+            return Decision(
+                name,
+                flag.fail_open,
+                Reason.ERROR,
+                flag.value if flag.fail_open else None,
+                snapshot_version=version,
+                error_code=ErrorCode.GENERAL,
+                detail=flag.broken,
             )
-        if percentage < 100 and flag.rollout_bucket.bucket(str(unit)) * 100 >= percentage:
-            return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched)
-        # The throttle keeps the units of the lowest cost buckets, salted by request type:
-        # the same units should_allow_request admits, whichever flag they come through.
-        if throttled and flag.cost_bucket.bucket(str(unit)) >= factor:
-            return _off(flag, Reason.COST_THROTTLED, version, rule=matched)
+        if not flag.enabled:
+            return _off(flag, Reason.DISABLED, version)
 
-    experiment = flag.experiment
-    if experiment is not None and unit not in (None, ""):
-        decided = _experiment(
-            flag, experiment, str(unit), version=version, matched=matched, now=now
-        )
-        if decided is not None:
-            return decided
-    if matched is not None:
-        reason = Reason.TARGETING_MATCH
-    elif percentage < 100:
-        reason = Reason.ROLLOUT_IN
-    else:
-        reason = Reason.DEFAULT
-    return _on(flag, reason, version, matched)
+        factor, throttled = 1.0, False
+        verdict = snapshot.cost.get(name) if snapshot.cost else None  # the cost guard's
+        while verdict is not None and verdict.until is not None and _time(now) >= verdict.until:
+            verdict = verdict.then  # its period is over: the next verdict, if one still holds
+        if verdict is not None:
+            if verdict.emergency is not None:
+                return _off(flag, Reason.COST_EMERGENCY, version, detail=verdict.emergency)
+            factor, throttled = verdict.factor, True
+
+        matched, rule_percentage = None, None
+        for rule in flag.rules:
+            if rule.predicate(context):
+                if not rule.include:
+                    return _off(flag, Reason.TARGETING_MATCH, version, rule=rule.name)
+                matched, rule_percentage = rule.name, rule.rollout_percentage
+                break
+        else:
+            if not flag.default_include:
+                return _off(flag, Reason.TARGETING_NO_MATCH, version)
+
+        if flag.schedule is None:
+            percentage = flag.rollout_percentage if rule_percentage is None else rule_percentage
+        else:
+            served = _rollout(flag, flag.schedule, _time(now))
+            if served.state == ROLLED_BACK:  # rolled back for everyone, the rules' users too
+                return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=served.reason)
+            if rule_percentage is not None:
+                percentage = rule_percentage
+            elif flag.schedule.scope is not None and not flag.schedule.scope.covers(context):
+                return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched, detail=OUTSIDE_SCOPE)
+            else:
+                percentage = served.percentage
+        unit = context.get(UNIT_ATTRIBUTE)
+        if percentage < 100 or throttled:
+            if unit is None or unit == "":
+                return _off(
+                    flag,
+                    Reason.ROLLOUT_OUT,
+                    version,
+                    rule=matched,
+                    error=ErrorCode.TARGETING_KEY_MISSING,
+                )
+            if percentage < 100 and flag.rollout_bucket.bucket(str(unit)) * 100 >= percentage:
+                return _off(flag, Reason.ROLLOUT_OUT, version, rule=matched)
+            # The throttle keeps the units of the lowest cost buckets, salted by request type:
+            # the same units should_allow_request admits, whichever flag they come through.
+            if throttled and flag.cost_bucket.bucket(str(unit)) >= factor:
+                return _off(flag, Reason.COST_THROTTLED, version, rule=matched)
+
+        experiment = flag.experiment
+        if experiment is not None and unit not in (None, ""):
+            if experiment.assigning and experiment.traffic >= 100:  # the commonest: one hash
+                assigned = flag.decisions.get((_ASSIGNED, matched))
+                if assigned is None:
+                    assigned = _assigned(flag, experiment, version, matched)
+                position = experiment.assignment.bucket(str(unit))
+                for end, decision in assigned:
+                    if position < end:
+                        return decision
+            decided = _experiment(
+                flag, experiment, str(unit), version=version, matched=matched, now=now
+            )
+            if decided is not None:
+                return decided
+        if matched is not None:
+            reason = Reason.TARGETING_MATCH
+        elif percentage < 100:
+            reason = Reason.ROLLOUT_IN
+        else:
+            reason = Reason.DEFAULT
+        return _on(flag, reason, version, matched)
+    except Exception as exc:  # the promise: no exception reaches the request path
+        return Decision(name, False, Reason.ERROR, error_code=ErrorCode.GENERAL, detail=repr(exc))
 
 
 def _experiment(
@@ -209,6 +215,35 @@ def _experiment(
         )
     variant = pick_variant(experiment.assignment.bucket(unit), experiment.ranges)
     return serve(Reason.EXPERIMENT_ASSIGNED, variant or experiment.control)
+
+
+def _assigned(
+    flag: Flag, experiment: Experiment, version: str, matched: str | None
+) -> tuple[tuple[float, Decision], ...]:
+    """Each variant's decision with the end of its range, in order (the ranges are contiguous
+    from 0): the first whose end is above the unit's position is ``pick_variant``'s. A position
+    past the last end (rounding) is left to ``_experiment``. Made once per flag and rule;
+    empty (every decision left to ``_experiment``) for ranges that are not so."""
+    ranges = experiment.ranges
+    starts = [0.0, *(end for _, _, end in ranges)]
+    contiguous = all(
+        start == starts[k] and start <= end for k, (_, start, end) in enumerate(ranges)
+    )
+    found = flag.decisions[(_ASSIGNED, matched)] = tuple(
+        (
+            end,
+            _on(
+                flag,
+                Reason.EXPERIMENT_ASSIGNED,
+                version,
+                matched,
+                variant=name or experiment.control,
+                experiment=experiment,
+            ),
+        )
+        for name, _, end in (ranges if contiguous else ())
+    )
+    return found
 
 
 def _time(now: datetime | Callable[[], datetime]) -> datetime:

@@ -1,7 +1,8 @@
 """Recording on the request path: microseconds, no I/O, never raises, bounded memory.
 
-Values are added to in-process running totals under a short lock; a background thread flushes
-them (every 10 s by default, at ``close()`` and at interpreter exit) as shards
+Values are added to in-process running totals under a short lock (an experiment's exposure, the
+commonest record, under none: it is queued, and counted off the request path); a background
+thread flushes them (every 10 s by default, at ``close()`` and at interpreter exit) as shards
 (``reconciler.runtime.telemetry``) to a sink, and the changes since the last flush to an optional
 metrics sink (CloudWatch). A failed flush loses nothing: the totals are absolute, so the next
 flush carries them again. What a process can lose is what it recorded since its last successful
@@ -13,6 +14,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing.util
+import operator
 import os
 import threading
 import time
@@ -20,6 +22,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import filterfalse, islice, repeat
+from operator import itemgetter, ne
 from typing import Protocol
 
 from reconciler.runtime.budgets import UTC_ZONE, period_at
@@ -57,6 +61,15 @@ EXPERIMENT_PREFIX = "ab/"
 MAX_EXPERIMENT_SERIES = 20_000  # experiment series in memory, apart from cost and outcomes
 MAX_BUCKET_SERIES = 3_000  # per experiment and day: ~200 KB a shard, half DynamoDB's limit
 MAX_PENDING_ASSIGNMENTS = 200_000
+# Exposures queued on the request path, not counted yet (about 100 bytes each): the background
+# thread counts them at each flush, and as soon as half this many wait; a recorder without one
+# (or a thread that falls behind) counts them in the call that fills the queue.
+MAX_PENDING_EXPOSURES = 100_000
+COUNT_CHUNK = 2_000  # exposures counted per hold of the lock (about a millisecond)
+DAY = 86_400
+
+Exposure = tuple[str, str, str, float]  # (recording key, variant, unit, epoch seconds)
+_KEY, _VARIANT, _UNIT, _AT = (itemgetter(n) for n in range(4))
 
 
 class TelemetrySink(Protocol):
@@ -117,6 +130,7 @@ class Recorder:
         max_experiment_series: int = MAX_EXPERIMENT_SERIES,
         background: bool = True,
         writer: str | None = None,
+        max_pending_exposures: int = MAX_PENDING_EXPOSURES,
     ) -> None:
         self.sink = sink
         self.metrics = metrics
@@ -126,7 +140,7 @@ class Recorder:
         self.max_experiment_series = max_experiment_series
         self._ab_series = 0
         self.writer = writer or new_writer_id()
-        self.health = Health()
+        self._health = Health()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._buckets: dict[str, dict[str, Totals]] = {}
@@ -135,6 +149,7 @@ class Recorder:
         self._names: dict[str, tuple[str, ...]] = {}
         self._rollout_names: dict[tuple[str, str], CohortNames] = {}
         self._ends: dict[str, float] = {}  # bucket -> the epoch second its time is over
+        self._released: dict[str, float] = {}  # experiment buckets written and let go (a day)
         self._dirty: set[str] = set()
         self._changes: dict[str, Totals] = {}
         self._seq = 0
@@ -144,20 +159,34 @@ class Recorder:
         self._next_cost_roll = 0.0
         self._next_ops_roll = 0.0
         self._history: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=HISTORY)
-        # (key, unit) -> (cluster if known, variant), for the units this process has seen
-        self._units: dict[tuple[str, str], tuple[int | None, str]] = {}
-        self._assignments: list[tuple[str, str, str, float]] = []  # seen, not yet written
+        # key -> unit -> variant, for the units this process has seen (their assignment written
+        # once; ``_unit_count`` of them in all), and (key, unit) -> cluster, for those it
+        # recorded metrics of (the id hashed once)
+        self._units: dict[str, dict[str, str]] = {}
+        self._unit_count = 0
+        self._clusters: dict[tuple[str, str], int] = {}
+        self._assignments: list[Exposure] = []  # units seen, their assignment not yet written
+        self.max_pending_exposures = max_pending_exposures
+        self._exposures: deque[Exposure] = deque()  # decided, not yet counted
         self._exposure_names: dict[tuple[str, str], tuple[str, str]] = {}
         self._ab_day = ""
         self._ab_ends = 0.0
         self._next_ab_roll = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop, or count the exposures now: the queue is filling
         self._thread: threading.Thread | None = None
         if background and (sink is not None or metrics is not None):
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
             self._thread.start()
+        self._count_at = self._counting_threshold()
         _open.add(self)
         _flush_at_process_exit(self)
+
+    @property
+    def health(self) -> Health:
+        """What the recorder has done, the exposures queued since the last flush counted."""
+        self._count_exposures()
+        return self._health
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -181,8 +210,8 @@ class Recorder:
             if self.metrics is not None:
                 self._change(cost, micros)
                 self._change(token, tokens)
-            self.health.recorded += 1
-            self.health.unflushed += 1
+            self._health.recorded += 1
+            self._health.unflushed += 1
 
     def record_outcome(
         self,
@@ -246,8 +275,8 @@ class Recorder:
                     self._change(latency, response_time_ms)
                 if quality is not None:
                     self._change(score, quality)
-            self.health.recorded += 1
-            self.health.unflushed += 1
+            self._health.recorded += 1
+            self._health.unflushed += 1
 
     def _cohort_names(self, key: tuple[str, str]) -> CohortNames:
         """A rollout cohort's series names, made once (the latency bins' names too)."""
@@ -261,36 +290,37 @@ class Recorder:
         return found
 
     def expose(self, key: str, variant: str, unit: str) -> None:
-        """A decision assigned ``variant`` of the experiment recorded under ``key``."""
+        """A decision assigned ``variant`` of the experiment recorded under ``key``.
+
+        The request path only queues it (one append, no lock): it is counted, and the unit's
+        first sighting queued for the assignments table, off the request path
+        (``_count_exposures``: at each flush, when the queue is half full, at ``health``)."""
         if len(unit) > MAX_UNIT_LENGTH:
             self.reject("unit_too_long")  # not an id: kept out of memory and the tables
             return
-        now = self.clock()
-        if now >= self._next_ab_roll:
-            self._roll_ab(now)
-        with self._lock:  # the day's bucket read under the lock: a roll cannot come between
-            names = self._exposure_names.get((key, variant))
-            if names is None:
-                names = self._exposure_names[(key, variant)] = (
-                    experiment_bucket(key, self._ab_day),
-                    f"{EXPOSURES}:{variant}",
-                )
-            bucket, name = names
-            series = self._buckets.get(bucket)
-            totals = series.get(name) if series is not None else None
-            if totals is None:
-                if not self._room_ab(bucket, (name,)):
-                    return
-                self._ends.setdefault(bucket, self._ab_ends)
-                self._add(bucket, name, 1)
-            else:
-                totals.add(1)
-                self._dirty.add(bucket)
-            known = self._units.get((key, unit))
-            if known is None or known[1] != variant:
-                self._first_seen(key, unit, variant, now, None)
-            self.health.recorded += 1
-            self.health.unflushed += 1
+        exposures = self._exposures
+        exposures.append((key, variant, unit, self.clock()))
+        if len(exposures) >= self._count_at:
+            self._queue_full()
+
+    def _counting_threshold(self) -> int:
+        """How many queued exposures have them counted before the next flush: half the queue
+        for the background thread to count, else the whole queue, by the call that fills it."""
+        if self._thread is not None and self._thread.is_alive():
+            return max(1, self.max_pending_exposures // 2)
+        return max(1, self.max_pending_exposures)
+
+    def _queue_full(self) -> None:
+        thread = self._thread
+        if (
+            thread is not None
+            and thread.is_alive()
+            and len(self._exposures) < self.max_pending_exposures
+        ):
+            if not self._wake.is_set():
+                self._wake.set()  # counted by the background thread, now
+            return
+        self._count_exposures()  # no thread, or one that fell behind: the bound holds
 
     def record_metric(
         self, key: str, variant: str, unit: str, values: Sequence[tuple[str, float]]
@@ -304,15 +334,14 @@ class Recorder:
             self._roll_ab(now)
         with self._lock:
             bucket = experiment_bucket(key, self._ab_day)
-            known = self._units.get((key, unit))
-            if known is not None and known[1] == variant and known[0] is not None:
-                cluster = known[0]
-            else:
+            pair = (key, unit)
+            cluster = self._clusters.get(pair)
+            if cluster is None:
                 cluster = unit_hash(key.split("~", 1)[0], unit)[1]
-                if known is None or known[1] != variant:
-                    self._first_seen(key, unit, variant, now, cluster)
-                elif len(self._units) < MAX_UNITS:
-                    self._units[(key, unit)] = (cluster, variant)
+                if len(self._clusters) < MAX_UNITS:
+                    self._clusters[pair] = cluster
+            if self._units.get(key, {}).get(unit) != variant:
+                self._first_seen(key, unit, variant, now)
             names = [
                 (f"{METRIC}:{variant}:{metric}", f"{CLUSTER}:{variant}:{metric}:{cluster}", value)
                 for metric, value in values
@@ -323,21 +352,168 @@ class Recorder:
             for whole, part, value in names:
                 self._add(bucket, whole, value)
                 self._add(bucket, part, value)
-            self.health.recorded += 1
-            self.health.unflushed += 1
+            self._health.recorded += 1
+            self._health.unflushed += 1
 
-    def _first_seen(
-        self, key: str, unit: str, variant: str, now: float, cluster: int | None
-    ) -> None:
+    def _first_seen(self, key: str, unit: str, variant: str, now: float) -> None:
         """The first time this process sees the unit in the experiment (or in another
         variant): its assignment is queued for the next flush, which hashes the id (under the
         lock; the table of units seen is trimmed by the flush, off the request path)."""
-        if len(self._units) < MAX_UNITS:
-            self._units[(key, unit)] = (cluster, variant)
+        units = self._units.setdefault(key, {})
+        if unit in units:
+            units[unit] = variant
+        elif self._unit_count < MAX_UNITS:
+            units[unit] = variant
+            self._unit_count += 1
         if len(self._assignments) < MAX_PENDING_ASSIGNMENTS:
-            self._assignments.append((key, unit, variant, now))
+            self._assignments.append((key, variant, unit, now))
         else:
             self.reject("assignments_backlog")
+
+    # -- counting the exposures (off the request path) -----------------------------------------
+
+    def _count_exposures(self) -> None:
+        """Count the exposures queued so far, in chunks, each under the lock: added to their
+        day's totals, and each unit not seen before in its variant queued for the assignments
+        table (the last variant it was seen in, at the first time it was seen in the chunk)."""
+        queue = self._exposures
+        left = len(queue)  # those queued after this call began wait for the next
+        while left > 0:
+            with self._lock:
+                take = min(left, len(queue), COUNT_CHUNK)
+                if take <= 0:
+                    return
+                batch = list(map(operator.call, repeat(queue.popleft, take)))
+                self._count_batch(batch)
+            left -= take
+
+    def _count_batch(self, batch: list[Exposure]) -> None:
+        """Count exposures taken from the queue, experiment by experiment (under the lock)."""
+        latest_at = max(map(_AT, batch))
+        if latest_at >= self._ab_ends:
+            self._set_ab_day(latest_at)  # the first exposures of a new day
+        if len(set(map(_KEY, batch))) == 1:  # one experiment (the common case)
+            self._count_experiment(batch[0][0], batch)
+            return
+        by_key: dict[str, list[Exposure]] = {}
+        for entry in batch:
+            by_key.setdefault(entry[0], []).append(entry)
+        for key, entries in by_key.items():
+            self._count_experiment(key, entries)
+
+    def _count_experiment(self, key: str, batch: list[Exposure]) -> None:
+        """The exposures of one experiment: counted in their day's buckets, and its units not
+        seen before in their variant queued for the assignments table."""
+        ends = self._ab_ends
+        if min(map(_AT, batch)) >= ends - DAY:  # all of today (the common case)
+            refused = self._count_in(key, batch, self._ab_day, ends)
+        else:
+            refused = set()
+            for (day, day_ends), entries in self._by_day(key, batch).items():
+                refused |= self._count_in(key, entries, day, day_ends)
+        if refused:
+            batch = [e for e in batch if e[1] not in refused]
+        self._remember(key, batch)
+
+    def _remember(self, key: str, batch: list[Exposure]) -> None:
+        """Queue for the assignments table the experiment's units that this process has not
+        seen in their variant (in the last variant each was seen in, at the first time), and
+        remember them."""
+        units = self._units.get(key)
+        if units is None:
+            units = self._units[key] = {}
+        queued: list[Exposure]
+        if not any(map(units.__contains__, map(_UNIT, batch))):
+            # None seen before (new users, the dearest case): the last variant of each is
+            # its variant; each seen once, its entry is its first sighting.
+            if len(batch) <= MAX_UNITS - self._unit_count:
+                before = len(units)
+                units.update(zip(map(_UNIT, batch), map(_VARIANT, batch), strict=True))
+                self._unit_count += len(units) - before
+                unique, variant_of = len(units) - before == len(batch), units.__getitem__
+            else:
+                latest = dict(zip(map(_UNIT, batch), map(_VARIANT, batch), strict=True))
+                self._keep(units, latest.items(), len(latest))
+                unique, variant_of = len(latest) == len(batch), latest.__getitem__
+            if unique:
+                queued = batch
+            else:
+                first = _first_times(batch)
+                rows = zip(repeat(key), map(variant_of, first), first, first.values(), strict=False)
+                queued = list(rows)
+        else:
+            if not any(map(ne, map(units.get, map(_UNIT, batch)), map(_VARIANT, batch))):
+                return  # all seen before, each in its variant (returning users)
+            latest = dict(zip(map(_UNIT, batch), map(_VARIANT, batch), strict=True))
+            # Not seen before, or seen in another variant: their assignment to be written.
+            fresh = list(filterfalse(units.items().__contains__, latest.items()))
+            if not fresh:
+                return
+            self._keep(units, fresh, len(fresh))
+            first = _first_times(batch)
+            queued = [(key, variant, unit, first[unit]) for unit, variant in fresh]
+        room = MAX_PENDING_ASSIGNMENTS - len(self._assignments)
+        if len(queued) > room:
+            self._reject_many("assignments_backlog", len(queued) - max(0, room))
+            queued = queued[: max(0, room)]
+        self._assignments.extend(queued)
+
+    def _keep(self, units: dict[str, str], seen: Iterable[tuple[str, str]], count: int) -> None:
+        """Remember ``count`` units in their variants, as many as ``MAX_UNITS`` leaves room
+        for (the flush forgets the older half of a full table)."""
+        room = MAX_UNITS - self._unit_count
+        if room <= 0:
+            return
+        before = len(units)
+        units.update(seen if count <= room else islice(seen, room))
+        self._unit_count += len(units) - before
+
+    def _by_day(self, key: str, batch: list[Exposure]) -> dict[tuple[str, float], list[Exposure]]:
+        """Exposures of several days (a queue counted after midnight): each in its day's
+        bucket, unless this process has written and released that one, then in today's (a
+        day is never started again from nothing: its absolute totals would shrink)."""
+        found: dict[tuple[str, float], list[Exposure]] = {}
+        today = (self._ab_day, self._ab_ends)
+        for entry in batch:
+            at, where = entry[3], today
+            if not today[1] - DAY <= at < today[1]:
+                ends = (at // DAY + 1) * DAY
+                day = datetime.fromtimestamp(ends - DAY, UTC).strftime("%Y-%m-%d")
+                if experiment_bucket(key, day) not in self._released:
+                    where = (day, ends)
+            found.setdefault(where, []).append(entry)
+        return found
+
+    def _count_in(self, key: str, batch: list[Exposure], day: str, ends: float) -> set[str]:
+        """Add the experiment's exposures to its bucket of ``day``; the variants refused for
+        want of room for their series (counted as ``too_many_experiment_series``, each
+        exposure)."""
+        refused = set()
+        cached = self._exposure_names if day == self._ab_day else {}
+        counted = 0
+        for variant, times in Counter(map(_VARIANT, batch)).items():
+            names = cached.get((key, variant))
+            if names is None:
+                names = cached[(key, variant)] = (
+                    experiment_bucket(key, day),
+                    f"{EXPOSURES}:{variant}",
+                )
+            bucket, name = names
+            series = self._buckets.get(bucket)
+            totals = series.get(name) if series is not None else None
+            if totals is None:
+                if not self._room_ab(bucket, (name,)):  # counts the first refusal
+                    self._reject_many("too_many_experiment_series", times - 1)
+                    refused.add(variant)
+                    continue
+                self._ends.setdefault(bucket, ends)
+                totals = self._buckets.setdefault(bucket, {})[name] = Totals()
+            totals.add_repeated(1, times)
+            self._dirty.add(bucket)
+            counted += times
+        self._health.recorded += counted
+        self._health.unflushed += counted
+        return refused
 
     def _names_of(self, request_type: str) -> tuple[str, ...]:
         """The series names of a request type, made once (at most ``max_series`` of them)."""
@@ -350,16 +526,21 @@ class Recorder:
 
     def warn(self, why: str) -> None:
         """Count a record that went in but deserves a look (a call without its context)."""
-        warnings = self.health.warnings
+        warnings = self._health.warnings
         warnings[why if why in warnings or len(warnings) < 100 else "other"] += 1
 
     def reject(self, why: str) -> None:
         """Count a value that was not recorded (bad input), by why (at most 100 kinds)."""
-        rejected = self.health.rejected
+        rejected = self._health.rejected
         if why in rejected or len(rejected) < 100:
             rejected[why] += 1
         else:
             rejected["other"] += 1
+
+    def _reject_many(self, why: str, times: int) -> None:
+        if times > 0:
+            rejected = self._health.rejected
+            rejected[why if why in rejected or len(rejected) < 100 else "other"] += times
 
     def _room(self, buckets: Iterable[str], names: Sequence[str]) -> bool:
         """Whether the series a record needs exist or fit under ``max_series``: a record goes
@@ -369,7 +550,7 @@ class Recorder:
             series = self._buckets.get(bucket) or {}
             missing += sum(1 for name in names if name not in series)
         if missing and self._series_count + missing > self.max_series:
-            self.health.rejected["too_many_series"] += 1
+            self._health.rejected["too_many_series"] += 1
             return False
         return True
 
@@ -385,7 +566,7 @@ class Recorder:
             self._ab_series + missing > self.max_experiment_series
             or len(series) + missing > MAX_BUCKET_SERIES
         ):
-            self.health.rejected["too_many_experiment_series"] += 1
+            self._health.rejected["too_many_experiment_series"] += 1
             return False
         self._ab_series += missing
         return True
@@ -429,13 +610,15 @@ class Recorder:
         self._next_cost_roll = min(p.end.timestamp() for p in periods)
 
     def _roll_ab(self, now: float) -> None:
-        moment = datetime.fromtimestamp(now, UTC)
-        ends = (now // 86400 + 1) * 86400
-        day = moment.strftime("%Y-%m-%d")
         with self._lock:
-            self._ab_day = day
-            self._ab_ends = ends
-            self._exposure_names = {}
+            self._set_ab_day(now)
+
+    def _set_ab_day(self, now: float) -> None:
+        """The UTC day experiments are recorded in (under the lock)."""
+        ends = (now // DAY + 1) * DAY
+        self._ab_day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        self._ab_ends = ends
+        self._exposure_names = {}
         self._next_ab_roll = ends
 
     def _roll_ops(self, now: float) -> None:
@@ -480,16 +663,22 @@ class Recorder:
 
     def _flush(self) -> bool:
         forgotten: object = None
+        self._count_exposures()
         with self._lock:
             # Spend first: a shard the store refuses must not hold back the cost guard's input.
             dirty = sorted(self._dirty, key=lambda b: (b.startswith(EXPERIMENT_PREFIX), b))
-            pending = self.health.unflushed
+            pending = self._health.unflushed
             changes, self._changes = self._changes, {}
             seen, self._assignments = self._assignments, []
-            if len(self._units) >= MAX_UNITS:  # forget the older half, freed outside the lock
+            if self._unit_count >= MAX_UNITS:  # forget the older half, freed outside the lock
                 forgotten = self._units
-                kept = list(forgotten.items())[MAX_UNITS // 2 :]
-                self._units = dict(kept)
+                self._units = {
+                    k: dict(list(u.items())[len(u) // 2 :]) for k, u in forgotten.items()
+                }
+                self._unit_count = sum(map(len, self._units.values()))
+            if len(self._clusters) >= MAX_UNITS:
+                forgotten = (forgotten, self._clusters)
+                self._clusters = dict(list(self._clusters.items())[MAX_UNITS // 2 :])
             if not dirty and not changes and not seen:
                 self._release()
                 return True
@@ -507,8 +696,8 @@ class Recorder:
                 ok = False
                 with self._lock:
                     self._dirty.update(dirty)
-                self.health.failed_flushes += 1
-                self.health.last_error = f"{type(exc).__name__}: {exc}"
+                self._health.failed_flushes += 1
+                self._health.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("telemetry flush failed (%s); retrying at the next flush", exc)
         del forgotten  # the units table trimmed above, freed without holding the lock
         assignments = [_assignment(*entry) for entry in seen]
@@ -520,25 +709,25 @@ class Recorder:
                 with self._lock:
                     room = MAX_PENDING_ASSIGNMENTS - len(self._assignments)
                     self._assignments[:0] = seen[:room]
-                self.health.failed_assignment_writes += 1
-                self.health.last_error = f"assignments: {type(exc).__name__}: {exc}"
+                self._health.failed_assignment_writes += 1
+                self._health.last_error = f"assignments: {type(exc).__name__}: {exc}"
                 log.warning("experiment assignments not written (%s); retrying", exc)
-        self.health.pending_assignments = len(self._assignments)
+        self._health.pending_assignments = len(self._assignments)
         if ok:
             self._flushed(shards, pending, stamp)
         if self.metrics is not None and changes:
             try:
                 self.metrics.emit(changes, at)
             except Exception as exc:
-                self.health.metrics_failures += 1
-                self.health.last_error = f"metrics: {type(exc).__name__}: {exc}"
+                self._health.metrics_failures += 1
+                self._health.last_error = f"metrics: {type(exc).__name__}: {exc}"
         return ok
 
     def _flushed(self, shards: Sequence[Shard], pending: int, stamp: str) -> None:
         with self._lock:
-            self.health.flushes += 1
-            self.health.unflushed = max(0, self.health.unflushed - pending)
-            self.health.last_flush_at = stamp
+            self._health.flushes += 1
+            self._health.unflushed = max(0, self._health.unflushed - pending)
+            self._health.last_flush_at = stamp
             spend = {
                 s.bucket: {n: int(t.sum) for n, t in s.series.items() if n.startswith(COST + ":")}
                 for s in shards
@@ -567,14 +756,27 @@ class Recorder:
             released = len(self._buckets.pop(bucket, {}))
             if bucket.startswith(EXPERIMENT_PREFIX):
                 self._ab_series -= released
+                self._released[bucket] = self._ends[bucket]
             else:
                 self._series_count -= released
             self._bucket_cost.pop(bucket, None)
             del self._ends[bucket]
+        for bucket in [b for b, ends in self._released.items() if ends <= now - DAY]:
+            del self._released[bucket]  # no exposure is queued that long
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
+        """Flush every ``flush_interval``; count the exposures between flushes when asked."""
+        due = time.monotonic() + self.flush_interval
+        while not self._stop.is_set():
+            asked = self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if time.monotonic() >= due:
+                self.flush()
+                due = time.monotonic() + self.flush_interval
+            elif asked:
+                self._count_exposures()
 
     def _start_over(self) -> None:
         """In a forked child: a writer of its own, no totals, new locks, a live thread."""
@@ -584,14 +786,17 @@ class Recorder:
         self._seq = 0
         self._buckets, self._dirty, self._changes = {}, set(), {}
         self._series_count = self._ab_series = 0
-        self._bucket_cost, self._ends = {}, {}
+        self._bucket_cost, self._ends, self._released = {}, {}, {}
         self._history.clear()
-        self._units, self._assignments, self._exposure_names = {}, [], {}
+        self._units, self._unit_count, self._clusters, self._assignments = {}, 0, {}, []
+        self._exposures, self._exposure_names = deque(), {}  # queued ones: the parent's
         self._next_cost_roll = self._next_ops_roll = self._next_ab_roll = 0.0
-        self.health = Health()
+        self._health = Health()
+        self._wake = threading.Event()
         if self._thread is not None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="flag-telemetry", daemon=True)
             self._thread.start()
+        self._count_at = self._counting_threshold()
         _flush_at_process_exit(self)
 
     def close(self) -> None:
@@ -599,22 +804,29 @@ class Recorder:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.flush_interval + 5)
-        if not self.flush() and self.health.unflushed:
-            self.health.lost += self.health.unflushed
+        self._count_at = self._counting_threshold()  # no thread now: the queue's own bound
+        if not self.flush() and self._health.unflushed:
+            self._health.lost += self._health.unflushed
             log.error(
                 "telemetry: %d record(s) could not be flushed at close (%s)",
-                self.health.unflushed,
-                self.health.last_error,
+                self._health.unflushed,
+                self._health.last_error,
             )
         _open.discard(self)
 
 
-def _assignment(key: str, unit: str, variant: str, at: float) -> Assignment:
+def _assignment(key: str, variant: str, unit: str, at: float) -> Assignment:
     hashed, cluster = unit_hash(key.split("~", 1)[0], unit)
     stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Assignment(key, hashed, variant, cluster, stamp)
+
+
+def _first_times(batch: list[Exposure]) -> dict[str, float]:
+    """Each unit of the exposures, with the time it was first seen among them."""
+    return dict(zip(map(_UNIT, reversed(batch)), map(_AT, reversed(batch)), strict=True))
 
 
 def _copy(series: Mapping[str, Totals]) -> dict[str, Totals]:

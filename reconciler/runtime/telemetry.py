@@ -89,6 +89,18 @@ class Totals:
         if self.hi is None or value > self.hi:
             self.hi = value
 
+    def add_repeated(self, value: int, times: int) -> None:
+        """``add(value)`` ``times`` times over, at once (exact: ``value`` is an integer)."""
+        if times <= 0:
+            return
+        self.count += times
+        self.sum += value * times
+        self.sq += value * value * times
+        if self.lo is None or value < self.lo:
+            self.lo = value
+        if self.hi is None or value > self.hi:
+            self.hi = value
+
     def merge(self, other: Totals) -> None:
         self.count += other.count
         self.sum += other.sum
