@@ -191,27 +191,21 @@ def map_files(job: Job[R], root: Path, files: Sequence[tuple[Path, str]]) -> lis
     threads again in each worker); each file is independent. Else here.
 
     The files go in chunks to a pool of one worker fewer than the processes chosen, and this
-    process takes chunks too, from the end, as long as the pool has not started them: what it
-    does itself need not be pickled, and no core waits on another. What a job returns in a
-    worker comes back pickled (so it should be small: findings and facts, not models)."""
+    process does its share of them, the last ones, itself: what it does need not be pickled.
+    (It takes no chunk back from the pool: on Python 3.11 a future cancelled before a worker
+    dies can leave the pool hung, CPython gh-107219.) What a job returns in a worker comes
+    back pickled, so it should be small: findings and facts, not models."""
     workers = _workers(len(files)) if threading.active_count() == 1 else 1  # fork: no threads
     if workers <= 1:
         return [job(path, relative, root) for path, relative in files]
     size = -(-len(files) // (workers * 8))  # many chunks: none waits long on the last
     chunks = [(job, root, files[i : i + size]) for i in range(0, len(files), size)]
-    results: list[list[R] | None] = [None] * len(chunks)
+    shared = len(chunks) - len(chunks) // workers  # the pool's; the rest are this process's
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
-        futures = [pool.submit(_run_chunk, chunk) for chunk in chunks]
-        for index in reversed(range(len(chunks))):
-            if not futures[index].cancel():
-                break  # the pool has it: and the chunks before it
-            results[index] = _run_chunk(chunks[index])
-        return [
-            outcome
-            for index, chunk in enumerate(results)
-            for outcome in (futures[index].result() if chunk is None else chunk)
-        ]
+        futures = [pool.submit(_run_chunk, chunk) for chunk in chunks[:shared]]
+        mine = [outcome for chunk in chunks[shared:] for outcome in _run_chunk(chunk)]
+        return [outcome for future in futures for outcome in future.result()] + mine
 
 
 def _run_chunk(chunk: tuple[Job[R], Path, Sequence[tuple[Path, str]]]) -> list[R]:

@@ -17,10 +17,10 @@ from pathlib import Path
 from reconciler.checks import check_index, check_manifest, check_tree
 from reconciler.codec import DesiredState, Piece, assemble, piece_of
 from reconciler.config import RepoConfig
-from reconciler.deploy.alarms import alarm_problems
+from reconciler.deploy.alarms import Inputs, alarm_problems
 from reconciler.diagnostics import Diagnostic, Severity, count
 from reconciler.index import Entry, Index, entry_of, index_of
-from reconciler.loader import Loaded, Tree, list_manifests, load_file, load_tree, map_files
+from reconciler.loader import Tree, list_manifests, load_file, load_tree, map_files
 from reconciler.manifests import CostThreshold, Flag
 
 TEMPLATE_FILE = "deploy/template.yaml"  # reconciler.deploy.template.TEMPLATE_PATH
@@ -118,7 +118,7 @@ def examine(root: Path, config: RepoConfig, *, records: bool = False) -> Examina
             pieces.append((entry, piece))
     index = Index(root, tuple(entries), frozenset(unloaded))
     diagnostics.extend(check_index(index, config))
-    alarms = _alarm_tree(index)
+    alarms = _deploy_inputs(index)
     if not any(d.severity is Severity.ERROR for d in diagnostics):  # no alarm of a wrong tree
         diagnostics.extend(alarm_problems(alarms, config))
     result = Examination(index, tuple(diagnostics), len(files))
@@ -140,31 +140,22 @@ def _examine_file(
     return entry, piece_of(manifest) if records else None, diagnostics
 
 
-def _alarm_tree(index: Index) -> Tree:
+def _deploy_inputs(index: Index) -> Inputs:
     """What the alarms and the deployment template read of a tree (``reconciler.deploy``):
-    the cost thresholds, and each flag's name and request type, which is all they read of a
-    flag. The flags are models that carry only those (``model_construct``, its one default
-    factory given, a few microseconds each), not thousands of whole models; there are none
-    when no threshold reads them."""
-    thresholds = [
-        Loaded(entry.threshold, entry.source)
+    the cost thresholds, and each flag's name and request type (none when no threshold reads
+    them), from the index: no model of any flag."""
+    thresholds = tuple(
+        (entry.threshold, entry.source)
         for entry in index.of(CostThreshold)
         if entry.threshold is not None
-    ]
-    flags = [
-        Loaded(_flag_names(entry), entry.source) for entry in (index.of(Flag) if thresholds else ())
-    ]
-    return Tree(index.root, (*thresholds, *flags), index.unloaded)
-
-
-def _flag_names(entry: Entry) -> Flag:
-    """A flag's name and request type, as a model without the fields nothing reads here."""
-    return Flag.model_construct(  # type: ignore[call-arg]
-        kind="Flag", flag_name=entry.name, request_type=entry.request_type, tags=[]
     )
+    flags = tuple((e.name, e.request_type) for e in index.of(Flag)) if thresholds else ()
+    return Inputs(thresholds, flags)
 
 
-def _template(root: Path, result: Findings, tree: Tree, config: RepoConfig) -> list[Diagnostic]:
+def _template(
+    root: Path, result: Findings, tree: Tree | Inputs, config: RepoConfig
+) -> list[Diagnostic]:
     """With a committed deployment template, whether it is still the one generated."""
     if not result.ok or not (root / TEMPLATE_FILE).is_file():
         return []

@@ -32,6 +32,7 @@ INTERNED = 64  # characters: shorter scalars are interned
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 100_000
+MAX_DIGITS = 4_300  # Python's own limit for reading an integer (and far past any store's)
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -321,9 +322,10 @@ def _plain_scalar(text: str) -> object:
     if text in {"true", "false"}:
         return text == "true"
     if _INT_PLAIN.match(text):
-        return int(text)
+        return int(text) if len(text) <= MAX_DIGITS else _CAREFUL
     if _FLOAT_PLAIN.match(text):
-        return float(text)
+        number = float(text)
+        return number if math.isfinite(number) else _CAREFUL  # the careful reader says why
     if _ambiguity(text) is not None:
         return _CAREFUL
     return _core_value(text)
@@ -488,9 +490,9 @@ def _core_value(text: str) -> object:
         return None
     if _BOOL.match(text):
         return text.lower() == "true"
-    if _INT.match(text):
+    if _INT.match(text) and len(text) <= MAX_DIGITS:
         return int(text)
-    if _INT_OCTAL_OR_HEX.match(text):
+    if _INT_OCTAL_OR_HEX.match(text) and len(text) <= MAX_DIGITS:
         return int(text, 0)
     if _FLOAT.match(text):
         return float(text)
@@ -517,6 +519,8 @@ def _ambiguity(text: str) -> str | None:
         return (
             "merge keys ('<<') are a YAML 1.1 extension that many tools ignore; write the keys out"
         )
+    if _INT.match(text) and len(text) > MAX_DIGITS:
+        return f"'{text[:12]}...' has more than {MAX_DIGITS} digits: no store keeps such a number"
     if _SPECIAL_FLOAT.match(text) or (isinstance(core, float) and not math.isfinite(core)):
         return f"{shown} is not a finite number; JSON and DynamoDB cannot store it"
     if legacy == "bool" and not isinstance(core, bool):

@@ -337,3 +337,25 @@ def test_a_real_conflict_is_still_an_error(store: StateStore) -> None:
 
     with pytest.raises(WriteConflictError):
         apply(Racing(store), planned)  # type: ignore[arg-type]
+
+
+def test_a_boolean_edited_to_a_number_outside_git_is_drift(store: StateStore) -> None:
+    """``enabled: 1`` in the store is not git's ``enabled: true``, though Python's == says so."""
+    state = desired()
+    apply(store, plan(store, state))
+    record = flags(store)["vc_bedrock_live"]
+    assert record.item["enabled"] is True
+    hand_edit = Write(
+        RecordKind.FLAG,
+        "vc_bedrock_live",
+        "update",
+        record.version,
+        {"enabled": 1, "version": record.version + 1},
+    )
+    store.apply_writes([hand_edit], "console")
+    drifted = plan(store, state)
+    [change] = drifted.pending
+    assert change.drift
+    apply(store, drifted)
+    assert flags(store)["vc_bedrock_live"].item["enabled"] is True
+    assert not plan(store, state).has_changes

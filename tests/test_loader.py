@@ -196,3 +196,44 @@ def test_a_process_with_threads_loads_here_not_in_forked_workers(
         stop.set()
         thread.join()
     assert len(loaded.tree.manifests) == 2
+
+
+DYING = """
+import os, sys
+from pathlib import Path
+from reconciler.loader import map_files
+
+parent = os.getpid()
+
+
+def job(path, relative, root):
+    if os.getpid() != parent and relative == "f/0":
+        os._exit(9)  # a worker killed, as the out-of-memory killer would
+    return relative
+
+
+try:
+    map_files(job, Path("."), [(Path("x"), f"f/{n}") for n in range(4000)])
+except Exception as exc:
+    print(type(exc).__name__)
+    sys.exit(3)
+print("no error")
+"""
+
+
+def test_a_worker_that_dies_ends_the_command_not_hangs_it() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RECONCILER_WORKERS": "2"}
+    for _ in range(3):  # the hang this guards against came one run in two
+        done = subprocess.run(
+            [sys.executable, "-c", DYING],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout.strip()) == (3, "BrokenProcessPool")

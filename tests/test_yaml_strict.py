@@ -329,3 +329,21 @@ def test_json_documents_round_trip(data: dict[str, object]) -> None:
     assert found == []
     assert document is not None
     assert document.data == data
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            b"a: 1" + b"0" * 400 + b".0\n",
+            "is not a finite number; JSON and DynamoDB cannot store it",
+        ),
+        (b"a: " + b"9" * 5000 + b"\n", "has more than 4300 digits: no store keeps such a number"),
+        (b"a: -" + b"9" * 5000 + b"\n", "has more than 4300 digits: no store keeps such a number"),
+    ],
+)
+def test_numbers_past_what_a_store_keeps_are_refused(raw: bytes, expected: str) -> None:
+    """In a file otherwise plain (read in one pass) as in one read the careful way."""
+    for text in (raw, raw + b"b: &x 1\nc: *x\n"):  # an alias: the careful reader
+        _, problems = load_yaml(text)
+        assert [p.message for p in problems if expected in p.message], problems

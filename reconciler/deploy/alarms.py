@@ -26,6 +26,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from reconciler.codec import encode_threshold
@@ -58,8 +59,25 @@ WINDOW = (
 )
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the deployment reads of the manifests: the cost thresholds, with their files, and
+    each flag's name and request type (all the alarms read of a flag)."""
+
+    thresholds: tuple[tuple[CostThreshold, Source], ...]
+    flags: tuple[tuple[str, str | None], ...]
+
+    @classmethod
+    def of(cls, manifests: Tree | Inputs) -> Inputs:
+        if isinstance(manifests, Inputs):
+            return manifests
+        thresholds = tuple(manifests.of(CostThreshold))
+        flags = tuple((f.flag_name, f.request_type) for f, _ in manifests.of(Flag))
+        return cls(thresholds, flags if thresholds else ())
+
+
 def alarm_resources(
-    tree: Tree, config: RepoConfig, topic: dict[str, object]
+    tree: Tree | Inputs, config: RepoConfig, topic: dict[str, object]
 ) -> dict[str, dict[str, object]]:
     """Every alarm as a CloudFormation ``AWS::CloudWatch::Alarm`` by logical id, in a fixed
     order, each alarming and recovering to ``topic`` (e.g. ``{"Ref": "AlertsTopic"}``). Alarms
@@ -92,7 +110,7 @@ def alarm_resources(
     }
 
 
-def alarm_problems(tree: Tree, config: RepoConfig) -> list[Diagnostic]:
+def alarm_problems(tree: Tree | Inputs, config: RepoConfig) -> list[Diagnostic]:
     """Warnings, at the cost threshold's file and field, for each alarm that cannot be made (a
     monthly threshold, a scope of no or more than 10 request types) and for a daily-cost alarm
     at or above a daily ``applies_to: all`` emergency amount (it would fire only after the
@@ -128,18 +146,19 @@ def alarm_problems(tree: Tree, config: RepoConfig) -> list[Diagnostic]:
     return problems
 
 
-def _thresholds(tree: Tree) -> list[tuple[Budget, Source]]:
+def _thresholds(tree: Tree | Inputs) -> list[tuple[Budget, Source]]:
     """The enabled cost thresholds as the guard reads them (by its own code), with their
     files, by name."""
-    thresholds = tree.of(CostThreshold)
+    inputs = Inputs.of(tree)
+    thresholds = inputs.thresholds
     if not thresholds:
         return []
     # What the guard reads of flags for a threshold: each AI flag's request type (only that:
     # encoding every flag of a large tree would cost more than the rest of the check).
     flags = [
-        {"flag_name": flag.flag_name, "request_type": flag.request_type}
-        for flag, _ in tree.of(Flag)
-        if flag.request_type
+        {"flag_name": name, "request_type": request_type}
+        for name, request_type in inputs.flags
+        if request_type
     ]
     budgets = budgets_from_items([encode_threshold(t) for t, _ in thresholds], flags)
     sources = {t.threshold_name: source for t, source in thresholds}

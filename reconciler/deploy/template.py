@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from reconciler.config import RepoConfig
-from reconciler.deploy.alarms import alarm_resources
+from reconciler.deploy.alarms import Inputs, alarm_resources
 from reconciler.deploy.functions import function_alarms, function_resources
 from reconciler.deploy.gateway import api_url, gateway_resources, token_secret
 from reconciler.deploy.roles import (
@@ -158,7 +158,7 @@ def outputs() -> Template:
     return found
 
 
-def build_template(tree: Tree, config: RepoConfig) -> Template:
+def build_template(tree: Tree | Inputs, config: RepoConfig) -> Template:
     """The template for the manifests in ``tree`` and the repository's ``config``."""
     resources: Template = {
         **table_resources(table_names(config.store.tables)),
@@ -202,11 +202,11 @@ def render(template: Template) -> str:
     return HEADER + body
 
 
-def generate(tree: Tree, config: RepoConfig) -> str:
+def generate(tree: Tree | Inputs, config: RepoConfig) -> str:
     return render(build_template(tree, config))
 
 
-def check_committed(root: Path, tree: Tree, config: RepoConfig) -> list[Diagnostic]:
+def check_committed(root: Path, tree: Tree | Inputs, config: RepoConfig) -> list[Diagnostic]:
     """One error when ``deploy/template.yaml`` under ``root`` is not what ``tree``, ``config``
     and the code generate: where it differs first, and the command that regenerates it."""
     path = TEMPLATE_PATH.as_posix()

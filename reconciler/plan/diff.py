@@ -88,6 +88,18 @@ def _moment(now: str) -> datetime | None:
         return None
 
 
+def same(a: object, b: object) -> bool:
+    """Equal as stored values: ``True`` is not ``1`` (a boolean edited to a number outside git
+    is drift), while ``1`` and ``1.0`` are one number; dicts and lists item by item."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
 def _update(
     record: StoredRecord,
     wanted: Mapping[str, Item],
@@ -106,7 +118,7 @@ def _update(
         after = before
     else:
         after = wanted[name]
-        if before == after:  # equal values spelled apart (1 and 1.0): git's content still
+        if same(before, after):  # equal values spelled apart (1 and 1.0): git's content still
             stored_hash = desired_hash
     drift = record.managed and record.content_hash != stored_hash
     blocked = None
@@ -115,12 +127,13 @@ def _update(
             "exists in the store but was not created by reconcile; rename it in git, or remove "
             "or adopt the record in the store first"
         )
-    action: Action = "unchanged" if before == after and not blocked else "update"
+    equal = same(before, after)
+    action: Action = "unchanged" if equal and not blocked else "update"
     return Change(
         record.kind,
         record.name,
         action,
-        before=after if before == after else before,  # equal: one copy held, not two
+        before=after if equal else before,  # equal: one copy held, not two
         after=after,
         expected_version=record.version,
         desired_hash=desired_hash,
