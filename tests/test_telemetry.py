@@ -1084,7 +1084,7 @@ def test_a_record_a_moment_before_midnight_lands_in_its_day_even_if_a_flush_runs
     recorder.record_cost("vc_analysis", 0, 1)  # rolls nothing: still 1 December
     now[0] = end
     assert recorder.flush()  # the day is over, but the bucket is still being recorded into
-    recorder._next_cost_roll = end + 1  # as if this record read the clock before the end
+    recorder._store.next_cost_roll = end + 1  # as if this record read the clock before the end
     recorder.record_cost("vc_analysis", 0, 50_000)
     assert recorder.flush()
     (shard,) = store.read_shards(bucket_of("2026-12-01", "UTC"))

@@ -1,10 +1,10 @@
 """Experiment exposures: queued on the request path, counted off it, none lost, none twice.
 
 A decision's exposure is one append to a bounded queue; the recorder counts the queue at each
-flush (and as soon as it is half full, on its background thread; without one, in the call that
-fills it): each exposure in its day's totals, each unit's first sighting in a variant queued for
-the assignments table once. The sink is a fake that keeps what a store keeps: per bucket and
-writer the shard of the highest ``seq``, and every assignment row written.
+flush (and as soon as it is half full, on its background thread; without one, a chunk at a time
+in the calls that find it full): each exposure in its day's totals, each unit's first sighting
+in a variant queued for the assignments table once. The sink is a fake that keeps what a store
+keeps: per bucket and writer the shard of the highest ``seq``, and every assignment row written.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.runtime import recorder as recorder_module
+from reconciler.runtime import seen_units
 from reconciler.runtime.experiment_state import unit_hash
 from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.telemetry import EXPOSURES, Assignment, Shard, experiment_bucket
@@ -80,8 +80,9 @@ def test_every_exposure_is_counted_and_every_user_assigned_once() -> None:
             recorder.expose(KEY, "a" if unit != "u3" else "b", unit)
         if n in (3, 7):
             assert recorder.flush()
-    assert recorder.health.recorded == 30
+    assert (recorder.health.recorded, recorder.health.queued_exposures) == (24, 6)
     assert recorder.flush()
+    assert (recorder.health.recorded, recorder.health.queued_exposures) == (30, 0)
     assert store.exposures(DAY_BEFORE) == {"a": 20, "b": 10}
     assert sorted(r.user_hash for r in store.rows) == sorted(map(hashed, ("u1", "u2", "u3")))
     assert {r.variant for r in store.rows if r.user_hash == hashed("u3")} == {"b"}
@@ -89,14 +90,29 @@ def test_every_exposure_is_counted_and_every_user_assigned_once() -> None:
     recorder.close()
 
 
-def test_queued_exposures_are_counted_when_health_is_read() -> None:
-    recorder = Recorder(None, background=False, clock=Clock(MIDNIGHT - 60))
+def test_reading_health_counts_nothing_and_tells_what_is_queued() -> None:
+    """Health is read on a caller's thread: it counts nothing (the flush or the thread does)."""
+    recorder = Recorder(Store(), background=False, clock=Clock(MIDNIGHT - 60))
     for unit in ("u1", "u2"):
         recorder.expose(KEY, "a", unit)
     health = recorder.health
-    assert (health.recorded, health.unflushed) == (2, 2)
+    assert len(recorder._exposures) == 2, "reading health counted the queue"
+    assert (health.recorded, health.unflushed, health.queued_exposures) == (0, 0, 2)
     recorder.expose(KEY, "a", "x" * 257)
     assert recorder.health.rejected == Counter({"unit_too_long": 1})
+    assert recorder.flush()
+    health = recorder.health
+    assert (health.recorded, health.unflushed, health.queued_exposures) == (2, 0, 0)
+    recorder.close()
+
+
+def test_without_a_sink_or_metrics_no_exposure_is_queued() -> None:
+    """Nothing would ever read them: not kept, not counted (not even on a request thread)."""
+    recorder = Recorder(None, background=False, clock=Clock(MIDNIGHT - 60))
+    for n in range(50):
+        recorder.expose(KEY, "a", f"u{n}")
+    assert len(recorder._exposures) == 0
+    assert recorder.health.recorded == 0
     recorder.close()
 
 
@@ -206,15 +222,15 @@ def test_exposures_queued_before_midnight_count_in_their_day() -> None:
 def test_the_users_table_is_bounded_and_forgets_the_older_half(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(recorder_module, "MAX_UNITS", 10)
+    monkeypatch.setattr(seen_units, "MAX_UNITS", 10)
     store = Store()
     recorder = Recorder(store, background=False, clock=Clock(MIDNIGHT - 60))
     for n in range(25):
         recorder.expose(KEY, "a", f"u{n}")
-    recorder.health  # noqa: B018  # counted: the table is full
-    assert recorder._unit_count == 10
+    recorder._queue.count_all()  # counted: the table is full
+    assert recorder._seen.count == 10
     assert recorder.flush()  # written; the older half forgotten
-    assert recorder._unit_count == 5
+    assert recorder._seen.count == 5
     assert len(store.rows) == 25
     for n in range(25):  # seen again: those remembered are not written again
         recorder.expose(KEY, "a", f"u{n}")
